@@ -1,0 +1,122 @@
+"""The ``triasgi`` command line, generated from the fields of Config."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal
+
+import click
+
+from . import _config
+from ._config import Config, config_fields, env_name
+from ._importer import AppImportError, load_app
+from ._logging import configure_logging
+from ._run import run_config
+from ._server import StartupError
+from ._version import __version__
+
+
+def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType:
+    meta = field.metadata
+    if meta["choices"]:
+        return click.Choice(meta["choices"], case_sensitive=False)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    if typing.get_origin(base) is Literal:
+        return click.Choice([str(a) for a in typing.get_args(base)])
+    if base is int:
+        return click.IntRange(min=meta["minimum"])
+    if base is float:
+        return click.FloatRange(min=meta["minimum"])
+    return click.STRING
+
+
+def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:
+    meta = field.metadata
+    name = field.name.replace("_", "-")
+    envvar = [env_name(field.name), *meta["envvar"]]
+    if meta["flag"]:
+        return click.Option(
+            [f"--{name}/--no-{name}"],
+            default=field.default,
+            help=meta["help"],
+            envvar=envvar,
+            show_default=True,
+        )
+    if meta["multiple"]:
+        singular = name[:-1] if name.endswith("s") else name
+        return click.Option(
+            [f"--{singular}", field.name],
+            multiple=True,
+            help=meta["help"],
+            envvar=envvar,
+            metavar=meta["metavar"],
+        )
+    default = field.default
+    return click.Option(
+        [f"--{name}"],
+        type=_click_type(field, hint),
+        default=default,
+        help=meta["help"],
+        envvar=envvar,
+        metavar=meta["metavar"],
+        show_default=default is not None and default != "",
+    )
+
+
+def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> None:
+    settings["headers"] = list(settings["headers"])
+    try:
+        config = Config(**settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure_logging(config.log_level)
+    try:
+        asgi_app = load_app(app, factory=factory, app_dir=app_dir)
+    except AppImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        run_config(asgi_app, config)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def build_command() -> click.Command:
+    """The click command for ``triasgi``."""
+    # Config.__module__ is rewritten to "triasgi"; resolve names where it lives.
+    hints = typing.get_type_hints(Config, globalns=vars(_config))
+    params: list[click.Parameter] = [
+        click.Argument(["app"], envvar="TRIASGI_APP", metavar="APP"),
+        click.Option(
+            ["--app-dir"],
+            default=".",
+            show_default=True,
+            envvar="TRIASGI_APP_DIR",
+            help="Look for the app's module in this directory.",
+        ),
+        click.Option(
+            ["--factory"],
+            is_flag=True,
+            envvar="TRIASGI_FACTORY",
+            help="APP names a factory: call it with no arguments to get the app.",
+        ),
+    ]
+    params += [_option_for(f, hints[f.name]) for f in config_fields()]
+    command = click.Command(
+        "triasgi",
+        params=params,
+        callback=_serve_command,
+        help=(
+            "Serve the ASGI app APP, given as 'module:attribute'.\n\n"
+            "Every option can also be set in the environment as "
+            "TRIASGI_<OPTION>, e.g. TRIASGI_TIMEOUT_KEEP_ALIVE=10."
+        ),
+        context_settings={"max_content_width": 100},
+    )
+    return click.version_option(__version__, "--version", prog_name="triasgi")(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``triasgi`` command."""
+    build_command().main(args=argv, prog_name="triasgi")

@@ -1,0 +1,167 @@
+"""Config: one vocabulary for the CLI, the environment, serve() and fixtures.
+
+Every setting is a field of :class:`Config`.  The command line is generated
+from these fields: ``timeout_keep_alive`` is ``--timeout-keep-alive`` and
+``TRIASGI_TIMEOUT_KEEP_ALIVE``.  A field's metadata holds its help text and,
+where needed, the CLI details (choices, a flag pair, a repeatable option).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, final
+
+LIFESPAN_MODES = ("auto", "on", "off")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    multiple: bool = False,
+    flag: bool = False,
+    minimum: float | None = None,
+    metavar: str | None = None,
+    envvar: tuple[str, ...] = (),
+) -> Any:
+    """A Config field with the metadata the CLI is generated from."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "multiple": multiple,
+        "flag": flag,
+        "minimum": minimum,
+        "metavar": metavar,
+        "envvar": envvar,
+    }
+    if multiple:
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@final
+@dataclass
+class Config:
+    """Settings of a triasgi server.
+
+    The same names are used everywhere: ``Config(timeout_keep_alive=10)``,
+    ``--timeout-keep-alive 10`` and ``TRIASGI_TIMEOUT_KEEP_ALIVE=10`` mean the
+    same thing.  Values are checked when the object is built; a bad value
+    raises :class:`ValueError` with one sentence naming the setting.
+    """
+
+    # Where to listen.
+    host: str = _option("127.0.0.1", "Bind to this host address.")
+    port: int = _option(8000, "Bind to this TCP port (0 picks a free one).", minimum=0)
+    uds: str | None = _option(None, "Bind to this Unix domain socket path.")
+    fd: int | None = _option(
+        None, "Serve on this inherited listening socket file descriptor.", minimum=0
+    )
+    backlog: int = _option(
+        2048, "Maximum number of connections waiting to be accepted.", minimum=1
+    )
+
+    # The application.
+    root_path: str = _option(
+        "", "The root path the application is mounted at (ASGI root_path)."
+    )
+    lifespan: Literal["auto", "on", "off"] = _option(
+        "auto", "Run the ASGI lifespan protocol.", choices=LIFESPAN_MODES
+    )
+    timeout_lifespan_startup: float = _option(
+        60.0, "Seconds the app may take to complete lifespan startup.", minimum=0
+    )
+    timeout_lifespan_shutdown: float = _option(
+        60.0, "Seconds the app may take to complete lifespan shutdown.", minimum=0
+    )
+
+    # Timeouts and limits.
+    timeout_keep_alive: float = _option(
+        5.0, "Close an idle keep-alive connection after this many seconds.", minimum=0
+    )
+    timeout_graceful_shutdown: float = _option(
+        30.0,
+        "On shutdown, seconds in-flight requests get to finish before they are "
+        "cancelled.",
+        minimum=0,
+    )
+    disconnect_grace_period: float = _option(
+        3.0,
+        "Seconds an app gets to clean up after its client disconnects before it "
+        "is cancelled (0 cancels at once).",
+        minimum=0,
+    )
+    limit_concurrency: int | None = _option(
+        None,
+        "Answer 503 to requests beyond this many in flight at once.",
+        minimum=1,
+    )
+    h11_max_incomplete_event_size: int = _option(
+        16 * 1024,
+        "Largest request head, in bytes; a larger one gets 431.",
+        minimum=1,
+    )
+
+    # Response headers.
+    headers: list[str] = _option(
+        (),
+        "Add a default response header, as 'name:value' (repeatable).",
+        multiple=True,
+        metavar="NAME:VALUE",
+    )
+    server_header: bool = _option(
+        True, "Send a 'server: triasgi' response header.", flag=True
+    )
+    date_header: bool = _option(True, "Send a 'date' response header.", flag=True)
+
+    # Logging.
+    log_level: str = _option("info", "Log level.", choices=LOG_LEVELS)
+    access_log: bool = _option(True, "Log one line per request.", flag=True)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and value is not None and value < minimum:
+                raise ValueError(
+                    f"{f.name} must be at least {minimum:g}, got {value!r}."
+                )
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ValueError(
+                    f"{f.name} must be one of {', '.join(choices)}, got {value!r}."
+                )
+        for header in self.headers:
+            name, sep, _ = header.partition(":")
+            if not sep or not name.strip():
+                raise ValueError(
+                    f"headers entries must look like 'name:value', got {header!r}."
+                )
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        """The extra response headers given with ``headers``, as bytes pairs."""
+        pairs = []
+        for header in self.headers:
+            name, _, value = header.partition(":")
+            pairs.append((name.strip().lower().encode("latin-1"),
+                          value.strip().encode("latin-1")))
+        return pairs
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy of this config with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    """The settings, in declaration order, for generating the CLI."""
+    return list(dataclasses.fields(Config))
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return "TRIASGI_" + field_name.upper()
+

@@ -1,0 +1,555 @@
+"""One HTTP/1.1 connection: h11 on one side, the ASGI request cycle on the other.
+
+Shape of a connection (see DESIGN.md)::
+
+    connection nursery (its cancel scope gets the disconnect deadline)
+    ├── reader: socket -> inbox, the only task that reads; notices EOF at once
+    ├── request loop: inbox -> h11 -> one request cycle at a time
+    └── the app call of each request cycle
+
+The reader keeps reading while a request runs, so a client that goes away is
+noticed even while the app is busy; it stops once ``_HIGH_WATER`` bytes wait
+unparsed, which is the bound on what a client can make us buffer.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import h11
+import trio
+
+from ._asgi import (
+    ASGI_VERSION,
+    ASGIProtocolError,
+    ClientDisconnected,
+    ResponseState,
+    check_headers,
+    decode_path,
+    next_response_state,
+    split_target,
+)
+from ._types import Address, Message
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+logger = logging.getLogger("triasgi.error")
+access_logger = logging.getLogger("triasgi.access")
+
+_READ_SIZE = 64 * 1024
+_HIGH_WATER = 64 * 1024
+# How long a closing connection waits for the client's EOF after ours, so that
+# unread bytes from the client do not turn our close into a reset that could
+# destroy the response in flight.
+_LINGER_SECONDS = 1.0
+# Unread request body we are willing to read and discard to keep a keep-alive
+# connection open after the app has responded without reading it all.
+_MAX_DISCARD = 1024 * 1024
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+
+
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_REASON_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+class _RequestCycle:
+    """One request and its response: the ``receive``/``send`` pair of an app call."""
+
+    def __init__(
+        self, conn: HTTP11Connection, scope: dict[str, Any], request: h11.Request
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.request = request
+        self.head_only = request.method == b"HEAD"
+        self.state = ResponseState.START
+        self.body_complete = False
+        self.disconnected = False
+        self.must_close = False
+        self.status = 0
+        self.bytes_sent = 0
+        self.started_at = time.perf_counter()
+        # Set when the response is complete or the app has returned: the
+        # request loop waits on it.
+        self.finished = trio.Event()
+        # Set when receive() should stop waiting: disconnect or response done.
+        self.released = trio.Event()
+        self._head_sent = False
+        self._start_headers: list[tuple[bytes, bytes]] = []
+        self._pending_body: h11.Data | None = None
+        self._no_body = False
+
+    # -- receive -------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.disconnected or self.state is ResponseState.DONE:
+            # No cancellable checkpoint here: Starlette's is_disconnected()
+            # calls receive() in an already-cancelled scope and must see this.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return {"type": "http.disconnect"}
+        if not self.body_complete:
+            return await self._receive_body()
+        await self.released.wait()
+        return {"type": "http.disconnect"}
+
+    async def _receive_body(self) -> Message:
+        conn = self.conn
+        if conn.h11.they_are_waiting_for_100_continue:
+            data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await conn.write(data)
+        if self._pending_body is not None:
+            event: Any = self._pending_body
+            self._pending_body = None
+        else:
+            try:
+                event = await conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                logger.debug("Bad request body from %s: %s", conn.client, exc)
+                conn.client_gone()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return {"type": "http.disconnect"}
+        if type(event) is h11.Data:
+            # Deliver the end of the body with the last chunk when it is
+            # already here, saving the app a round trip.
+            more_body = True
+            try:
+                after = conn.next_event_nowait()
+            except h11.RemoteProtocolError:
+                after = None
+            if type(after) is h11.EndOfMessage:
+                self.body_complete = True
+                more_body = False
+            elif type(after) is h11.Data:
+                self._pending_body = after
+            return {"type": "http.request", "body": bytes(event.data), "more_body": more_body}
+        if type(event) is h11.EndOfMessage:
+            self.body_complete = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        # ConnectionClosed or anything unexpected: the client is gone.
+        conn.client_gone()
+        return {"type": "http.disconnect"}
+
+    # -- send ----------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            await trio.lowlevel.checkpoint()
+            raise ClientDisconnected("The client has disconnected.")
+        state = self.state
+        new_state = next_response_state(state, message)
+        if state is ResponseState.DONE:
+            await trio.lowlevel.checkpoint()
+            return
+        conn = self.conn
+        if state is ResponseState.START:
+            self._start_response(message)
+            self.state = new_state
+            await trio.lowlevel.checkpoint()
+            return
+        body = message.get("body", b"")
+        chunks = []
+        if not self._head_sent:
+            self._head_sent = True
+            final = new_state is ResponseState.DONE
+            chunks.append(self._serialize_start(body if final else None))
+        try:
+            if body and not self._no_body:
+                chunks.append(conn.h11.send(h11.Data(data=body)))
+                self.bytes_sent += len(body)
+            if new_state is ResponseState.DONE:
+                chunks.append(conn.h11.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            self.must_close = True
+            raise ASGIProtocolError(f"Invalid response body: {exc}.") from None
+        self.state = new_state
+        if chunks:
+            await conn.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        else:
+            await trio.lowlevel.checkpoint()
+        if new_state is ResponseState.DONE:
+            self._response_complete()
+
+    def _start_response(self, message: Message) -> None:
+        status = message["status"]
+        headers = check_headers(message.get("headers", ()))
+        self.status = status
+        self._start_headers = headers
+        self._no_body = self.head_only or status in (204, 304)
+
+    def _serialize_start(self, final_body: bytes | None) -> bytes:
+        """The response head, built when the first body message arrives.
+
+        A response given in one body message with no framing header gets a
+        content-length instead of chunked encoding (``final_body``).
+        """
+        conn = self.conn
+        headers = self._start_headers
+        if final_body is not None and not any(
+            name.lower() in _FRAMING_HEADERS for name, _ in headers
+        ):
+            headers.append((b"content-length", b"%d" % len(final_body)))
+        headers = conn.server.response_headers(headers)
+        if conn.closing:
+            headers.append((b"connection", b"close"))
+        try:
+            return conn.h11.send(
+                h11.Response(
+                    status_code=self.status,
+                    headers=headers,
+                    reason=_REASON_PHRASES.get(self.status, b""),
+                )
+            )
+        except h11.LocalProtocolError as exc:
+            raise ASGIProtocolError(f"Invalid response start: {exc}.") from None
+
+    def _response_complete(self) -> None:
+        self.released.set()
+        self.finished.set()
+        if self.conn.server.access_log:
+            self.conn.log_access(self)
+
+    # -- outcome of the app call --------------------------------------------
+
+    def app_returned(self, exc: Exception | None) -> None:
+        """Record how the app call ended; say what must happen to the connection."""
+        if self.state is ResponseState.DONE:
+            if exc is not None and not _is_disconnect(exc):
+                logger.error("Exception in ASGI application after the response", exc_info=exc)
+            return
+        if self.disconnected:
+            if exc is not None and not _is_disconnect(exc):
+                logger.error("Exception in ASGI application", exc_info=exc)
+            return
+        self.must_close = True
+        if exc is not None:
+            logger.error("Exception in ASGI application", exc_info=exc)
+        elif self.state is ResponseState.START:
+            logger.error("ASGI callable returned without starting a response.")
+        else:
+            logger.error("ASGI callable returned without completing the response.")
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self.released.set()
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, ClientDisconnected):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return False
+
+
+class HTTP11Connection:
+    """Serves HTTP/1.1 requests on one stream until either side closes it."""
+
+    def __init__(
+        self,
+        server: Server,
+        stream: trio.abc.Stream,
+        client: Address | None,
+        sockname: Address | None,
+        scheme: str = "http",
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.client = client
+        self.sockname = sockname
+        self.scheme = scheme
+        self.h11 = h11.Connection(
+            h11.SERVER,
+            max_incomplete_event_size=server.config.h11_max_incomplete_event_size,
+        )
+        self.closing = False
+        self._inbox = bytearray()
+        self._eof = False
+        self._eof_fed = False
+        self._reader_lot = trio.lowlevel.ParkingLot()
+        self._data_lot = trio.lowlevel.ParkingLot()
+        self._reader_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._cycle: _RequestCycle | None = None
+        self._idle = True
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the connection is done, then close the stream."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._read_loop)
+                try:
+                    await self._request_loop()
+                finally:
+                    self._reader_scope.cancel()
+                    await self._close()
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    def begin_shutdown(self) -> None:
+        """Graceful shutdown: finish the request in flight, then close."""
+        self.closing = True
+        if self._idle:
+            self._data_lot.unpark_all()
+
+    def client_gone(self) -> None:
+        """The client closed or reset the connection."""
+        self._eof = True
+        self._data_lot.unpark_all()
+        cycle = self._cycle
+        if cycle is not None and not cycle.disconnected and cycle.state is not ResponseState.DONE:
+            cycle.on_disconnect()
+            assert self._nursery is not None
+            scope = self._nursery.cancel_scope
+            scope.deadline = min(
+                scope.deadline,
+                trio.current_time() + self.server.config.disconnect_grace_period,
+            )
+
+    async def _close(self) -> None:
+        if self._eof:
+            return
+        with trio.move_on_after(_LINGER_SECONDS) as scope:
+            scope.shield = True
+            try:
+                await self.stream.send_eof()  # type: ignore[attr-defined]
+                while await self.stream.receive_some(_READ_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+                pass
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        with self._reader_scope:
+            while True:
+                while len(self._inbox) >= _HIGH_WATER:
+                    await self._reader_lot.park()
+                try:
+                    data = await self.stream.receive_some(_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self.client_gone()
+                    return
+                self._inbox += data
+                self._data_lot.unpark_all()
+
+    def _feed(self) -> bool:
+        """Move what the reader has into h11; False if there was nothing."""
+        if self._eof_fed:
+            self._inbox.clear()
+            return False
+        if self._inbox:
+            self.h11.receive_data(bytes(self._inbox))
+            self._inbox.clear()
+            self._reader_lot.unpark_all()
+            return True
+        if self._eof and not self._eof_fed:
+            self._eof_fed = True
+            self.h11.receive_data(b"")
+            return True
+        return False
+
+    def next_event_nowait(self) -> Any:
+        """The next h11 event from what has arrived so far (maybe NEED_DATA)."""
+        event = self.h11.next_event()
+        if event is h11.NEED_DATA and self._feed():
+            event = self.h11.next_event()
+        return event
+
+    async def next_event(self) -> Any:
+        """The next h11 event, waiting for the client as needed."""
+        while True:
+            event = self.next_event_nowait()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._data_lot.park()
+
+    async def _next_request(self) -> Any:
+        """Wait for the next request head; None when the connection should end."""
+        config = self.server.config
+        with trio.move_on_after(config.timeout_keep_alive):
+            while True:
+                event = self.next_event_nowait()
+                if event is not h11.NEED_DATA:
+                    return event
+                if self.closing:
+                    return None
+                await self._data_lot.park()
+        return None
+
+    # -- writing -------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.client_gone()
+            raise ClientDisconnected("The client has disconnected.") from exc
+
+    async def _send_error(self, status: int, detail: str = "") -> None:
+        """Answer with a plain-text error and mark the connection for closing."""
+        reason = _REASONS.get(status, b"Error")
+        body = reason + b"\n"
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        for name, value in self.server.response_headers([]):
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"\r\n")
+        head_only = self._cycle is not None and self._cycle.head_only
+        if not head_only:
+            lines.append(body)
+        try:
+            await self.write(b"".join(lines))
+        except ClientDisconnected:
+            pass
+
+    # -- the request loop ----------------------------------------------------
+
+    async def _request_loop(self) -> None:
+        while True:
+            self._idle = True
+            try:
+                event = await self._next_request()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                logger.debug("Malformed request from %s: %s (%d)", self.client, exc, status)
+                await self._send_error(status)
+                return
+            self._idle = False
+            if type(event) is not h11.Request:
+                return  # idle timeout, shutdown, or the client closed.
+            reason = _framing_problem(event)
+            if reason:
+                logger.debug("Rejected request from %s: %s", self.client, reason)
+                await self._send_error(400)
+                return
+            cycle = _RequestCycle(self, self._build_scope(event), event)
+            self._cycle = cycle
+            if not self.server.admit_request():
+                await self._send_error(503)
+                return
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_app, cycle)
+            await cycle.finished.wait()
+            if cycle.disconnected or self._eof:
+                return
+            if cycle.must_close or self.h11.our_state is not h11.DONE:
+                if cycle.state is ResponseState.START and not cycle.disconnected:
+                    await self._send_error(500)
+                return
+            if self.closing:
+                return
+            if self.h11.their_state is h11.SEND_BODY and not await self._discard_body():
+                return
+            if self.h11.their_state is not h11.DONE:
+                return
+            self.h11.start_next_cycle()
+            self._cycle = None
+
+    async def _run_app(self, cycle: _RequestCycle) -> None:
+        server = self.server
+        try:
+            await server.app(cycle.scope, cycle.receive, cycle.send)
+        except Exception as exc:
+            cycle.app_returned(exc)
+        else:
+            cycle.app_returned(None)
+        finally:
+            server.release_request()
+            cycle.finished.set()
+
+    async def _discard_body(self) -> bool:
+        """Read and drop an unread request body; False if the connection must close."""
+        if self.h11.they_are_waiting_for_100_continue:
+            return False  # they will not send it; we never asked for it.
+        discarded = 0
+        with trio.move_on_after(self.server.config.timeout_keep_alive):
+            while discarded <= _MAX_DISCARD:
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError:
+                    return False
+                if type(event) is h11.EndOfMessage:
+                    return True
+                if type(event) is not h11.Data:
+                    return False
+                discarded += len(event.data)
+        return False
+
+    def _build_scope(self, request: h11.Request) -> dict[str, Any]:
+        raw_path, query_string = split_target(request.target)
+        server = self.server
+        return {
+            "type": "http",
+            "asgi": dict(ASGI_VERSION),
+            "http_version": request.http_version.decode("ascii"),
+            "method": request.method.decode("ascii"),
+            "scheme": self.scheme,
+            "path": decode_path(raw_path),
+            "raw_path": raw_path,
+            "query_string": query_string,
+            "root_path": server.config.root_path,
+            "headers": list(request.headers),
+            "client": self.client,
+            "server": self.sockname,
+            "state": server.state.copy(),
+            "extensions": {},
+        }
+
+    def log_access(self, cycle: _RequestCycle) -> None:
+        request = cycle.request
+        client = "%s:%s" % self.client if self.client else "-"
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %d %d %.1fms',
+            client,
+            request.method.decode("ascii"),
+            request.target.decode("ascii", "replace"),
+            request.http_version.decode("ascii"),
+            cycle.status,
+            cycle.bytes_sent,
+            (time.perf_counter() - cycle.started_at) * 1000,
+        )
+
+
+def _framing_problem(request: h11.Request) -> str:
+    """Framing that RFC 9112 says to reject, which h11 lets through.
+
+    RFC 9112 section 6.1: a server that receives an HTTP/1.0 message with
+    Transfer-Encoding must treat the framing as faulty.  Section 6.3: a
+    message with both Transfer-Encoding and Content-Length may be an attempt
+    at request smuggling; we reject it rather than guess.
+    """
+    has_te = has_cl = False
+    for name, _ in request.headers:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+    if has_te and has_cl:
+        return "both Transfer-Encoding and Content-Length"
+    if has_te and request.http_version == b"1.0":
+        return "Transfer-Encoding in an HTTP/1.0 request"
+    return ""

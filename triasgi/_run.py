@@ -1,0 +1,93 @@
+"""run(): serve in this process until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import trio
+
+from ._config import Config
+from ._logging import configure_logging
+from ._server import Server, StartupError
+from ._types import ASGIApp
+
+logger = logging.getLogger("triasgi.error")
+
+
+def run(app: ASGIApp | str, config: Config | None = None, **settings: Any) -> None:
+    """Serve ``app`` in this process until SIGINT or SIGTERM.
+
+    Args:
+        app: the ASGI app, or an import string such as ``"examples.hello:app"``.
+        config: the settings; ``settings`` given as keywords override it.
+
+    The first SIGINT or SIGTERM starts a graceful shutdown; a second one stops
+    at once.
+
+    Raises:
+        StartupError: the server could not bind or lifespan startup failed.
+        AppImportError: ``app`` is an import string that cannot be loaded.
+    """
+    config = config.replace(**settings) if config else Config(**settings)
+    configure_logging(config.log_level)
+    if isinstance(app, str):
+        from ._importer import load_app
+
+        app = load_app(app)
+    run_config(app, config)
+
+
+def run_config(app: ASGIApp, config: Config) -> None:
+    """Run the server under trio with signal handling; logging is set up."""
+    trio.run(_serve_until_signalled, app, config)
+
+
+async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
+    server = Server(app, config)
+    failure: StartupError | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+            nursery.start_soon(_watch_signals, signals, server, started, nursery.cancel_scope)
+            try:
+                await nursery.start(_serve_then_stop, server, nursery.cancel_scope)
+            except StartupError as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+            else:
+                started.set()
+                for host, port in server.addresses:
+                    if port is None:
+                        where = f"unix socket {host}"
+                    else:
+                        shown = f"[{host}]" if ":" in host else host
+                        where = f"http://{shown}:{port}"
+                    logger.info("Listening on %s (press CTRL+C to quit)", where)
+    if failure is not None:
+        raise failure
+
+
+async def _serve_then_stop(
+    server: Server,
+    cancel_scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await server.run(task_status=task_status)
+    cancel_scope.cancel()  # ends the signal watcher
+
+
+async def _watch_signals(
+    signals: Any, server: Server, started: trio.Event, cancel_scope: trio.CancelScope
+) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if started.is_set() and not server.shutting_down:
+            logger.info("%s received: shutting down gracefully (send it again to stop at once).", name)
+            server.shutdown()
+        else:
+            logger.warning("%s received: stopping at once.", name)
+            cancel_scope.cancel()
+            return

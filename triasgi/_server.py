@@ -1,0 +1,327 @@
+"""serve(): listeners, accept loops, connection nurseries and shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from email.utils import formatdate
+from typing import Any, final
+
+import trio
+
+from ._config import Config
+from ._http11 import HTTP11Connection
+from ._lifespan import Lifespan, LifespanFailure
+from ._types import Address, ASGIApp
+
+logger = logging.getLogger("triasgi.error")
+
+# accept() errors that mean "out of resources for now", not "listener broken".
+_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class StartupError(Exception):
+    """The server could not start: a bind failure or a failed lifespan startup.
+
+    The message is one sentence fit to show a user.
+    """
+
+
+@final
+class Server:
+    """A running triasgi server, as handed out by ``nursery.start(serve, ...)``.
+
+    Attributes:
+        config: the settings it runs with.
+        addresses: the bound addresses, ``(host, port)`` for TCP (with the real
+            port when port 0 was asked for) and ``(path, None)`` for a Unix
+            socket.
+        state: the lifespan state namespace; each request gets a shallow copy.
+    """
+
+    def __init__(self, app: ASGIApp, config: Config | None = None) -> None:
+        self.app = app
+        self.config = config if config is not None else Config()
+        self.addresses: list[Address] = []
+        self.state: dict[str, Any] = {}
+        self.access_log = self.config.access_log
+        self._shutdown_requested = trio.Event()
+        self._connections: set[HTTP11Connection] = set()
+        self._in_flight = 0
+        self._limit = self.config.limit_concurrency
+        self._static_headers = self._make_static_headers()
+        self._date_second = -1
+        self._date_header: tuple[bytes, bytes] = (b"date", b"")
+
+    # -- public --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown.
+
+        The server stops accepting at once, closes idle keep-alive
+        connections, lets in-flight requests finish within
+        ``timeout_graceful_shutdown`` seconds, cancels what is left, runs
+        lifespan shutdown, and then ``serve()`` returns.  Calling it again
+        does nothing.
+        """
+        self._shutdown_requested.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` has been called."""
+        return self._shutdown_requested.is_set()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the first TCP address."""
+        for host, port in self.addresses:
+            if port is not None:
+                shown = f"[{host}]" if ":" in host else host
+                return f"http://{shown}:{port}"
+        raise LookupError("The server has no TCP address.")
+
+    async def serve_stream(
+        self,
+        stream: trio.abc.Stream,
+        client: Address | None = None,
+        sockname: Address | None = None,
+    ) -> None:
+        """Serve HTTP on one already-connected stream until it closes.
+
+        This is what each accepted socket runs; the test helpers call it with
+        in-memory streams.  It never raises for a client's misbehaviour.
+        """
+        conn = HTTP11Connection(self, stream, client, sockname)
+        self._connections.add(conn)
+        if self.shutting_down:
+            conn.begin_shutdown()
+        try:
+            await conn.run()
+        except Exception:
+            logger.exception("Unexpected error in a connection; it was closed.")
+        finally:
+            self._connections.discard(conn)
+
+    # -- used by connections -------------------------------------------------
+
+    def admit_request(self) -> bool:
+        """Count a request in; False when ``limit_concurrency`` is reached."""
+        if self._limit is not None and self._in_flight >= self._limit:
+            return False
+        self._in_flight += 1
+        return True
+
+    def release_request(self) -> None:
+        self._in_flight -= 1
+
+    def response_headers(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """The app's headers plus the server's defaults the app did not set."""
+        defaults = self._static_headers
+        if self.config.date_header:
+            now = int(time.time())
+            if now != self._date_second:
+                self._date_second = now
+                self._date_header = (b"date", formatdate(now, usegmt=True).encode())
+            defaults = [self._date_header, *defaults]
+        if not defaults:
+            return headers
+        if headers:
+            present = {name.lower() for name, _ in headers}
+            defaults = [pair for pair in defaults if pair[0] not in present]
+        return [*headers, *defaults]
+
+    def _make_static_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = []
+        if self.config.server_header:
+            headers.append((b"server", b"triasgi"))
+        headers.extend(self.config.default_headers)
+        return headers
+
+    # -- running -------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind, start up, serve until shutdown; see :func:`serve`."""
+        listeners = _bind(self.config)
+        failure: LifespanFailure | None = None
+        try:
+            self.addresses = [_sockname(ln.socket) for ln in listeners]
+            lifespan = Lifespan(
+                self.app,
+                self.config.lifespan,
+                self.state,
+                startup_timeout=self.config.timeout_lifespan_startup,
+                shutdown_timeout=self.config.timeout_lifespan_shutdown,
+            )
+            async with trio.open_nursery() as root:
+                try:
+                    await lifespan.startup(root)
+                except LifespanFailure as exc:
+                    failure = exc
+                    root.cancel_scope.cancel()
+                else:
+                    await self._serve_connections(listeners, task_status)
+                    await lifespan.shutdown()
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+            if self.config.uds and self.config.fd is None:
+                _remove_socket_file(self.config.uds)
+        if failure is not None:
+            raise StartupError(str(failure))
+
+    async def _serve_connections(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+    ) -> None:
+        async with trio.open_nursery() as connections:
+            accept_scopes = [trio.CancelScope() for _ in listeners]
+            for listener, scope in zip(listeners, accept_scopes):
+                connections.start_soon(self._accept_loop, listener, scope, connections)
+            task_status.started(self)
+            await self._shutdown_requested.wait()
+            for scope in accept_scopes:
+                scope.cancel()
+            for listener in listeners:
+                listener.socket.close()
+            for conn in list(self._connections):
+                conn.begin_shutdown()
+            busy = self._in_flight
+            if busy:
+                logger.info(
+                    "Waiting up to %g seconds for %d in-flight request(s).",
+                    self.config.timeout_graceful_shutdown,
+                    busy,
+                )
+            connections.cancel_scope.deadline = (
+                trio.current_time() + self.config.timeout_graceful_shutdown
+            )
+        if connections.cancel_scope.cancelled_caught:
+            logger.warning(
+                "Cancelled the requests still running after the %g second "
+                "graceful shutdown timeout.",
+                self.config.timeout_graceful_shutdown,
+            )
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        scope: trio.CancelScope,
+        nursery: trio.Nursery,
+    ) -> None:
+        sockname = _sockname(listener.socket)
+        warned_at = -float("inf")
+        with scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _CAPACITY_ERRNOS:
+                        raise
+                    now = trio.current_time()
+                    if now - warned_at > 10:
+                        warned_at = now
+                        logger.error(
+                            "Cannot accept connections: %s; retrying.", exc.strerror
+                        )
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(
+                    self.serve_stream, stream, _peername(stream.socket), sockname
+                )
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config | None = None,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until shut down.
+
+    Binds the listeners of ``config``, runs lifespan startup, then reports
+    ``task_status.started(server)`` with a :class:`Server` whose ``addresses``
+    are the real bound addresses, and serves.  ``server.shutdown()`` starts a
+    graceful shutdown; cancelling the scope around ``serve()`` stops it at
+    once.  When it returns, none of its tasks or sockets is left.
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(triasgi.serve, app, Config(port=0))
+            print(server.addresses)
+
+    Raises:
+        StartupError: a listener could not be bound or lifespan startup failed.
+    """
+    await Server(app, config).run(task_status=task_status)
+
+
+def _bind(config: Config) -> list[trio.SocketListener]:
+    try:
+        if config.fd is not None:
+            sock = socket.socket(fileno=config.fd)
+            what = f"file descriptor {config.fd}"
+        elif config.uds:
+            what = f"unix socket {config.uds}"
+            _remove_socket_file(config.uds)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(config.uds)
+            os.chmod(config.uds, 0o666)
+        else:
+            what = f"{config.host}:{config.port}"
+            family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+            infos = socket.getaddrinfo(
+                config.host, config.port, family, socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+        sock.listen(config.backlog)
+        sock.setblocking(False)
+    except socket.gaierror as exc:
+        raise StartupError(f"Cannot resolve host {config.host!r}: {exc.strerror}.") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(f"Cannot listen on {what}: {reason.lower()}.") from None
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+
+
+def _remove_socket_file(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sockname(sock: trio.socket.SocketType) -> Address:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return (str(name[0]), int(name[1]))
+    if isinstance(name, bytes):
+        name = name.decode()
+    return (str(name), None)
+
+
+def _peername(sock: trio.socket.SocketType) -> Address | None:
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return None
+    if isinstance(name, tuple):
+        return (str(name[0]), int(name[1]))
+    return None
+
