@@ -63,6 +63,7 @@ _REASONS = {
 }
 
 
+_QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _REASON_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
@@ -90,6 +91,9 @@ class _RequestCycle:
         # Set when receive() should stop waiting: disconnect or response done.
         self.released = trio.Event()
         self._head_sent = False
+        # Whether any byte of the response may have reached the wire; until
+        # then a failing app can still get a clean 500 instead.
+        self.head_written = False
         self._start_headers: list[tuple[bytes, bytes]] = []
         self._pending_body: h11.Data | None = None
         self._no_body = False
@@ -177,6 +181,7 @@ class _RequestCycle:
             self.must_close = True
             raise ASGIProtocolError(f"Invalid response body: {exc}.") from None
         self.state = new_state
+        self.head_written = True
         if chunks:
             await conn.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         else:
@@ -277,6 +282,7 @@ class HTTP11Connection:
             max_incomplete_event_size=server.config.h11_max_incomplete_event_size,
         )
         self.closing = False
+        self._max_head = server.config.h11_max_incomplete_event_size
         self._inbox = bytearray()
         self._eof = False
         self._eof_fed = False
@@ -324,7 +330,15 @@ class HTTP11Connection:
             )
 
     async def _close(self) -> None:
-        if self._eof:
+        # Lingering matters only when the client may still be sending: after
+        # an error, or with a request (body) we did not read to the end.
+        try:
+            while self.h11.their_state is h11.SEND_BODY:
+                if type(self.next_event_nowait()) not in (h11.Data, h11.EndOfMessage):
+                    break
+        except h11.RemoteProtocolError:
+            pass
+        if self._eof or (not self._inbox and self.h11.their_state in _QUIET_STATES):
             return
         with trio.move_on_after(_LINGER_SECONDS) as scope:
             scope.shield = True
@@ -441,10 +455,11 @@ class HTTP11Connection:
             self._idle = False
             if type(event) is not h11.Request:
                 return  # idle timeout, shutdown, or the client closed.
-            reason = _framing_problem(event)
-            if reason:
-                logger.debug("Rejected request from %s: %s", self.client, reason)
-                await self._send_error(400)
+            problem = _check_request(event, self._max_head)
+            if problem is not None:
+                status, reason = problem
+                logger.debug("Rejected request from %s: %s (%d)", self.client, reason, status)
+                await self._send_error(status)
                 return
             cycle = _RequestCycle(self, self._build_scope(event), event)
             self._cycle = cycle
@@ -457,7 +472,7 @@ class HTTP11Connection:
             if cycle.disconnected or self._eof:
                 return
             if cycle.must_close or self.h11.our_state is not h11.DONE:
-                if cycle.state is ResponseState.START and not cycle.disconnected:
+                if not cycle.head_written and not cycle.disconnected:
                     await self._send_error(500)
                 return
             if self.closing:
@@ -534,22 +549,27 @@ class HTTP11Connection:
         )
 
 
-def _framing_problem(request: h11.Request) -> str:
-    """Framing that RFC 9112 says to reject, which h11 lets through.
+def _check_request(request: h11.Request, max_head: int) -> tuple[int, str] | None:
+    """Problems h11 lets through: ``(status, reason)``, or None if none.
 
     RFC 9112 section 6.1: a server that receives an HTTP/1.0 message with
     Transfer-Encoding must treat the framing as faulty.  Section 6.3: a
     message with both Transfer-Encoding and Content-Length may be an attempt
-    at request smuggling; we reject it rather than guess.
+    at request smuggling; we reject it rather than guess.  h11 bounds only a
+    head that arrives in pieces, so the size of a whole one is checked here.
     """
     has_te = has_cl = False
-    for name, _ in request.headers:
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
         if name == b"transfer-encoding":
             has_te = True
         elif name == b"content-length":
             has_cl = True
+    if size > max_head:
+        return 431, f"request head of {size} bytes"
     if has_te and has_cl:
-        return "both Transfer-Encoding and Content-Length"
+        return 400, "both Transfer-Encoding and Content-Length"
     if has_te and request.http_version == b"1.0":
-        return "Transfer-Encoding in an HTTP/1.0 request"
-    return ""
+        return 400, "Transfer-Encoding in an HTTP/1.0 request"
+    return None

@@ -146,10 +146,19 @@ class Server:
     # -- running -------------------------------------------------------------
 
     async def run(
-        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listen: bool = True,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Bind, start up, serve until shutdown; see :func:`serve`."""
-        listeners = _bind(self.config)
+        """Bind, start up, serve until shutdown; see :func:`serve`.
+
+        Args:
+            listen: with False, bind nothing: lifespan and shutdown run as
+                usual and connections come only through :meth:`serve_stream`
+                (the in-memory test helpers use this).
+        """
+        listeners = _bind(self.config) if listen else []
         failure: LifespanFailure | None = None
         try:
             self.addresses = [_sockname(ln.socket) for ln in listeners]
@@ -172,7 +181,7 @@ class Server:
         finally:
             for listener in listeners:
                 listener.socket.close()
-            if self.config.uds and self.config.fd is None:
+            if listen and self.config.uds and self.config.fd is None:
                 _remove_socket_file(self.config.uds)
         if failure is not None:
             raise StartupError(str(failure))
