@@ -1,0 +1,30 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (what CI runs)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "triasgi", "tests", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "triasgi")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("mypy", "--strict", "triasgi")
