@@ -290,6 +290,7 @@ class HTTP11Connection:
         self._data_lot = trio.lowlevel.ParkingLot()
         self._reader_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._cancel_requested = False
         self._cycle: _RequestCycle | None = None
         self._idle = True
 
@@ -300,6 +301,8 @@ class HTTP11Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._cancel_requested:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._read_loop)
                 try:
                     await self._request_loop()
@@ -308,6 +311,12 @@ class HTTP11Connection:
                     await self._close()
         finally:
             await trio.aclose_forcefully(self.stream)
+
+    def cancel(self) -> None:
+        """Stop serving at once: the app call in flight is cancelled."""
+        self._cancel_requested = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Graceful shutdown: finish the request in flight, then close."""

@@ -51,6 +51,7 @@ class Server:
         self.access_log = self.config.access_log
         self._shutdown_requested = trio.Event()
         self._connections: set[HTTP11Connection] = set()
+        self._closed_lot = trio.lowlevel.ParkingLot()
         self._in_flight = 0
         self._limit = self.config.limit_concurrency
         self._static_headers = self._make_static_headers()
@@ -105,6 +106,7 @@ class Server:
             logger.exception("Unexpected error in a connection; it was closed.")
         finally:
             self._connections.discard(conn)
+            self._closed_lot.unpark_all()
 
     # -- used by connections -------------------------------------------------
 
@@ -201,22 +203,29 @@ class Server:
                 listener.socket.close()
             for conn in list(self._connections):
                 conn.begin_shutdown()
-            busy = self._in_flight
-            if busy:
+            if self._in_flight:
                 logger.info(
                     "Waiting up to %g seconds for %d in-flight request(s).",
                     self.config.timeout_graceful_shutdown,
-                    busy,
+                    self._in_flight,
                 )
-            connections.cancel_scope.deadline = (
-                trio.current_time() + self.config.timeout_graceful_shutdown
-            )
-        if connections.cancel_scope.cancelled_caught:
-            logger.warning(
-                "Cancelled the requests still running after the %g second "
-                "graceful shutdown timeout.",
-                self.config.timeout_graceful_shutdown,
-            )
+            with trio.move_on_after(self.config.timeout_graceful_shutdown):
+                await self._connections_closed()
+            if self._connections:
+                logger.warning(
+                    "Cancelling %d connection(s) still busy after the %g second "
+                    "graceful shutdown timeout.",
+                    len(self._connections),
+                    self.config.timeout_graceful_shutdown,
+                )
+                for conn in list(self._connections):
+                    conn.cancel()
+        # Connections served from other nurseries (serve_stream) count too.
+        await self._connections_closed()
+
+    async def _connections_closed(self) -> None:
+        while self._connections:
+            await self._closed_lot.park()
 
     async def _accept_loop(
         self,
