@@ -1,0 +1,252 @@
+"""The real `triasgi` command in a subprocess: serving, signals, user errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+import trio
+
+import triasgi
+
+APP = textwrap.dedent(
+    """
+    import trio
+
+    NAME = "not an app"
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await trio.sleep(0.5)
+        if scope["path"] == "/forever":
+            await trio.sleep_forever()
+        body = ("root_path=" + scope["root_path"]).encode()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": body})
+    """
+)
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    (tmp_path / "myapp.py").write_text(APP)
+    (tmp_path / "broken.py").write_text("import trio\nraise RuntimeError('config missing')\n")
+    (tmp_path / "failing.py").write_text(textwrap.dedent(
+        """
+        async def app(scope, receive, send):
+            assert scope["type"] == "lifespan"
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "no database"})
+        """
+    ))
+    return tmp_path
+
+
+class Running:
+    """A triasgi process started by a test; killed at the end if still alive."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stderr = b""
+
+    async def read_stderr_until(self, pattern: bytes) -> re.Match[bytes]:
+        with trio.fail_after(10):
+            while True:
+                match = re.search(pattern, self.stderr)
+                if match:
+                    return match
+                chunk = await self.process.stderr.receive_some()
+                if not chunk:
+                    raise AssertionError(f"triasgi exited: {self.stderr.decode()}")
+                self.stderr += chunk
+
+    async def url(self) -> str:
+        match = await self.read_stderr_until(rb"Listening on (http://\S+)")
+        return match.group(1).decode()
+
+    async def wait(self) -> int:
+        with trio.fail_after(10):
+            while True:
+                chunk = await self.process.stderr.receive_some()
+                if not chunk:
+                    break
+                self.stderr += chunk
+            return await self.process.wait()
+
+
+@pytest.fixture
+async def start_cli(app_dir):
+    started = []
+
+    async def start(*args: str, env: dict[str, str] | None = None) -> Running:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triasgi", *args],
+            cwd=app_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        running = Running(process)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.process.returncode is None:
+            running.process.kill()
+            await running.process.wait()
+        await running.process.stderr.aclose()
+
+
+async def run_cli(start_cli, *args: str, env: dict[str, str] | None = None):
+    running = await start_cli(*args, env=env)
+    code = await running.wait()
+    return code, running.stderr.decode()
+
+
+async def test_serves_and_exits_0_on_sigint(start_cli):
+    running = await start_cli("myapp:app", "--port", "0")
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url + "/")
+    assert response.status_code == 200
+    assert response.text == "root_path="
+    await running.read_stderr_until(rb'"GET / HTTP/1.1" 200')
+    running.process.send_signal(signal.SIGINT)
+    assert await running.wait() == 0
+    assert b"Traceback" not in running.stderr
+
+
+async def test_sigterm_lets_the_in_flight_request_finish(start_cli):
+    running = await start_cli("myapp:app", "--port", "0", "--no-access-log")
+    url = await running.url()
+    results = []
+
+    async def slow_request():
+        async with httpx.AsyncClient() as client:
+            results.append(await client.get(url + "/slow"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_request)
+        await trio.sleep(0.2)
+        running.process.send_signal(signal.SIGTERM)
+    assert results[0].status_code == 200
+    assert results[0].headers["connection"] == "close"
+    assert await running.wait() == 0
+
+
+async def test_second_sigint_stops_at_once(start_cli):
+    running = await start_cli("myapp:app", "--port", "0", "--no-access-log")
+    url = await running.url()
+
+    async def hanging_request():
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(url + "/forever")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hanging_request)
+        await trio.sleep(0.2)
+        running.process.send_signal(signal.SIGINT)
+        await running.read_stderr_until(rb"shutting down gracefully")
+        running.process.send_signal(signal.SIGINT)
+        assert await running.wait() == 0
+    assert b"stopping at once" in running.stderr
+
+
+async def test_environment_variables_set_options(start_cli):
+    running = await start_cli("myapp:app", env={
+        "TRIASGI_PORT": "0", "TRIASGI_ROOT_PATH": "/api", "TRIASGI_ACCESS_LOG": "false"})
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url + "/")
+    assert response.text == "root_path=/api"
+    running.process.send_signal(signal.SIGINT)
+    assert await running.wait() == 0
+    assert b'"GET /' not in running.stderr
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("nosuchmodule:app", "Could not find module 'nosuchmodule'"),
+        ("myapp:missing", "Module 'myapp' has no attribute 'missing'"),
+        ("myapp", "must be given as 'module:attribute'"),
+        ("broken:app", "Importing module 'broken' failed: RuntimeError: config missing"),
+        ("myapp:NAME", "'myapp:NAME' is a str, not an ASGI app callable"),
+    ],
+)
+async def test_bad_app_gives_one_clear_sentence(start_cli, app, message):
+    code, stderr = await run_cli(start_cli, app)
+    assert code == 1
+    assert message in one_line_error(stderr)
+
+
+async def test_port_in_use_gives_one_clear_sentence(start_cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = await run_cli(start_cli, "myapp:app", "--port", str(port))
+    assert code == 1
+    assert f"Cannot listen on 127.0.0.1:{port}: address already in use" in one_line_error(
+        stderr
+    )
+
+
+async def test_failed_lifespan_startup_exits_non_zero_with_the_message(start_cli):
+    code, stderr = await run_cli(start_cli, "failing:app", "--port", "0")
+    assert code == 1
+    assert "no database" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "abc"], "'abc' is not a valid integer"),
+        (["--timeout-keep-alive", "-1"], "--timeout-keep-alive"),
+        (["--lifespan", "maybe"], "'maybe' is not one of"),
+        (["--header", "no-colon"], "headers entries must look like 'name:value'"),
+    ],
+)
+async def test_bad_option_values_are_usage_errors(start_cli, args, message):
+    code, stderr = await run_cli(start_cli, "myapp:app", *args)
+    assert code == 2
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_version_text_and_help_list_every_setting():
+    out = subprocess.run(
+        [sys.executable, "-m", "triasgi", "--version"], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert triasgi.__version__ in out
+    help_text = subprocess.run(
+        [sys.executable, "-m", "triasgi", "--help"], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for name in ("--timeout-keep-alive", "--disconnect-grace-period", "--uds", "--fd",
+                 "--root-path", "--lifespan", "--limit-concurrency", "--backlog",
+                 "--h11-max-incomplete-event-size", "--header", "--no-server-header",
+                 "--no-date-header", "--log-level", "--no-access-log",
+                 "--timeout-graceful-shutdown", "--app-dir", "--factory"):
+        assert name in help_text
