@@ -17,7 +17,7 @@ from ._server import StartupError
 from ._version import __version__
 
 
-def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType:
+def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType[Any]:
     meta = field.metadata
     if meta["choices"]:
         return click.Choice(meta["choices"], case_sensitive=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ from ._asgi import (
     split_target,
 )
 from ._types import Address, Message
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -545,7 +549,7 @@ class HTTP11Connection:
 
     def log_access(self, cycle: _RequestCycle) -> None:
         request = cycle.request
-        client = "%s:%s" % self.client if self.client else "-"
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         access_logger.info(
             '%s - "%s %s HTTP/%s" %d %d %.1fms',
             client,

@@ -35,8 +35,9 @@ def run(app: ASGIApp | str, config: Config | None = None, **settings: Any) -> No
     if isinstance(app, str):
         from ._importer import load_app
 
-        app = load_app(app)
-    run_config(app, config)
+        run_config(load_app(app), config)
+    else:
+        run_config(app, config)
 
 
 def run_config(app: ASGIApp, config: Config) -> None:

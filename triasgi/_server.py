@@ -193,7 +193,7 @@ class Server:
     ) -> None:
         async with trio.open_nursery() as connections:
             accept_scopes = [trio.CancelScope() for _ in listeners]
-            for listener, scope in zip(listeners, accept_scopes):
+            for listener, scope in zip(listeners, accept_scopes, strict=True):
                 connections.start_soon(self._accept_loop, listener, scope, connections)
             task_status.started(self)
             await self._shutdown_requested.wait()
@@ -310,7 +310,9 @@ def _bind(config: Config) -> list[trio.SocketListener]:
         sock.listen(config.backlog)
         sock.setblocking(False)
     except socket.gaierror as exc:
-        raise StartupError(f"Cannot resolve host {config.host!r}: {exc.strerror}.") from None
+        raise StartupError(
+            f"Cannot resolve host {config.host!r}: {exc.strerror}."
+        ) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise StartupError(f"Cannot listen on {what}: {reason.lower()}.") from None
