@@ -1,0 +1,19 @@
+"""The reference documentation names every option the command has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from triasgi._cli import build_command
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_cli_option_is_in_the_cli_reference():
+    text = (DOCS / "cli.md").read_text()
+    for param in build_command().params:
+        for option in [*param.opts, *getattr(param, "secondary_opts", [])]:
+            if option.startswith("--"):
+                assert f"`{option}" in text or f"/{option}`" in text, (
+                    f"option {option} is not documented in docs/cli.md"
+                )
