@@ -48,6 +48,25 @@ def app_dir(tmp_path):
             await send({"type": "lifespan.startup.failed", "message": "no database"})
         """
     ))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "factoryapp.py").write_text(textwrap.dedent(
+        """
+        def create_app():
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                await send({"type": "http.response.start", "status": 200})
+                await send({"type": "http.response.body", "body": b"made by factory"})
+            return app
+        """
+    ))
+    (tmp_path / "embedded.py").write_text(textwrap.dedent(
+        """
+        import triasgi
+        triasgi.run("myapp:app", port=0, root_path="/run")
+        """
+    ))
     return tmp_path
 
 
@@ -174,6 +193,35 @@ async def test_environment_variables_set_options(start_cli):
     running.process.send_signal(signal.SIGINT)
     assert await running.wait() == 0
     assert b'"GET /' not in running.stderr
+
+
+async def test_factory_from_another_app_dir(start_cli):
+    running = await start_cli("factoryapp:create_app", "--factory", "--app-dir", "sub",
+                              "--port", "0")
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).text == "made by factory"
+    running.process.send_signal(signal.SIGTERM)
+    assert await running.wait() == 0
+
+
+async def test_run_serves_an_import_string(app_dir):
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "embedded.py"], cwd=app_dir, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    running = Running(process)
+    try:
+        url = await running.url()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(url)).text == "root_path=/run"
+        process.send_signal(signal.SIGINT)
+        assert await running.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
 
 
 def one_line_error(stderr: str) -> str:
