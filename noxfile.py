@@ -19,7 +19,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "triasgi", "tests", "examples", "noxfile.py")
+    session.run(
+        "ruff", "check", "triasgi", "tests", "examples", "benchmarks", "noxfile.py"
+    )
     session.run("ruff", "format", "--check", "triasgi")
 
 
@@ -28,3 +30,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[lint]")
     session.run("mypy", "--strict", "triasgi")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """The benchmark harness against uvicorn and hypercorn (needs wrk installed).
+
+    Pass the harness's options after ``--``, e.g. ``nox -s bench -- --quick``.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,595 @@
+"""The benchmark harness: ``python -m benchmarks [--quick] [options]``.
+
+Each round starts every server in turn (the order rotates from round to
+round, so that no server always runs first or last on a noisy machine), runs
+every HTTP scenario against it with wrk, then the WebSocket echo, then
+measures idle-connection memory on a fresh process of the same server.  The
+servers run pinned to one core and the load generators to another.  At the
+end it prints markdown tables of the medians over the rounds and the ratio of
+each to uvicorn ``--http h11 --loop asyncio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+
+from . import apps, wrk
+from .report import BASELINE, HttpSample, Results, format_report
+from .servers import REPO_ROOT, SERVERS, RunningServer, ServerError, ServerSpec, running
+
+
+@dataclass(frozen=True)
+class HttpScenario:
+    key: str
+    title: str
+    path: str
+    connections: int
+    post_bytes: int = 0
+
+
+HTTP_SCENARIOS = [
+    HttpScenario("hello", "hello GET", "/", 64),
+    HttpScenario("64k", "64 KiB response", "/64k", 64),
+    HttpScenario("echo-1m", "1 MiB body echoed", "/echo", 16, post_bytes=1 << 20),
+    HttpScenario(
+        "stream",
+        f"{apps.STREAM_CHUNKS} x {apps.STREAM_CHUNK_SIZE} B streamed",
+        "/stream",
+        16,
+    ),
+]
+MEMORY = "memory"
+WEBSOCKET = "websocket"
+SCENARIOS = [s.key for s in HTTP_SCENARIOS] + [MEMORY, WEBSOCKET]
+TITLES = {s.key: s.title for s in HTTP_SCENARIOS}
+
+# What each server needs importable, to say what to install when it is not.
+_NEEDS = {
+    "triasgi": ["triasgi"],
+    "uvicorn-h11": ["uvicorn", "h11", "wsproto"],
+    "uvicorn-httptools": ["uvicorn", "httptools", "uvloop"],
+    "hypercorn-trio": ["hypercorn", "trio"],
+}
+_WS_EXAMPLE = REPO_ROOT / "examples" / "ws_echo.py"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run, from the command line."""
+
+    servers: list[str]
+    scenarios: list[str]
+    rounds: int
+    seconds: float
+    warmup: float
+    idle_connections: int
+    ws_connections: int
+    server_core: int
+    load_core: int
+    quick: bool
+    output: Path | None
+    json: Path | None
+
+
+def _names(choices: list[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"choose from {', '.join(choices)} (comma-separated)"
+            )
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=(
+            "Benchmark triasgi against uvicorn and hypercorn on the same ASGI "
+            "app and print markdown tables of the medians and ratios."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 round, 2 s per cell, 1,000 idle connections",
+    )
+    parser.add_argument(
+        "--servers",
+        type=_names(list(SERVERS)),
+        default=list(SERVERS),
+        help=f"servers to run (default: all; {BASELINE} is always added)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_names(SCENARIOS),
+        default=SCENARIOS,
+        help=f"scenarios to run (default: all of {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--seconds", type=float, help="measured seconds per cell (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="unmeasured seconds before each cell (default 1)"
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        help="connections held open in the memory scenario (default 5000; quick 1000)",
+    )
+    parser.add_argument(
+        "--ws-connections",
+        type=int,
+        default=50,
+        help="connections of the WebSocket echo (default 50)",
+    )
+    parser.add_argument("--server-core", type=int, default=0, help="core for servers")
+    parser.add_argument(
+        "--load-core", type=int, default=1, help="core for load clients"
+    )
+    parser.add_argument("--output", type=Path, help="also write the report here")
+    parser.add_argument("--json", type=Path, help="write every raw sample here")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """Options from ``argv``, with ``--quick`` defaults for what was not given."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    quick = ns.quick
+    servers = list(ns.servers)
+    if BASELINE not in servers:
+        servers.insert(0, BASELINE)
+    options = Options(
+        servers=servers,
+        scenarios=list(ns.scenarios),
+        rounds=ns.rounds if ns.rounds is not None else (1 if quick else 3),
+        seconds=ns.seconds if ns.seconds is not None else (2.0 if quick else 5.0),
+        warmup=ns.warmup if ns.warmup is not None else 1.0,
+        idle_connections=(
+            ns.idle_connections
+            if ns.idle_connections is not None
+            else (1000 if quick else 5000)
+        ),
+        ws_connections=ns.ws_connections,
+        server_core=ns.server_core,
+        load_core=ns.load_core,
+        quick=quick,
+        output=ns.output,
+        json=ns.json,
+    )
+    for name in ("rounds", "idle_connections", "ws_connections"):
+        if getattr(options, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if options.seconds < 1:
+        parser.error("--seconds must be at least 1")
+    if options.server_core == options.load_core:
+        parser.error("--server-core and --load-core must differ")
+    return options
+
+
+def rotated(servers: list[str], round_index: int) -> list[str]:
+    """The server order of one round: the list rotated by the round number."""
+    if not servers:
+        return []
+    k = round_index % len(servers)
+    return servers[k:] + servers[:k]
+
+
+# -- checks before measuring ---------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _missing_packages(servers: list[str]) -> list[str]:
+    needed = {pkg for name in servers for pkg in _NEEDS[name]}
+    return sorted(p for p in needed if importlib.util.find_spec(p) is None)
+
+
+def _raise_nofile(needed: int) -> int:
+    """Raise our soft open-files limit (children inherit it); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def _fetch(port: int, method: str, path: str, body: bytes | None = None) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise ServerError(f"{method} {path} answered {response.status}")
+        return data
+    finally:
+        conn.close()
+
+
+def verify(server: RunningServer) -> None:
+    """Check that the server gives every scenario the right answer."""
+    port = server.port
+    checks = [
+        ("/", _fetch(port, "GET", "/"), apps.HELLO),
+        ("/64k", _fetch(port, "GET", "/64k"), apps.LARGE),
+        (
+            "/stream",
+            _fetch(port, "GET", "/stream"),
+            b"x" * (apps.STREAM_CHUNK_SIZE - 1) + b"\n",
+        ),
+    ]
+    body = os.urandom(1 << 20)
+    checks.append(("/echo", _fetch(port, "POST", "/echo", body), body))
+    for path, got, want in checks:
+        if path == "/stream":
+            ok = got == want * apps.STREAM_CHUNKS
+        else:
+            ok = got == want
+        if not ok:
+            raise ServerError(f"{server.spec.name} answered {path} wrongly")
+
+
+# -- the scenarios -------------------------------------------------------------
+
+
+def run_http(
+    server: RunningServer, scenario: HttpScenario, options: Options, scripts: Path
+) -> HttpSample:
+    script = None
+    if scenario.post_bytes:
+        script = wrk.post_script(scripts / f"{scenario.key}.lua", scenario.post_bytes)
+    url = server.url + scenario.path
+    if options.warmup > 0:
+        wrk.run(
+            url,
+            seconds=options.warmup,
+            connections=scenario.connections,
+            core=options.load_core,
+            script=script,
+        )
+    sample = wrk.run(
+        url,
+        seconds=options.seconds,
+        connections=scenario.connections,
+        core=options.load_core,
+        script=script,
+    )
+    server.check_alive()
+    return sample
+
+
+def _client(module: str, *args: str, core: int) -> list[str]:
+    return ["taskset", "-c", str(core), sys.executable, "-m", module, *args]
+
+
+def run_websocket(server: RunningServer, options: Options) -> float:
+    """Echoed messages per second."""
+    cmd = _client(
+        "benchmarks.wsload",
+        "--port",
+        str(server.port),
+        "--connections",
+        str(options.ws_connections),
+        "--seconds",
+        str(options.seconds),
+        "--warmup",
+        str(options.warmup),
+        core=options.load_core,
+    )
+    done = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=options.seconds + options.warmup + 60,
+    )
+    server.check_alive()
+    if done.returncode != 0:
+        raise ServerError(done.stderr.strip() or "the WebSocket load client failed")
+    return float(json.loads(done.stdout)["per_second"])
+
+
+def probe_websocket(server: RunningServer, core: int) -> str | None:
+    """None if one WebSocket echo works, else what went wrong."""
+    done = subprocess.run(
+        _client("benchmarks.wsload", "--port", str(server.port), "--probe", core=core),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if done.returncode == 0:
+        return None
+    return done.stderr.strip() or f"the probe exited with {done.returncode}"
+
+
+def measure_idle_memory(server: RunningServer, options: Options) -> float:
+    """RSS growth per idle keep-alive connection, in bytes."""
+    time.sleep(0.5)
+    before = server.rss_bytes()
+    n = options.idle_connections
+    process = subprocess.Popen(
+        _client(
+            "benchmarks.idle",
+            "--port",
+            str(server.port),
+            "--connections",
+            str(n),
+            core=options.load_core,
+        ),
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while not line and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 1.0)
+            if ready:
+                line = process.stdout.readline() or "(the client exited)"
+            elif process.poll() is not None:
+                line = "(the client exited)"
+        if not line.startswith("ready"):
+            raise ServerError(
+                f"idle connections not opened: {line.strip() or 'timeout'}"
+            )
+        time.sleep(1.0)  # let the server finish with the last batch
+        server.check_alive()
+        after = server.rss_bytes()
+    finally:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return (after - before) / n
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def _versions() -> str:
+    names = [
+        "triasgi",
+        "h11",
+        "trio",
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "wsproto",
+        "hypercorn",
+    ]
+    parts = []
+    for name in names:
+        try:
+            parts.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "triasgi"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + (" with uncommitted changes in triasgi/" if dirty else "")
+
+
+def header(options: Options, argv: list[str]) -> str:
+    command = shlex.join(["python", "-m", "benchmarks", *argv])
+    cpus = os.cpu_count()
+    return (
+        "\n".join(
+            [
+                f"Command: `{command}`",
+                "",
+                f"- revision {_git_revision()}; Python {platform.python_version()}; "
+                f"{_versions()}",
+                f"- {cpus} cores: servers pinned to core {options.server_core}, "
+                f"load (wrk -t1, Python clients) to core {options.load_core}",
+                f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
+                f"{options.warmup:g} s of warm-up; servers in rotating order",
+                "",
+            ]
+        )
+        + "\n"
+    )
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception, so every cleanup block runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run(options: Options, results: Results, workdir: Path) -> None:
+    http_scenarios = [s for s in HTTP_SCENARIOS if s.key in options.scenarios]
+    want_memory = MEMORY in options.scenarios
+    want_ws = WEBSOCKET in options.scenarios
+    ws_servers = [n for n in options.servers if SERVERS[n].websocket]
+    if want_ws and "triasgi" in ws_servers and not _WS_EXAMPLE.exists():
+        ws_servers.remove("triasgi")
+        results.notes.append(
+            "WebSocket echo: triasgi skipped, its WebSocket support has not landed "
+            "yet (examples/ws_echo.py does not exist); the other servers were run "
+            "so that the client stays tested."
+        )
+    if want_memory:
+        needed = options.idle_connections + 1000
+        got = _raise_nofile(needed)
+        if got < needed:
+            want_memory = False
+            results.notes.append(
+                f"Idle memory skipped: the open-files limit is {got}, below the "
+                f"{needed} that {options.idle_connections} connections need."
+            )
+    verified: set[str] = set()
+    for round_index in range(options.rounds):
+        for name in rotated(options.servers, round_index):
+            spec = SERVERS[name]
+            tag = f"[round {round_index + 1}/{options.rounds}] {name}"
+            if http_scenarios or (want_ws and name in ws_servers):
+                with running(spec, core=options.server_core, log_dir=workdir) as server:
+                    if name not in verified:
+                        verify(server)
+                        verified.add(name)
+                    for scenario in http_scenarios:
+                        sample = run_http(server, scenario, options, workdir)
+                        results.add_http(scenario.key, name, sample)
+                        _log(f"{tag} {scenario.key}: {_describe(sample)}")
+                    if want_ws and name in ws_servers:
+                        _websocket_cell(server, spec, options, results, ws_servers, tag)
+            if want_memory:
+                with running(spec, core=options.server_core, log_dir=workdir) as server:
+                    per_conn = measure_idle_memory(server, options)
+                results.memory.setdefault(name, []).append(per_conn)
+                _log(f"{tag} idle memory: {per_conn / 1024:.1f} KiB per connection")
+
+
+def _describe(sample: HttpSample) -> str:
+    errors = f", {sample.errors} errors" if sample.errors else ""
+    return (
+        f"{sample.requests_per_s:,.0f} req/s, p50 {sample.p50_ms:.2f} ms, "
+        f"p99 {sample.p99_ms:.2f} ms{errors}"
+    )
+
+
+def _websocket_cell(
+    server: RunningServer,
+    spec: ServerSpec,
+    options: Options,
+    results: Results,
+    ws_servers: list[str],
+    tag: str,
+) -> None:
+    if spec.name == "triasgi" and spec.name not in results.websocket:
+        problem = probe_websocket(server, options.load_core)
+        if problem is not None:
+            ws_servers.remove(spec.name)
+            results.notes.append(
+                "WebSocket echo: triasgi skipped, examples/ws_echo.py exists but a "
+                f"WebSocket echo of the benchmark app failed: {problem}"
+            )
+            return
+    rate = run_websocket(server, options)
+    results.websocket.setdefault(spec.name, []).append(rate)
+    _log(f"{tag} websocket: {rate:,.0f} messages/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the harness; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    options = parse_args(argv)
+    if wrk.find_wrk() is None and set(options.scenarios) & {
+        s.key for s in HTTP_SCENARIOS
+    }:
+        print(wrk.INSTALL_HINT, file=sys.stderr)
+        return 2
+    missing = _missing_packages(options.servers)
+    if missing:
+        print(
+            f"The benchmark peers are not installed ({', '.join(missing)} missing); "
+            "run pip install -e '.[bench]' (or nox -s bench) first.",
+            file=sys.stderr,
+        )
+        return 2
+    if len(os.sched_getaffinity(0)) < 2:
+        print(
+            "The harness needs two cores (one for servers, one for load).",
+            file=sys.stderr,
+        )
+        return 2
+    results = Results(servers=list(options.servers))
+    started = time.monotonic()
+    try:
+        with (
+            _terminate_as_interrupt(),
+            tempfile.TemporaryDirectory(prefix="triasgi-bench-") as tmp,
+        ):
+            run(options, results, Path(tmp))
+    except KeyboardInterrupt:
+        _log("Interrupted; every server was stopped.")
+        return 130
+    except (ServerError, wrk.WrkError, subprocess.TimeoutExpired) as exc:
+        _log(f"The benchmark failed: {exc}")
+        return 1
+    _log(f"Done in {time.monotonic() - started:.0f} s.")
+    report = header(options, argv) + format_report(results, TITLES)
+    print(report, end="")
+    if options.output is not None:
+        options.output.write_text(report)
+    if options.json is not None:
+        raw = {
+            "http": [
+                {"scenario": sc, "server": sv, **asdict(s)}
+                for (sc, sv), samples in results.http.items()
+                for s in samples
+            ],
+            "memory_bytes_per_connection": results.memory,
+            "websocket_messages_per_second": results.websocket,
+            "notes": results.notes,
+        }
+        options.json.write_text(json.dumps(raw, indent=2) + "\n")
+    return 0

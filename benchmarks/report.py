@@ -1,0 +1,256 @@
+"""Results of a benchmark run, and their markdown tables.
+
+Pure data and formatting, no I/O: tests/test_benchmarks.py checks the
+medians, ratios, goal verdicts and tables on fixed numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass, field
+
+#: The server every ratio is taken against.
+BASELINE = "uvicorn-h11"
+
+#: The goals of the issue: (hello GET req/s ratio, hello p99 ratio, KiB/conn).
+MIN_HELLO_RATIO = 1.0
+MAX_HELLO_P99_RATIO = 1.0
+MAX_IDLE_KIB = 10.0
+
+
+@dataclass(frozen=True)
+class HttpSample:
+    """One wrk run of one scenario against one server."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class HttpSummary:
+    """The medians over the rounds of one scenario and server."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    spread: float  # (max - min) / 2 / median of requests/s, over the rounds
+    rounds: int
+    errors: int
+
+
+@dataclass
+class Results:
+    """Everything one run measured, keyed by scenario and server name."""
+
+    servers: list[str]
+    http: dict[tuple[str, str], list[HttpSample]] = field(default_factory=dict)
+    #: bytes of RSS per idle keep-alive connection, one value per round.
+    memory: dict[str, list[float]] = field(default_factory=dict)
+    #: WebSocket echo messages per second, one value per round.
+    websocket: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add_http(self, scenario: str, server: str, sample: HttpSample) -> None:
+        self.http.setdefault((scenario, server), []).append(sample)
+
+    def scenarios(self) -> list[str]:
+        """The HTTP scenarios measured, in the order first measured."""
+        seen: dict[str, None] = {}
+        for scenario, _ in self.http:
+            seen.setdefault(scenario, None)
+        return list(seen)
+
+
+def summarize(samples: list[HttpSample]) -> HttpSummary:
+    """Medians over rounds; raises ValueError on no samples."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    rates = [s.requests_per_s for s in samples]
+    median = statistics.median(rates)
+    spread = (max(rates) - min(rates)) / 2 / median if median else 0.0
+    return HttpSummary(
+        requests_per_s=median,
+        p50_ms=statistics.median(s.p50_ms for s in samples),
+        p99_ms=statistics.median(s.p99_ms for s in samples),
+        spread=spread,
+        rounds=len(samples),
+        errors=sum(s.errors for s in samples),
+    )
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    """``value / base``, or None when either is missing, NaN, or base is zero."""
+    if value is None or base is None or base == 0:
+        return None
+    if math.isnan(value) or math.isnan(base):
+        return None
+    return value / base
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _fmt_ms(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    right = [False] * left + [True] * (len(header) - left)
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if r else "---" for r in right) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def http_table(results: Results, titles: dict[str, str] | None = None) -> list[str]:
+    """The main table: req/s, p50, p99, each with its ratio to the baseline."""
+    titles = titles or {}
+    header = [
+        "scenario",
+        "server",
+        "req/s",
+        "vs h11",
+        "spread",
+        "p50",
+        "vs h11",
+        "p99",
+        "vs h11",
+    ]
+    rows = []
+    for scenario in results.scenarios():
+        base_samples = results.http.get((scenario, BASELINE))
+        base = summarize(base_samples) if base_samples else None
+        if base is None or not base.requests_per_s:
+            base_rate = base_p50 = base_p99 = None
+        else:
+            base_rate, base_p50, base_p99 = (
+                base.requests_per_s,
+                base.p50_ms,
+                base.p99_ms,
+            )
+        for server in results.servers:
+            samples = results.http.get((scenario, server))
+            if not samples:
+                continue
+            s = summarize(samples)
+            name = server + (" (errors!)" if s.errors else "")
+            if not s.requests_per_s:
+                # No response completed in a whole cell: no latency to show.
+                name = server + " (no responses)"
+                s = dataclasses.replace(s, p50_ms=math.nan, p99_ms=math.nan)
+            rows.append(
+                [
+                    titles.get(scenario, scenario),
+                    name,
+                    _fmt_rate(s.requests_per_s),
+                    _fmt_ratio(ratio(s.requests_per_s, base_rate)),
+                    f"±{s.spread * 100:.0f}%",
+                    _fmt_ms(s.p50_ms),
+                    _fmt_ratio(ratio(s.p50_ms, base_p50)),
+                    _fmt_ms(s.p99_ms),
+                    _fmt_ratio(ratio(s.p99_ms, base_p99)),
+                ]
+            )
+    return _table(header, rows, left=2)
+
+
+def _median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def memory_table(results: Results) -> list[str]:
+    """KiB of RSS per idle keep-alive connection, and the ratio to the baseline."""
+    base = _median(results.memory.get(BASELINE))
+    rows = []
+    for server in results.servers:
+        value = _median(results.memory.get(server))
+        if value is None:
+            continue
+        rows.append([server, f"{value / 1024:.1f}", _fmt_ratio(ratio(value, base))])
+    return _table(["server", "KiB per idle connection", f"vs {BASELINE}"], rows)
+
+
+def websocket_table(results: Results) -> list[str]:
+    """WebSocket echo messages per second, and the ratio to the baseline."""
+    base = _median(results.websocket.get(BASELINE))
+    rows = []
+    for server in results.servers:
+        value = _median(results.websocket.get(server))
+        if value is None:
+            continue
+        rows.append([server, _fmt_rate(value), _fmt_ratio(ratio(value, base))])
+    return _table(["server", "messages/s", f"vs {BASELINE}"], rows)
+
+
+def goals(results: Results, server: str = "triasgi", hello: str = "hello") -> list[str]:
+    """One line per goal of the issue: met, missed, or not measured."""
+    lines = []
+    mine = results.http.get((hello, server))
+    base = results.http.get((hello, BASELINE))
+    m = summarize(mine) if mine else None
+    b = summarize(base) if base else None
+    r = ratio(m.requests_per_s, b.requests_per_s) if m and b else None
+    r99 = ratio(m.p99_ms, b.p99_ms) if m and b else None
+    if m and b and r is not None and r99 is not None and m.requests_per_s:
+        verdict = "met" if r >= MIN_HELLO_RATIO else "missed"
+        lines.append(
+            f"hello GET req/s at least {MIN_HELLO_RATIO:.1f}x {BASELINE}: "
+            f"{verdict} ({r:.2f}x)"
+        )
+        verdict = "met" if r99 <= MAX_HELLO_P99_RATIO else "missed"
+        lines.append(f"hello GET p99 no worse than {BASELINE}: {verdict} ({r99:.2f}x)")
+    else:
+        lines.append("hello GET against the baseline: not measured")
+    idle = _median(results.memory.get(server))
+    if idle is not None:
+        kib = idle / 1024
+        verdict = "met" if kib < MAX_IDLE_KIB else "missed"
+        lines.append(
+            f"memory per idle connection under {MAX_IDLE_KIB:.0f} KiB: "
+            f"{verdict} ({kib:.1f} KiB)"
+        )
+    else:
+        lines.append("memory per idle connection: not measured")
+    return lines
+
+
+def format_report(results: Results, titles: dict[str, str] | None = None) -> str:
+    """The whole markdown report: tables, goal verdicts, notes."""
+    out: list[str] = []
+    if results.http:
+        out += http_table(results, titles)
+        out += [
+            "",
+            f'Medians over rounds; "vs h11" is the ratio to {BASELINE} '
+            "(higher is better for req/s, lower for latency); spread is half "
+            "the range of req/s over the rounds.",
+            "",
+        ]
+    if results.memory:
+        out += ["Idle keep-alive connections (RSS delta / connections):", ""]
+        out += memory_table(results)
+        out.append("")
+    if results.websocket:
+        out += [
+            "WebSocket echo (small text messages, one in flight per connection):",
+            "",
+        ]
+        out += websocket_table(results)
+        out.append("")
+    out += ["Goals:", ""]
+    out += [f"- {line}" for line in goals(results)]
+    if results.notes:
+        out += ["", "Notes:", ""]
+        out += [f"- {note}" for note in results.notes]
+    return "\n".join(out) + "\n"

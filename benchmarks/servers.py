@@ -1,0 +1,264 @@
+"""The servers under test: their command lines, and running one at a time.
+
+Every server is started in a session of its own, pinned to one core, and is
+stopped (TERM, then KILL of its process group) when the ``running()`` block
+ends, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP = "benchmarks.apps:app"
+# Long enough that no server closes the idle connections of the memory
+# scenario while they are being opened and measured.
+KEEP_ALIVE_SECONDS = 300
+BACKLOG = 4096
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server and how to run the benchmark app under it."""
+
+    name: str
+    description: str
+    websocket: bool  # whether it takes part in the WebSocket scenario
+
+    def command(self, port: int) -> list[str]:
+        py = sys.executable
+        host = "127.0.0.1"
+        if self.name == "triasgi":
+            return [
+                py,
+                "-m",
+                "triasgi",
+                APP,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_SECONDS),
+                "--backlog",
+                str(BACKLOG),
+            ]
+        if self.name.startswith("uvicorn-"):
+            flavour = {
+                "uvicorn-h11": [
+                    "--http",
+                    "h11",
+                    "--loop",
+                    "asyncio",
+                    "--ws",
+                    "wsproto",
+                ],
+                "uvicorn-httptools": ["--http", "httptools", "--loop", "uvloop"],
+            }[self.name]
+            return [
+                py,
+                "-m",
+                "uvicorn",
+                APP,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                *flavour,
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_SECONDS),
+                "--backlog",
+                str(BACKLOG),
+            ]
+        if self.name == "hypercorn-trio":
+            # -w 0 serves in this process rather than in a spawned worker.
+            return [
+                py,
+                "-m",
+                "hypercorn",
+                "-k",
+                "trio",
+                "-w",
+                "0",
+                "--bind",
+                f"{host}:{port}",
+                "--log-level",
+                "warning",
+                "--keep-alive",
+                str(KEEP_ALIVE_SECONDS),
+                "--backlog",
+                str(BACKLOG),
+                APP,
+            ]
+        raise ValueError(f"unknown server {self.name!r}")
+
+
+SERVERS = {
+    spec.name: spec
+    for spec in [
+        ServerSpec("triasgi", "triasgi (h11 backend)", websocket=True),
+        ServerSpec(
+            "uvicorn-h11",
+            "uvicorn --http h11 --loop asyncio --ws wsproto",
+            websocket=True,
+        ),
+        ServerSpec(
+            "uvicorn-httptools",
+            "uvicorn --http httptools --loop uvloop",
+            websocket=False,
+        ),
+        ServerSpec("hypercorn-trio", "hypercorn -k trio", websocket=False),
+    ]
+}
+
+
+class ServerError(Exception):
+    """A server did not start, or died."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise ServerError(
+                f"{self.spec.name} exited with {self.process.returncode}:\n"
+                + _tail(self.log)
+            )
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its child processes."""
+        return sum(_rss(pid) for pid in _process_tree(self.process.pid))
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _get_ok(port: int, path: str = "/") -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left in the server's own process group goes too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
+@contextlib.contextmanager
+def running(
+    spec: ServerSpec, *, core: int, log_dir: Path, startup_timeout: float = 30.0
+) -> Iterator[RunningServer]:
+    """Start ``spec`` pinned to ``core``; yield once it answers GET / with 200."""
+    port = free_port()
+    log = log_dir / f"{spec.name}-{port}.log"
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONDEVMODE", None)
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            ["taskset", "-c", str(core), *spec.command(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        server = RunningServer(spec, process, port, log)
+        deadline = time.monotonic() + startup_timeout
+        while not _get_ok(port):
+            server.check_alive()
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{spec.name} did not answer within {startup_timeout:g} s:\n"
+                    + _tail(log)
+                )
+            time.sleep(0.1)
+        yield server
+    finally:
+        _stop(process)

@@ -1,0 +1,174 @@
+"""The benchmark harness's arithmetic and tables, on fixed numbers.
+
+No server is started and nothing is timed: these keep the harness in
+benchmarks/ from rotting between the runs that use it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import harness, wrk
+from benchmarks.report import (
+    BASELINE,
+    HttpSample,
+    Results,
+    format_report,
+    goals,
+    ratio,
+    summarize,
+)
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:8000/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.01ms    1.20ms  40.10ms   91.00%
+    Req/Sec    12.80k   500.00    13.50k    80.00%
+  Latency Distribution
+     50%  850.00us
+     75%    5.20ms
+     90%    6.00ms
+     99%    1.20s
+  64000 requests in 5.00s, 9.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  12800.50
+Transfer/sec:      1.80MB
+"""
+
+
+def _results() -> Results:
+    results = Results(servers=["triasgi", BASELINE])
+    for rate, p99 in [(900.0, 12.0), (1100.0, 8.0), (1000.0, 10.0)]:
+        results.add_http("hello", "triasgi", HttpSample(rate, 2.0, p99))
+    for rate in [800.0, 800.0, 800.0]:
+        results.add_http("hello", BASELINE, HttpSample(rate, 4.0, 20.0))
+    results.memory = {"triasgi": [9 * 1024.0, 8 * 1024.0], BASELINE: [4 * 1024.0]}
+    results.websocket = {BASELINE: [5000.0]}
+    return results
+
+
+def test_summary_takes_medians_over_rounds() -> None:
+    summary = summarize(
+        [
+            HttpSample(900.0, 1.0, 12.0),
+            HttpSample(1100.0, 3.0, 8.0, errors=2),
+            HttpSample(1000.0, 2.0, 10.0),
+        ]
+    )
+    assert summary.requests_per_s == 1000.0
+    assert summary.p50_ms == 2.0
+    assert summary.p99_ms == 10.0
+    assert summary.spread == pytest.approx(0.1)
+    assert summary.rounds == 3
+    assert summary.errors == 2
+
+
+def test_ratio_is_none_without_a_baseline() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(3.0, None) is None
+    assert ratio(3.0, 0.0) is None
+
+
+def test_report_shows_ratios_to_the_baseline() -> None:
+    report = format_report(_results(), {"hello": "hello GET"})
+    assert (
+        "| hello GET | triasgi | 1,000 | 1.25x | ±10% | 2.00 ms | 0.50x | 10.00 ms |"
+        " 0.50x |" in report
+    )
+    assert "| hello GET | uvicorn-h11 | 800 | 1.00x |" in report
+    # Memory: median of 9 and 8 KiB is 8.5 KiB, against 4 KiB.
+    assert "| triasgi | 8.5 | 2.12x |" in report
+    assert "| uvicorn-h11 | 5,000 | 1.00x |" in report
+    # Every table row has as many cells as its header.
+    for line in report.splitlines():
+        if line.startswith("| scenario"):
+            width = line.count("|")
+        elif line.startswith("| hello GET"):
+            assert line.count("|") == width
+
+
+def test_goals_say_met_or_missed() -> None:
+    assert goals(_results()) == [
+        "hello GET req/s at least 1.0x uvicorn-h11: met (1.25x)",
+        "hello GET p99 no worse than uvicorn-h11: met (0.50x)",
+        "memory per idle connection under 10 KiB: met (8.5 KiB)",
+    ]
+    slow = Results(servers=["triasgi", BASELINE])
+    slow.add_http("hello", "triasgi", HttpSample(500.0, 2.0, 30.0))
+    slow.add_http("hello", BASELINE, HttpSample(1000.0, 2.0, 20.0))
+    slow.memory = {"triasgi": [12 * 1024.0]}
+    assert goals(slow) == [
+        "hello GET req/s at least 1.0x uvicorn-h11: missed (0.50x)",
+        "hello GET p99 no worse than uvicorn-h11: missed (1.50x)",
+        "memory per idle connection under 10 KiB: missed (12.0 KiB)",
+    ]
+
+
+def test_a_cell_without_responses_shows_no_latency() -> None:
+    results = Results(servers=["triasgi", BASELINE])
+    results.add_http("stream", BASELINE, HttpSample(100.0, 50.0, 90.0))
+    results.add_http("stream", "triasgi", HttpSample(0.0, 0.0, 0.0))
+    report = format_report(results)
+    assert (
+        "| stream | triasgi (no responses) | 0 | 0.00x | ±0% | n/a | n/a | n/a | n/a |"
+        in report
+    )
+
+
+def test_wrk_output_is_parsed_in_milliseconds() -> None:
+    sample = wrk.parse_output(WRK_OUTPUT)
+    assert sample.requests_per_s == 12800.5
+    assert sample.p50_ms == pytest.approx(0.85)
+    assert sample.p99_ms == pytest.approx(1200.0)
+    assert sample.errors == 7
+
+
+def test_unreadable_wrk_output_is_an_error() -> None:
+    with pytest.raises(wrk.WrkError):
+        wrk.parse_output("unable to connect to 127.0.0.1:8000 Connection refused\n")
+
+
+def test_quick_mode_and_defaults() -> None:
+    quick = harness.parse_args(["--quick"])
+    assert (quick.rounds, quick.seconds, quick.idle_connections) == (1, 2.0, 1000)
+    full = harness.parse_args([])
+    assert (full.rounds, full.seconds, full.idle_connections) == (3, 5.0, 5000)
+    assert full.scenarios == harness.SCENARIOS
+    assert quick.servers == full.servers
+    assert quick.servers[0] == "triasgi"
+    assert harness.parse_args(["--quick", "--rounds", "4"]).rounds == 4
+
+
+def test_the_baseline_is_always_run() -> None:
+    options = harness.parse_args(
+        ["--servers", "triasgi", "--scenarios", "hello,memory"]
+    )
+    assert options.servers == [BASELINE, "triasgi"]
+    assert options.scenarios == ["hello", "memory"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--servers", "nginx"],
+        ["--scenarios", "hello,nope"],
+        ["--rounds", "0"],
+        ["--server-core", "1", "--load-core", "1"],
+    ],
+)
+def test_bad_arguments_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        harness.parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_rounds_rotate_the_server_order() -> None:
+    servers = ["a", "b", "c"]
+    assert [harness.rotated(servers, i) for i in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
