@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import importlib.metadata
 import importlib.util
@@ -69,7 +70,7 @@ _NEEDS = {
     "uvicorn-httptools": ["uvicorn", "httptools", "uvloop"],
     "hypercorn-trio": ["hypercorn", "trio"],
 }
-_WS_EXAMPLE = REPO_ROOT / "examples" / "ws_echo.py"
+_WS_EXAMPLE = Path("examples", "ws_echo.py")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Options:
     quick: bool
     output: Path | None
     json: Path | None
+    revision: str | None = None
 
 
 def _names(choices: list[str]) -> Callable[[str], list[str]]:
@@ -150,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--load-core", type=int, default=1, help="core for load clients"
     )
+    parser.add_argument(
+        "--revision",
+        help=(
+            "serve triasgi (and the apps) from a clean export of this git "
+            "revision instead of the working tree"
+        ),
+    )
     parser.add_argument("--output", type=Path, help="also write the report here")
     parser.add_argument("--json", type=Path, help="write every raw sample here")
     return parser
@@ -180,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         quick=quick,
         output=ns.output,
         json=ns.json,
+        revision=ns.revision,
     )
     for name in ("rounds", "idle_connections", "ws_connections"):
         if getattr(options, name) < 1:
@@ -405,10 +415,10 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
-def _git_revision() -> str:
+def _git_revision(revision: str | None) -> str:
     try:
         rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "rev-parse", "--short", f"{revision or 'HEAD'}^{{commit}}"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -425,6 +435,8 @@ def _git_revision() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    if revision is not None:
+        return rev + " (a clean export)"
     return rev + (" with uncommitted changes in triasgi/" if dirty else "")
 
 
@@ -436,8 +448,8 @@ def header(options: Options, argv: list[str]) -> str:
             [
                 f"Command: `{command}`",
                 "",
-                f"- revision {_git_revision()}; Python {platform.python_version()}; "
-                f"{_versions()}",
+                f"- revision {_git_revision(options.revision)}; "
+                f"Python {platform.python_version()}; {_versions()}",
                 f"- {cpus} cores: servers pinned to core {options.server_core}, "
                 f"load (wrk -t1, Python clients) to core {options.load_core}",
                 f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
@@ -451,12 +463,23 @@ def header(options: Options, argv: list[str]) -> str:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into an exception, so every cleanup block runs."""
+    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt, so every cleanup runs.
+
+    SIGINT too, because a shell starts background jobs with SIGINT ignored.
+    """
+
+    interrupted = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        # Only the first signal interrupts: later ones must not cut short
+        # the cleanup that the first one started.
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
@@ -464,12 +487,35 @@ def _terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def export_revision(revision: str, into: Path) -> Path:
+    """A clean copy of the repository at ``revision``, for the servers to run."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    if archive.returncode != 0:
+        raise ServerError(
+            f"Cannot export revision {revision!r}: {archive.stderr.decode().strip()}"
+        )
+    subprocess.run(
+        ["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60
+    )
+    return into
+
+
 def run(options: Options, results: Results, workdir: Path) -> None:
+    source = REPO_ROOT
+    if options.revision is not None:
+        source = export_revision(options.revision, workdir / "source")
     http_scenarios = [s for s in HTTP_SCENARIOS if s.key in options.scenarios]
     want_memory = MEMORY in options.scenarios
     want_ws = WEBSOCKET in options.scenarios
     ws_servers = [n for n in options.servers if SERVERS[n].websocket]
-    if want_ws and "triasgi" in ws_servers and not _WS_EXAMPLE.exists():
+    if want_ws and "triasgi" in ws_servers and not (source / _WS_EXAMPLE).exists():
         ws_servers.remove("triasgi")
         results.notes.append(
             "WebSocket echo: triasgi skipped, its WebSocket support has not landed "
@@ -485,13 +531,16 @@ def run(options: Options, results: Results, workdir: Path) -> None:
                 f"Idle memory skipped: the open-files limit is {got}, below the "
                 f"{needed} that {options.idle_connections} connections need."
             )
+    serve = functools.partial(
+        running, core=options.server_core, log_dir=workdir, source=source
+    )
     verified: set[str] = set()
     for round_index in range(options.rounds):
         for name in rotated(options.servers, round_index):
             spec = SERVERS[name]
             tag = f"[round {round_index + 1}/{options.rounds}] {name}"
             if http_scenarios or (want_ws and name in ws_servers):
-                with running(spec, core=options.server_core, log_dir=workdir) as server:
+                with serve(spec) as server:
                     if name not in verified:
                         verify(server)
                         verified.add(name)
@@ -502,7 +551,7 @@ def run(options: Options, results: Results, workdir: Path) -> None:
                     if want_ws and name in ws_servers:
                         _websocket_cell(server, spec, options, results, ws_servers, tag)
             if want_memory:
-                with running(spec, core=options.server_core, log_dir=workdir) as server:
+                with serve(spec) as server:
                     per_conn = measure_idle_memory(server, options)
                 results.memory.setdefault(name, []).append(per_conn)
                 _log(f"{tag} idle memory: {per_conn / 1024:.1f} KiB per connection")

@@ -230,24 +230,33 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def running(
-    spec: ServerSpec, *, core: int, log_dir: Path, startup_timeout: float = 30.0
+    spec: ServerSpec,
+    *,
+    core: int,
+    log_dir: Path,
+    source: Path = REPO_ROOT,
+    startup_timeout: float = 30.0,
 ) -> Iterator[RunningServer]:
-    """Start ``spec`` pinned to ``core``; yield once it answers GET / with 200."""
+    """Start ``spec`` pinned to ``core``; yield once it answers GET / with 200.
+
+    The server runs in ``source``, so ``triasgi`` and ``benchmarks.apps`` are
+    imported from there (``python -m`` puts the working directory first).
+    """
     port = free_port()
     log = log_dir / f"{spec.name}-{port}.log"
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)
     env.pop("PYTHONDEVMODE", None)
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            ["taskset", "-c", str(core), *spec.command(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log_file = open(log, "wb")
+    process = subprocess.Popen(
+        ["taskset", "-c", str(core), *spec.command(port)],
+        cwd=source,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         server = RunningServer(spec, process, port, log)
         deadline = time.monotonic() + startup_timeout
@@ -262,3 +271,4 @@ def running(
         yield server
     finally:
         _stop(process)
+        log_file.close()
