@@ -39,7 +39,7 @@ async def test_scope_has_every_key_of_the_spec():
     (scope,) = scopes
     host, port = server.addresses[0]
     assert scope["type"] == "http"
-    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.5"}
     assert scope["http_version"] == "1.1"
     assert scope["method"] == "GET"
     assert scope["scheme"] == "http"

@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 
 from ._types import Message
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
 
 class ClientDisconnected(OSError):
@@ -80,6 +80,120 @@ def next_response_state(state: ResponseState, message: Message) -> ResponseState
             f"http.response.body 'body' must be bytes, got {type(body).__name__}."
         )
     return ResponseState.BODY if message.get("more_body", False) else ResponseState.DONE
+
+
+class WebSocketState(enum.Enum):
+    """Where a WebSocket is, as seen from the app's ``send()`` calls."""
+
+    HANDSHAKE = "answering the handshake"
+    CONNECTED = "connected"
+    RESPONSE = "sending a websocket.http.response"
+    CLOSED = "closed"
+
+
+# The one table of which message the app may send in which state of a
+# WebSocket, and the state it leads to.  The last body of a denial response
+# (more_body false) leads to CLOSED instead; see next_websocket_state.
+_WEBSOCKET_SEND: dict[WebSocketState, dict[str, WebSocketState]] = {
+    WebSocketState.HANDSHAKE: {
+        "websocket.accept": WebSocketState.CONNECTED,
+        "websocket.close": WebSocketState.CLOSED,
+        "websocket.http.response.start": WebSocketState.RESPONSE,
+    },
+    WebSocketState.CONNECTED: {
+        "websocket.send": WebSocketState.CONNECTED,
+        "websocket.close": WebSocketState.CLOSED,
+    },
+    WebSocketState.RESPONSE: {
+        "websocket.http.response.body": WebSocketState.RESPONSE,
+    },
+    WebSocketState.CLOSED: {},
+}
+
+# RFC 6455 section 7.4: the codes an endpoint may put in a close frame.
+# 1004 is reserved, 1005, 1006 and 1015 must never be sent; 1012-1014 are
+# registered with IANA; 3000-4999 belong to libraries and applications.
+_SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)}
+)
+
+
+def next_websocket_state(state: WebSocketState, message: Message) -> WebSocketState:
+    """Check one message a WebSocket app sent and return the state it leads to.
+
+    Raises:
+        ASGIProtocolError: the message is not allowed in ``state`` or is
+            malformed.
+    """
+    try:
+        msg_type = message["type"]
+    except (KeyError, TypeError):
+        raise ASGIProtocolError(
+            f"ASGI message without a 'type' key: {message!r}"
+        ) from None
+    allowed = _WEBSOCKET_SEND[state]
+    if msg_type not in allowed:
+        expected = " or ".join(sorted(allowed)) or "nothing"
+        raise ASGIProtocolError(
+            f"Expected {expected} while {state.value}, got {msg_type!r}."
+        )
+    if msg_type == "websocket.accept":
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and type(subprotocol) is not str:
+            raise ASGIProtocolError(
+                f"websocket.accept 'subprotocol' must be a str or None, "
+                f"got {subprotocol!r}."
+            )
+        for name, _ in check_headers(message.get("headers", ())):
+            if name.lower() == b"sec-websocket-protocol":
+                raise ASGIProtocolError(
+                    "websocket.accept 'headers' must not set sec-websocket-protocol; "
+                    "use the 'subprotocol' key."
+                )
+    elif msg_type == "websocket.send":
+        data, text = message.get("bytes"), message.get("text")
+        if (data is None) == (text is None):
+            raise ASGIProtocolError(
+                "websocket.send needs exactly one of 'bytes' and 'text'."
+            )
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ASGIProtocolError(
+                f"websocket.send 'bytes' must be bytes, got {type(data).__name__}."
+            )
+        if text is not None and type(text) is not str:
+            raise ASGIProtocolError(
+                f"websocket.send 'text' must be a str, got {type(text).__name__}."
+            )
+    elif msg_type == "websocket.close":
+        code = message.get("code", 1000)
+        if type(code) is not int or code not in _SENDABLE_CLOSE_CODES:
+            raise ASGIProtocolError(
+                f"websocket.close 'code' must be a close code an endpoint may "
+                f"send (1000-1003, 1007-1014 or 3000-4999), got {code!r}."
+            )
+        reason = message.get("reason")
+        if reason is not None and type(reason) is not str:
+            raise ASGIProtocolError(
+                f"websocket.close 'reason' must be a str or None, got {reason!r}."
+            )
+    elif msg_type == "websocket.http.response.start":
+        status = message.get("status")
+        if type(status) is not int or not 200 <= status <= 599:
+            raise ASGIProtocolError(
+                f"websocket.http.response.start needs an int 'status' from 200 "
+                f"to 599, got {status!r}."
+            )
+        check_headers(message.get("headers", ()))
+    elif msg_type == "websocket.http.response.body":
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ASGIProtocolError(
+                f"websocket.http.response.body 'body' must be bytes, "
+                f"got {type(body).__name__}."
+            )
+        if not message.get("more_body", False):
+            return WebSocketState.CLOSED
+    return allowed[msg_type]
 
 
 def check_headers(headers: object) -> list[tuple[bytes, bytes]]:

@@ -121,6 +121,37 @@ class Config:
     log_level: str = _option("info", "Log level.", choices=LOG_LEVELS)
     access_log: bool = _option(True, "Log one line per request.", flag=True)
 
+    # WebSocket.
+    ws_max_size: int = _option(
+        16 * 1024 * 1024,
+        "Largest WebSocket message, in bytes, counted across its fragments; a "
+        "larger one closes the connection with 1009.",
+        minimum=1,
+    )
+    ws_max_queue: int = _option(
+        32,
+        "WebSocket messages received but not yet taken by the app; beyond this "
+        "the server stops reading from the client.",
+        minimum=1,
+    )
+    ws_ping_interval: float = _option(
+        20.0,
+        "Seconds between the server's WebSocket pings (0 sends none).",
+        minimum=0,
+    )
+    ws_ping_timeout: float = _option(
+        20.0,
+        "Seconds a WebSocket client gets to answer a ping before the connection "
+        "is closed with 1011 (0 waits forever).",
+        minimum=0,
+    )
+    ws_per_message_deflate: bool = _option(
+        True,
+        "Offer WebSocket per-message deflate compression to clients that ask "
+        "for it.",
+        flag=True,
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

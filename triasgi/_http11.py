@@ -34,6 +34,7 @@ from ._asgi import (
     split_target,
 )
 from ._types import Address, Message
+from ._websocket import WebSocketSession, is_websocket_upgrade
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -297,6 +298,7 @@ class HTTP11Connection:
         self._cancel_requested = False
         self._cycle: _RequestCycle | None = None
         self._idle = True
+        self._websocket: WebSocketSession | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -325,6 +327,8 @@ class HTTP11Connection:
     def begin_shutdown(self) -> None:
         """Graceful shutdown: finish the request in flight, then close."""
         self.closing = True
+        if self._websocket is not None:
+            self._websocket.begin_shutdown()
         if self._idle:
             self._data_lot.unpark_all()
 
@@ -335,12 +339,18 @@ class HTTP11Connection:
         cycle = self._cycle
         if cycle is not None and not cycle.disconnected and cycle.state is not ResponseState.DONE:
             cycle.on_disconnect()
-            assert self._nursery is not None
-            scope = self._nursery.cancel_scope
-            scope.deadline = min(
-                scope.deadline,
-                trio.current_time() + self.server.config.disconnect_grace_period,
-            )
+            self.grant_disconnect_grace()
+        if self._websocket is not None:
+            self._websocket.client_gone()
+
+    def grant_disconnect_grace(self) -> None:
+        """Cancel what the connection runs ``disconnect_grace_period`` from now."""
+        assert self._nursery is not None
+        scope = self._nursery.cancel_scope
+        scope.deadline = min(
+            scope.deadline,
+            trio.current_time() + self.server.config.disconnect_grace_period,
+        )
 
     async def _close(self) -> None:
         # Lingering matters only when the client may still be sending: after
@@ -410,6 +420,21 @@ class HTTP11Connection:
                 return event
             await self._data_lot.park()
 
+    async def receive_bytes(self) -> bytes:
+        """Take what the reader has buffered, waiting for some; b"" at EOF.
+
+        For a protocol that takes the connection over from h11 (WebSocket):
+        the reader stays the only task that reads the socket, so the EOF
+        check and the buffer bound stay in one place.
+        """
+        await trio.lowlevel.checkpoint()
+        while not self._inbox and not self._eof:
+            await self._data_lot.park()
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        self._reader_lot.unpark_all()
+        return data
+
     async def _next_request(self) -> Any:
         """Wait for the next request head; None when the connection should end."""
         config = self.server.config
@@ -473,6 +498,10 @@ class HTTP11Connection:
                 status, reason = problem
                 logger.debug("Rejected request from %s: %s (%d)", self.client, reason, status)
                 await self._send_error(status)
+                return
+            if is_websocket_upgrade(event):
+                self._websocket = WebSocketSession(self, event)
+                await self._websocket.run()
                 return
             cycle = _RequestCycle(self, self._build_scope(event), event)
             self._cycle = cycle
