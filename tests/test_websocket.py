@@ -416,6 +416,7 @@ async def test_fragmented_message_is_delivered_whole():
         await client.send(BytesMessage(data=b"b", message_finished=True))
         pong = await client.next_event()
         assert await client.close_code() == 1000
+        await client.stream.aclose()
     assert pong.payload == b"mid"
     assert received == [
         {"type": "websocket.receive", "text": "fragménted"},
@@ -434,6 +435,7 @@ async def test_message_over_max_size_across_fragments_closes_with_1009():
             await client.send(BytesMessage(data=b"x" * 600, message_finished=False))
         code = await client.close_code()
         await client.send(CloseConnection(code=code))
+        await client.stream.aclose()
     assert code == 1009
     assert log[0]["code"] == 1009
 
@@ -455,6 +457,39 @@ async def test_invalid_utf8_from_client_closes_with_1007():
         # A masked text frame (mask 0) whose payload is not UTF-8.
         await stream.send_all(b"\x81\x82\x00\x00\x00\x00\xc3\x28")
         assert await client.close_code() == 1007
+        await client.stream.aclose()
+
+
+async def test_unmasked_frame_from_client_closes_with_1002():
+    log = []
+    async with open_server(echo_app(log)) as server:
+        stream = await connect(server)
+        client = RawClient(stream)
+        assert isinstance(await client.handshake(), AcceptConnection)
+        # RFC 6455 section 5.1: a client must mask every frame.
+        await stream.send_all(b"\x81\x02hi")
+        assert await client.close_code() == 1002
+        await client.stream.aclose()
+    assert log[0]["code"] == 1002
+
+
+async def test_starlette_denial_response_reaches_the_client():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import WebSocketRoute
+
+    async def endpoint(websocket):
+        await websocket.send_denial_response(
+            PlainTextResponse("members only", status_code=401)
+        )
+
+    app = Starlette(routes=[WebSocketRoute("/", endpoint)])
+    async with open_server(app) as server:
+        stream = await connect(server)
+        await stream.send_all(HANDSHAKE.replace(b"/chat", b"/") + b"\r\n")
+        reply = await read_until_closed(stream)
+    assert parse_status(reply) == 401
+    assert reply.endswith(b"members only")
 
 
 # -- closing -------------------------------------------------------------------
@@ -517,6 +552,7 @@ async def test_close_frame_without_a_code_is_reported_as_1005():
         await client.send(CloseConnection(code=CloseReason.NO_STATUS_RCVD))  # no code
         reply = await client.next_event()
         assert await client.stream.receive_some(10) == b""
+        await client.stream.aclose()
     assert reply.code == 1005  # echoed back as an empty close frame too
     assert log == [{"type": "websocket.disconnect", "code": 1005, "reason": ""}]
 
@@ -597,6 +633,7 @@ async def test_app_returning_without_close_sends_a_normal_close():
         close = await client.next_event()
         await client.send(close.response())
         assert await client.stream.receive_some(10) == b""
+        await client.stream.aclose()
     assert isinstance(close, CloseConnection)
     assert close.code == 1000
 
