@@ -1,0 +1,151 @@
+"""Serialize one HTTP/1.1 response (sans-io): head, framing, body, end.
+
+h11 parses the requests; responses are written here, because this is the
+hot path and the rules are few (RFC 9112 section 6 and RFC 9110 section
+6.4.1):
+
+- 1xx, 204 and 304 responses, and any response to HEAD, have no body.
+- A response with a valid ``content-length`` is framed by it; sending more
+  or less than declared is an error.
+- Otherwise an HTTP/1.1 client gets ``transfer-encoding: chunked`` and an
+  HTTP/1.0 client gets a body delimited by closing the connection.
+- A ``transfer-encoding`` header from the app is dropped: framing is the
+  server's business (ASGI HTTP spec).
+"""
+
+from __future__ import annotations
+
+import re
+
+# RFC 9110 section 5.1 (token) and 5.5 (field value: no CR, LF or NUL).
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ResponseError(Exception):
+    """The app's response cannot be sent as given (bad header, wrong length)."""
+
+
+class ResponseWriter:
+    """The bytes of one response, with its framing checked.
+
+    Args:
+        http_version: the request's version, ``b"1.0"`` or ``b"1.1"``.
+        head_only: the request was HEAD: headers as for GET, no body.
+        keep_alive: whether the connection may carry another request after
+            this one, as far as the request is concerned.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_head_only",
+        "_http10",
+        "_no_body",
+        "_remaining",
+        "keep_alive",
+    )
+
+    def __init__(self, *, http_version: bytes, head_only: bool, keep_alive: bool) -> None:
+        self._http10 = http_version == b"1.0"
+        self._head_only = head_only
+        self.keep_alive = keep_alive and not self._http10
+        self._chunked = False
+        self._no_body = head_only
+        self._remaining: int | None = None
+
+    def head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        final_body: bytes | None = None,
+    ) -> bytes:
+        """The status line and headers.
+
+        Args:
+            final_body: the whole body, when it is known now: it gets a
+                ``content-length`` instead of chunked framing.
+
+        Raises:
+            ResponseError: a header name or value is not allowed, or
+                ``content-length`` is malformed or given twice differently.
+        """
+        no_body_status = status in _NO_BODY_STATUS or status < 200
+        self._no_body = self._head_only or no_body_status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        length: bytes | None = None
+        close = not self.keep_alive
+        for name, value in headers:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise ResponseError(f"Invalid response header {name!r}: {value!r}")
+            lower = name.lower()
+            if lower == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length is not None and value != length):
+                    raise ResponseError(f"Invalid content-length {value!r}")
+                length = value
+                continue
+            elif lower == b"transfer-encoding":
+                continue
+            elif lower == b"connection":
+                if b"close" in value.lower():
+                    close = True
+                    continue
+                # Hop-by-hop tokens other than close are kept as given.
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if no_body_status:
+            # RFC 9110 section 8.6: a 304 may carry the length the GET would
+            # have; 1xx and 204 carry none.
+            if length is not None and status == 304:
+                lines.append(b"content-length: %s\r\n" % length)
+            self._remaining = 0
+        elif length is not None:
+            lines.append(b"content-length: %s\r\n" % length)
+            self._remaining = 0 if self._head_only else int(length)
+        elif final_body is not None:
+            lines.append(b"content-length: %d\r\n" % len(final_body))
+            self._remaining = 0 if self._head_only else len(final_body)
+        elif self._head_only:
+            self._remaining = 0
+        elif self._http10:
+            close = True
+        else:
+            self._chunked = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if close:
+            self.keep_alive = False
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def body(self, data: bytes) -> bytes:
+        """Frame one piece of the body (nothing for HEAD, 204 and 304).
+
+        Raises:
+            ResponseError: more data than the declared content-length.
+        """
+        if self._no_body or not data:
+            return b""
+        if self._chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        if self._remaining is not None:
+            self._remaining -= len(data)
+            if self._remaining < 0:
+                self.keep_alive = False
+                raise ResponseError("Response body longer than its content-length")
+        return bytes(data)
+
+    def end(self) -> bytes:
+        """The end of the response.
+
+        Raises:
+            ResponseError: less data than the declared content-length.
+        """
+        if self._chunked:
+            return b"0\r\n\r\n"
+        if self._remaining and not self._no_body:
+            self.keep_alive = False
+            raise ResponseError("Response body shorter than its content-length")
+        return b""
