@@ -11,8 +11,14 @@ from triasgi._h1writer import ResponseError, ResponseWriter
 def parse(request: bytes, response: bytes) -> tuple[h11.Response, bytes, bool]:
     """Read a response back with h11 acting as the client."""
     client = h11.Connection(h11.CLIENT)
-    client.send(h11.Request(method=request.split()[0], target="/",
-                            headers=[("host", "a")], http_version=request.split()[1]))
+    client.send(
+        h11.Request(
+            method=request.split()[0],
+            target="/",
+            headers=[("host", "a")],
+            http_version=request.split()[1],
+        )
+    )
     client.send(h11.EndOfMessage())
     client.receive_data(response)
     event = client.next_event()
@@ -31,10 +37,17 @@ def parse(request: bytes, response: bytes) -> tuple[h11.Response, bytes, bool]:
     return event, body, client.our_state is h11.DONE and client.their_state is h11.DONE
 
 
-def write(version=b"1.1", method=b"GET", status=200, headers=(), chunks=(b"ab", b"cd"),
-          keep_alive=True):
-    writer = ResponseWriter(http_version=version, head_only=method == b"HEAD",
-                            keep_alive=keep_alive)
+def write(
+    version=b"1.1",
+    method=b"GET",
+    status=200,
+    headers=(),
+    chunks=(b"ab", b"cd"),
+    keep_alive=True,
+):
+    writer = ResponseWriter(
+        http_version=version, head_only=method == b"HEAD", keep_alive=keep_alive
+    )
     out = writer.head(status, b"OK", list(headers))
     for chunk in chunks:
         out += writer.body(chunk)
@@ -47,7 +60,8 @@ def test_unknown_length_is_chunked_for_http_1_1():
     response, body, reusable = parse(b"GET 1.1", out)
     assert (b"transfer-encoding", b"chunked") in response.headers
     assert body == b"abcd"
-    assert writer.keep_alive and reusable
+    assert writer.keep_alive
+    assert reusable
 
 
 def test_unknown_length_is_close_delimited_for_http_1_0():
@@ -60,8 +74,10 @@ def test_unknown_length_is_close_delimited_for_http_1_0():
 
 
 def test_content_length_framing_and_app_transfer_encoding_dropped():
-    writer, out = write(headers=[(b"Content-Length", b"4"), (b"transfer-encoding", b"gzip")])
-    response, body, _ = parse(b"GET 1.1", out)
+    _writer, out = write(
+        headers=[(b"Content-Length", b"4"), (b"transfer-encoding", b"gzip")]
+    )
+    _response, body, _ = parse(b"GET 1.1", out)
     assert body == b"abcd"
     assert out.count(b"content-length") == 1
     assert b"transfer-encoding" not in out
@@ -69,7 +85,11 @@ def test_content_length_framing_and_app_transfer_encoding_dropped():
 
 def test_final_body_gets_a_content_length():
     writer = ResponseWriter(http_version=b"1.1", head_only=False, keep_alive=True)
-    out = writer.head(200, b"OK", [], final_body=b"hello") + writer.body(b"hello") + writer.end()
+    out = (
+        writer.head(200, b"OK", [], final_body=b"hello")
+        + writer.body(b"hello")
+        + writer.end()
+    )
     assert b"content-length: 5\r\n" in out
     assert out.endswith(b"\r\n\r\nhello")
 
@@ -94,7 +114,7 @@ def test_connection_close_from_the_app_ends_keep_alive():
 
 
 def test_connection_close_when_the_request_asked_for_it():
-    writer, out = write(keep_alive=False)
+    _writer, out = write(keep_alive=False)
     assert b"connection: close\r\n" in out
 
 

@@ -46,7 +46,9 @@ class ResponseWriter:
         "keep_alive",
     )
 
-    def __init__(self, *, http_version: bytes, head_only: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, *, http_version: bytes, head_only: bool, keep_alive: bool
+    ) -> None:
         self._http10 = http_version == b"1.0"
         self._head_only = head_only
         self.keep_alive = keep_alive and not self._http10
