@@ -11,9 +11,12 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
 from triasgi import ASGIProtocolError, ClientDisconnected, StartupError
 from triasgi.testing import (
+    WebSocketClosed,
+    WebSocketRejected,
     open_client,
     open_communicator,
     open_memory_server,
@@ -324,6 +327,114 @@ async def test_request_body_and_keep_alive_between_requests(triasgi_client):
     assert (await client.post("/", content=chunks())).text == "fedcba"
 
 
+# -- WebSocket through the client ------------------------------------------------
+
+
+def ws_app(log):
+    """Echoes messages; 'bye' makes it close with 4000."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        assert (await receive())["type"] == "websocket.connect"
+        if scope["path"] == "/private":
+            await send({"type": "websocket.http.response.start", "status": 401,
+                        "headers": [(b"www-authenticate", b"Token")]})
+            await send({"type": "websocket.http.response.body",
+                        "body": b"token required"})
+            return
+        if scope["path"] == "/closed":
+            await send({"type": "websocket.close"})
+            return
+        offered = scope["subprotocols"]
+        await send({"type": "websocket.accept",
+                    "subprotocol": offered[-1] if offered else None,
+                    "headers": [(b"x-room", scope["path"].encode())]})
+        while True:
+            message = await receive()
+            log.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") == "bye":
+                await send({"type": "websocket.close", "code": 4000, "reason": "done"})
+                return
+            await send({"type": "websocket.send", "text": message.get("text"),
+                        "bytes": message.get("bytes")})
+
+    return app
+
+
+async def test_websocket_session_through_the_client(triasgi_client):
+    log = []
+    client = await triasgi_client(ws_app(log))
+    async with client.open_websocket("/room/1", subprotocols=["v1", "v2"]) as ws:
+        assert ws.subprotocol == "v2"
+        assert (b"x-room", b"/room/1") in ws.headers
+        await ws.send_text("héllo")
+        assert await ws.receive_text() == "héllo"
+        await ws.send_bytes(b"\x00\xff")
+        assert await ws.receive_bytes() == b"\x00\xff"
+    assert ws.closed
+    assert ws.close_code == 1000
+    await trio.testing.wait_all_tasks_blocked()
+    assert log[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+async def test_websocket_closed_by_the_app(triasgi_client):
+    client = await triasgi_client(ws_app([]))
+    async with client.open_websocket("/") as ws:
+        await ws.send_text("bye")
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.receive()
+        with pytest.raises(WebSocketClosed):
+            await ws.send_text("anyone?")
+    assert (closed.value.code, closed.value.reason) == (4000, "done")
+    assert ws.close_code == 4000
+
+
+async def test_websocket_denied_by_the_app(triasgi_client):
+    client = await triasgi_client(ws_app([]))
+    with pytest.raises(WebSocketRejected) as rejected:
+        async with client.open_websocket("/private"):
+            pytest.fail("the handshake should have been denied")
+    assert rejected.value.status == 401
+    assert rejected.value.body == b"token required"
+    assert (b"www-authenticate", b"Token") in rejected.value.headers
+    with pytest.raises(WebSocketRejected) as rejected:
+        async with client.open_websocket("/closed"):
+            pytest.fail("the handshake should have been denied")
+    assert rejected.value.status == 403
+
+
+async def test_dropped_websocket_is_a_1006_disconnect_for_the_app(triasgi_client):
+    log = []
+    client = await triasgi_client(ws_app(log))
+    async with client.open_websocket("/") as ws:
+        await ws.send_text("one")
+        assert await ws.receive() == "one"
+        await ws.drop()
+    await trio.testing.wait_all_tasks_blocked()
+    assert ws.close_code == 1006
+    assert log[-1] == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+
+async def test_websocket_answers_pings_while_the_test_sleeps(
+    triasgi_client, autojump_clock
+):
+    client = await triasgi_client(ws_app([]), ws_ping_interval=5, ws_ping_timeout=5)
+    async with client.open_websocket("/") as ws:
+        await trio.sleep(600)
+        await ws.send_text("still here")
+        assert await ws.receive() == "still here"
+
+
+async def test_websocket_on_the_real_socket_via_ws_url(triasgi_server):
+    server = await triasgi_server(ws_app([]))
+    async with trio_websocket.open_websocket_url(server.ws_url + "/tcp") as ws:
+        await ws.send_message("over TCP")
+        assert await ws.get_message() == "over TCP"
+
+
 # -- the communicator ----------------------------------------------------------
 
 
@@ -426,6 +537,17 @@ async def test_communicator_cancels_a_running_app_on_exit():
         await trio.testing.wait_all_tasks_blocked()
         assert not app_call.finished
     assert cancelled == [True]
+
+
+async def test_communicator_checks_the_websocket_message_order():
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.send", "text": "before accepting"})
+
+    async with open_communicator(app, {"type": "websocket"}) as app_call:
+        await app_call.send({"type": "websocket.connect"})
+        with pytest.raises(ASGIProtocolError, match=r"Expected websocket\.accept"):
+            await app_call.receive()
 
 
 async def test_communicator_needs_a_scope_type():

@@ -9,7 +9,14 @@ from typing import Any, final
 
 import trio
 
-from .._asgi import ASGI_VERSION, ASGIProtocolError, ResponseState, next_response_state
+from .._asgi import (
+    ASGI_VERSION,
+    ASGIProtocolError,
+    ResponseState,
+    WebSocketState,
+    next_response_state,
+    next_websocket_state,
+)
 from .._types import ASGIApp, Message, Scope
 from ._server import open_nursery_unwrapped
 
@@ -17,6 +24,7 @@ from ._server import open_nursery_unwrapped
 # from the ones the server enforces.  Scope types not listed are not checked.
 _RULES: dict[str, tuple[Any, Callable[[Any, Message], Any]]] = {
     "http": (ResponseState.START, next_response_state),
+    "websocket": (WebSocketState.HANDSHAKE, next_websocket_state),
 }
 _COMPLETE: dict[str, Any] = {"http": ResponseState.DONE}
 
@@ -42,6 +50,7 @@ def _full_scope(scope: Scope) -> Scope:
             defaults["method"] = "GET"
         else:
             defaults["subprotocols"] = []
+            defaults["extensions"] = {"websocket.http.response": {}}
     elif kind == "lifespan":
         defaults = {"asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
     else:
@@ -73,7 +82,8 @@ class Communicator:
     The test plays the server: :meth:`send` gives the app a message to
     ``receive()``, :meth:`receive` takes the next message the app
     ``send()``-s.  Every message the app sends is checked against the ASGI
-    message order the server enforces (for ``http`` scopes); a message out
+    message order the server enforces (for ``http`` and ``websocket``
+    scopes); a message out
     of order raises :class:`~triasgi.ASGIProtocolError` inside the app, as
     the server would, and in the test at the :meth:`receive` that reaches
     it.  Get one from :func:`open_communicator`.

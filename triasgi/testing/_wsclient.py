@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -24,11 +25,12 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError
 
 from .._server import Server
-from ._server import open_memory_connection
+from ._server import open_memory_connection, open_nursery_unwrapped
 
 _READ_SIZE = 64 * 1024
 # How long leaving the session waits for the server to answer our close frame.
 _CLOSE_WAIT_SECONDS = 5.0
+_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class WebSocketRejected(Exception):
@@ -69,22 +71,29 @@ class WebSocketClosed(Exception):
 class MemoryWebSocket:
     """The client's side of a WebSocket session over an in-memory connection.
 
-    Get one from :meth:`MemoryClient.open_websocket` or
-    :func:`open_websocket`.
+    A task of the session reads from the server all the time, as a real
+    client does: it answers the server's pings (so a test may sleep through
+    many ping intervals under ``autojump_clock``) and queues the app's
+    messages for :meth:`receive`.  Get one from
+    :meth:`MemoryClient.open_websocket` or :func:`open_websocket`.
 
     Attributes:
         subprotocol: the subprotocol the app accepted, or None.
         headers: the extra headers of the app's ``websocket.accept``.
-        close_code: once closed, the close code (1006 for a lost connection).
-        close_reason: once closed, the close reason.
+        close_code: once closed, the code of the server's close frame, or
+            1006 when the connection was lost without one.
+        close_reason: once closed, the reason of the server's close frame.
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._events: deque[Event] = deque()
-        self._text: list[str] = []
-        self._bytes: list[bytes] = []
+        self._write_lock = trio.Lock()
+        self._messages_in, self._messages = trio.open_memory_channel[str | bytes](
+            math.inf
+        )
+        self._closed = trio.Event()
         self.subprotocol: str | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.close_code: int | None = None
@@ -96,52 +105,35 @@ class MemoryWebSocket:
         """Send a text message.
 
         Raises:
-            WebSocketClosed: the session is closed.
+            WebSocketClosed: the session is closed or closing.
         """
-        await self._send(TextMessage(data=text))
+        await self._send_message(TextMessage(data=text))
 
     async def send_bytes(self, data: bytes) -> None:
         """Send a binary message.
 
         Raises:
-            WebSocketClosed: the session is closed.
+            WebSocketClosed: the session is closed or closing.
         """
-        await self._send(BytesMessage(data=data))
+        await self._send_message(BytesMessage(data=data))
 
     # -- receiving -----------------------------------------------------------
 
     async def receive(self) -> str | bytes:
         """Wait for the next whole message from the app.
 
-        Pings are answered on the way.
-
         Returns:
             The message: ``str`` for a text message, ``bytes`` for binary.
 
         Raises:
-            WebSocketClosed: the app closed the session, or the connection
-                was lost, before another message came.
+            WebSocketClosed: the session closed (by the app, by
+                :meth:`close`, or by losing the connection) and every
+                message that came before has been received.
         """
-        while True:
-            event = await self._next_event()
-            if isinstance(event, TextMessage):
-                self._text.append(event.data)
-                if event.message_finished:
-                    text = "".join(self._text)
-                    self._text.clear()
-                    return text
-            elif isinstance(event, BytesMessage):
-                self._bytes.append(bytes(event.data))
-                if event.message_finished:
-                    data = b"".join(self._bytes)
-                    self._bytes.clear()
-                    return data
-            elif isinstance(event, Ping):
-                await self._write(self._ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                await self._closed_by_peer(event)
-                assert self.close_code is not None
-                raise WebSocketClosed(self.close_code, self.close_reason or "")
+        try:
+            return await self._messages.receive()
+        except trio.EndOfChannel:
+            raise self._closed_error() from None
 
     async def receive_text(self) -> str:
         """Wait for the next message and check that it is text.
@@ -172,18 +164,12 @@ class MemoryWebSocket:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the session and wait for the app's close frame in answer.
 
-        Messages that arrive before the answer are dropped.  Closing a
-        closed session does nothing.
+        Messages the app sent before its answer can still be received.
+        Closing a closed session does nothing.
         """
-        if self._ws.state is not ConnectionState.OPEN:
-            await trio.lowlevel.checkpoint()
-            return
-        await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
-        self.close_code, self.close_reason = code, reason
-        while not self._closed():
-            event = await self._next_event()
-            if isinstance(event, CloseConnection):
-                self._ws_closed(event)
+        if self._ws.state is ConnectionState.OPEN:
+            await self._send(CloseConnection(code=code, reason=reason))
+        await self._closed.wait()
 
     async def drop(self) -> None:
         """Lose the connection at once, without a close frame.
@@ -191,8 +177,12 @@ class MemoryWebSocket:
         The app sees ``websocket.disconnect`` with code 1006.
         """
         await trio.aclose_forcefully(self._stream)
-        if self.close_code is None:
-            self.close_code, self.close_reason = 1006, ""
+        await self._closed.wait()
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is over, whichever side ended it."""
+        return self._closed.is_set()
 
     # -- internals -----------------------------------------------------------
 
@@ -209,8 +199,8 @@ class MemoryWebSocket:
             subprotocols=list(subprotocols),
             extra_headers=[(k.lower().encode(), v.encode()) for k, v in headers],
         )
-        await self._write(self._ws.send(request))
-        event = await self._next_event(during_handshake=True)
+        await self._stream.send_all(self._ws.send(request))
+        event = await self._next_handshake_event()
         if isinstance(event, AcceptConnection):
             self.subprotocol = event.subprotocol
             self.headers = _byte_pairs(event.extra_headers)
@@ -219,7 +209,7 @@ class MemoryWebSocket:
             body = b""
             more = event.has_body
             while more:
-                part = await self._next_event(during_handshake=True)
+                part = await self._next_handshake_event()
                 if not isinstance(part, RejectData):
                     break
                 body += part.data
@@ -227,72 +217,81 @@ class MemoryWebSocket:
             raise WebSocketRejected(event.status_code, _byte_pairs(event.headers), body)
         raise RuntimeError(f"Unexpected handshake event from the server: {event!r}")
 
-    async def close_on_exit(self) -> None:
-        if self._ws.state is not ConnectionState.OPEN:
-            return
-        with trio.move_on_after(_CLOSE_WAIT_SECONDS) as scope:
-            scope.shield = True
-            try:
-                await self.close()
-            except WebSocketClosed:
-                pass
-
-    async def _send(self, event: Event) -> None:
-        try:
-            data = self._ws.send(event)
-        except LocalProtocolError:
-            raise self._closed_error() from None
-        await self._write(data)
-
-    async def _write(self, data: bytes) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._lost()
-            raise self._closed_error() from None
-
-    async def _next_event(self, *, during_handshake: bool = False) -> Event:
+    async def _next_handshake_event(self) -> Event:
         while not self._events:
-            if self._ws.state is ConnectionState.CLOSED and self.close_code is not None:
-                raise self._closed_error()
             try:
-                data: bytes | None = bytes(await self._stream.receive_some(_READ_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = await self._stream.receive_some(_READ_SIZE)
+            except _STREAM_GONE:
                 data = b""
             if not data:
-                if during_handshake:
-                    raise ConnectionError(
-                        "The server closed the connection during the WebSocket "
-                        "handshake; is the path a WebSocket route?"
-                    )
-                data = None
-            self._ws.receive_data(data)
+                raise ConnectionError(
+                    "The server closed the connection during the WebSocket "
+                    "handshake; is the path a WebSocket route?"
+                )
+            self._ws.receive_data(bytes(data))
             self._events.extend(self._ws.events())
         return self._events.popleft()
 
-    async def _closed_by_peer(self, event: CloseConnection) -> None:
-        if self._ws.state is ConnectionState.REMOTE_CLOSING:
+    async def read_loop(self) -> None:
+        """Read until the session is over: queue messages, answer pings."""
+        text: list[str] = []
+        binary: list[bytes] = []
+        try:
+            while self.close_code is None:
+                while self._events:
+                    event = self._events.popleft()
+                    if isinstance(event, TextMessage):
+                        text.append(event.data)
+                        if event.message_finished:
+                            self._messages_in.send_nowait("".join(text))
+                            text.clear()
+                    elif isinstance(event, BytesMessage):
+                        binary.append(bytes(event.data))
+                        if event.message_finished:
+                            self._messages_in.send_nowait(b"".join(binary))
+                            binary.clear()
+                    elif isinstance(event, Ping):
+                        await self._send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                            await self._send(event.response())
+                        self.close_code = event.code
+                        self.close_reason = event.reason or ""
+                        return
+                try:
+                    data = bytes(await self._stream.receive_some(_READ_SIZE))
+                except _STREAM_GONE:
+                    data = b""
+                # EOF: wsproto reports it as a close with code 1006.
+                self._ws.receive_data(data or None)
+                self._events.extend(self._ws.events())
+        finally:
+            if self.close_code is None:
+                self.close_code, self.close_reason = 1006, ""
+            self._messages_in.close()
+            self._closed.set()
+
+    async def close_on_exit(self) -> None:
+        with trio.move_on_after(_CLOSE_WAIT_SECONDS) as scope:
+            scope.shield = True
+            await self.close()
+
+    async def _send_message(self, event: Event) -> None:
+        if self._ws.state is not ConnectionState.OPEN:
+            await trio.lowlevel.checkpoint()
+            raise self._closed_error()
+        await self._send(event)
+
+    async def _send(self, event: Event) -> None:
+        async with self._write_lock:
             try:
-                await self._write(self._ws.send(event.response()))
-            except WebSocketClosed:
-                pass
-        self._ws_closed(event)
-
-    def _ws_closed(self, event: CloseConnection) -> None:
-        if self.close_code is None or self.close_code == 1006 or event.code == 1006:
-            self.close_code, self.close_reason = event.code, event.reason or ""
-
-    def _closed(self) -> bool:
-        return self._ws.state is ConnectionState.CLOSED
-
-    def _lost(self) -> None:
-        if self.close_code is None:
-            self.close_code, self.close_reason = 1006, ""
+                data = self._ws.send(event)
+                await self._stream.send_all(data)
+            except (LocalProtocolError, *_STREAM_GONE):
+                raise self._closed_error() from None
 
     def _closed_error(self) -> WebSocketClosed:
-        self._lost()
-        assert self.close_code is not None
-        return WebSocketClosed(self.close_code, self.close_reason or "")
+        return WebSocketClosed(self.close_code or 1006, self.close_reason or "")
 
     def __repr__(self) -> str:
         return f"<MemoryWebSocket {self._ws.state.name.lower()}>"
@@ -333,10 +332,13 @@ async def open_websocket(
     ) as stream:
         ws = MemoryWebSocket(stream)
         await ws.handshake(host_header, target, subprotocols, headers)
-        try:
-            yield ws
-        finally:
-            await ws.close_on_exit()
+        async with open_nursery_unwrapped() as nursery:
+            nursery.start_soon(ws.read_loop)
+            try:
+                yield ws
+            finally:
+                await ws.close_on_exit()
+                nursery.cancel_scope.cancel()
 
 
 def _byte_pairs(headers: Iterable[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
