@@ -114,6 +114,13 @@ async def test_failing_startup_raises_startup_error_from_the_fixture(triasgi_ser
         await triasgi_server(lifespan_app([], startup_failure="database is down"))
 
 
+async def test_a_misspelt_setting_is_named(triasgi_server, triasgi_client):
+    with pytest.raises(TypeError, match="'timeout_keepalive' is not a triasgi setting"):
+        await triasgi_server(lifespan_app([]), timeout_keepalive=1)
+    with pytest.raises(TypeError, match="'timeout_keepalive' is not a triasgi setting"):
+        await triasgi_client(lifespan_app([]), timeout_keepalive=1)
+
+
 # -- triasgi_client: in memory -------------------------------------------------
 
 

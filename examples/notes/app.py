@@ -7,10 +7,11 @@ Run it with ``triasgi examples.notes.app:app``.
     GET  /notes/{id}             one note, or 404
     GET  /notes/wait?after={id}  long poll: the notes newer than {id}, as soon
                                  as there are any, or 204 after 30 seconds
-    GET  /stats                  how many notes, how many long polls waiting
+    GET  /stats                  how many notes, how many clients waiting
+    WS   /notes/feed             every new note, as a JSON text message
 
-The notes live in a store the lifespan startup creates; a long poll whose
-client goes away stops waiting at once.
+The notes live in a store the lifespan startup creates; a long poll or a
+feed whose client goes away stops waiting at once.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ async def app(scope, receive, send):
         await lifespan(scope, receive, send)
     elif scope["type"] == "http":
         await http(scope, receive, send)
+    elif scope["type"] == "websocket" and scope["path"] == "/notes/feed":
+        await feed(scope["state"]["store"], receive, send)
 
 
 async def lifespan(scope, receive, send):
@@ -136,6 +139,25 @@ async def long_poll(store, after, receive, send):
         await send({"type": "http.response.body", "body": b""})
     else:
         await respond(send, 200, notes)
+
+
+async def feed(store, receive, send):
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    seen = len(store.notes)
+    async with trio.open_nursery() as nursery:
+
+        async def watch_for_disconnect():
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_for_disconnect)
+        while True:
+            for note in await store.wait_newer_than(seen):
+                await send({"type": "websocket.send", "text": json.dumps(note)})
+                seen = note["id"]
 
 
 async def respond(send, status, data):

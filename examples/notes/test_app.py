@@ -7,6 +7,8 @@ instant; ``triasgi_server`` serves it on a real port for any client.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
@@ -68,6 +70,17 @@ async def test_a_client_that_gives_up_stops_its_long_poll(client, autojump_clock
     with trio.move_on_after(5):
         await client.get("/notes/wait?after=0")
     # Let the server notice the disconnect and the app stop waiting.
+    await trio.testing.wait_all_tasks_blocked()
+    assert (await client.get("/stats")).json()["waiting"] == 0
+
+
+async def test_the_feed_pushes_each_new_note(client):
+    async with client.open_websocket("/notes/feed") as feed:
+        await client.post("/notes", json={"text": "first"})
+        await client.post("/notes", json={"text": "second"})
+        assert json.loads(await feed.receive_text()) == {"id": 1, "text": "first"}
+        assert json.loads(await feed.receive_text()) == {"id": 2, "text": "second"}
+    # Closing the feed stops its wait.
     await trio.testing.wait_all_tasks_blocked()
     assert (await client.get("/stats")).json()["waiting"] == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,22 @@ async def open_nursery_unwrapped() -> AsyncIterator[trio.Nursery]:
             body_error = exc
     if body_error is not None:
         raise body_error
+
+
+def make_config(settings: dict[str, Any]) -> Config:
+    """A :class:`~triasgi.Config` from a helper's keyword arguments.
+
+    Raises:
+        TypeError: a keyword is not a setting; the message says which.
+    """
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(
+            f"{', '.join(map(repr, unknown))} is not a triasgi setting; the "
+            f"settings are the fields of triasgi.Config."
+        )
+    return Config(**settings)
 
 
 @final
@@ -124,7 +141,7 @@ async def open_server(app: ASGIApp, **settings: Any) -> AsyncIterator[LiveServer
     """
     settings.setdefault("port", 0)
     settings.setdefault("access_log", False)
-    config = Config(**settings)
+    config = make_config(settings)
     async with open_nursery_unwrapped() as nursery:
         server: Server = await nursery.start(Server(app, config).run)
         try:
@@ -153,7 +170,7 @@ async def open_memory_server(app: ASGIApp, **settings: Any) -> AsyncIterator[Ser
         StartupError: lifespan startup failed.
     """
     settings.setdefault("access_log", False)
-    config = Config(**settings)
+    config = make_config(settings)
     async with open_nursery_unwrapped() as nursery:
         server: Server = await nursery.start(
             functools.partial(Server(app, config).run, listen=False)
