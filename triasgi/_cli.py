@@ -66,12 +66,17 @@ def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:
 
 
 def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> None:
-    settings["headers"] = list(settings["headers"])
+    for field in config_fields():
+        if field.metadata["multiple"]:
+            settings[field.name] = list(settings[field.name])
     try:
         config = Config(**settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(config.log_level)
+    if config.workers is not None or config.reload:
+        _supervise(config, app, app_dir, factory)
+        return
     try:
         asgi_app = load_app(app, factory=factory, app_dir=app_dir)
     except AppImportError as exc:
@@ -79,6 +84,21 @@ def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> No
     try:
         run_config(asgi_app, config)
     except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _supervise(config: Config, app: str, app_dir: str, factory: bool) -> None:
+    """Serve from worker processes: --workers, or --reload for development."""
+    from ._supervisor import SupervisorError, run_supervisor
+
+    if config.reload and config.workers not in (None, 1):
+        raise click.UsageError(
+            "--reload runs a single worker; it cannot be combined with --workers "
+            "(or WEB_CONCURRENCY)."
+        )
+    try:
+        run_supervisor(config, app, app_dir=app_dir, factory=factory)
+    except (StartupError, SupervisorError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

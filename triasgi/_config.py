@@ -121,6 +121,58 @@ class Config:
     log_level: str = _option("info", "Log level.", choices=LOG_LEVELS)
     access_log: bool = _option(True, "Log one line per request.", flag=True)
 
+    # Worker processes under a supervisor (see docs/deployment.md).
+    workers: int | None = _option(
+        None,
+        "Run this many worker processes under a supervisor that owns the "
+        "listening socket (also read from WEB_CONCURRENCY).",
+        minimum=1,
+        envvar=("WEB_CONCURRENCY",),
+    )
+    reload: bool = _option(
+        False,
+        "Development: restart the worker when a watched file changes.",
+        flag=True,
+    )
+    reload_dirs: list[str] = _option(
+        (),
+        "With --reload, watch this directory (repeatable; default: the current "
+        "directory).",
+        multiple=True,
+        metavar="DIR",
+    )
+    reload_includes: list[str] = _option(
+        (),
+        "With --reload, also watch files matching this glob (repeatable; '*.py' "
+        "is always watched).",
+        multiple=True,
+        metavar="GLOB",
+    )
+    reload_excludes: list[str] = _option(
+        (),
+        "With --reload, ignore files matching this glob (repeatable).",
+        multiple=True,
+        metavar="GLOB",
+    )
+    timeout_worker_healthcheck: float = _option(
+        30.0,
+        "Kill and replace a worker whose event loop has not answered the "
+        "supervisor for this many seconds.",
+        minimum=0.1,
+    )
+    limit_max_requests: int | None = _option(
+        None,
+        "Restart a worker (or stop the server, without --workers) after it has "
+        "served this many requests.",
+        minimum=1,
+    )
+    limit_max_requests_jitter: int = _option(
+        0,
+        "Add a random 0 to N requests to --limit-max-requests for each worker, "
+        "so that workers do not restart together.",
+        minimum=0,
+    )
+
     # WebSocket.
     ws_max_size: int = _option(
         16 * 1024 * 1024,

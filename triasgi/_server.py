@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import socket
 import stat
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, final
 
@@ -43,7 +45,29 @@ class Server:
         state: the lifespan state namespace; each request gets a shallow copy.
     """
 
-    def __init__(self, app: ASGIApp, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: Config | None = None,
+        *,
+        on_limit_max_requests: Callable[[], None] | None = None,
+        first_request_grace: float = 0.0,
+    ) -> None:
+        """Create a server; ``run()`` starts it.
+
+        Args:
+            app: the ASGI app.
+            config: the settings.
+            on_limit_max_requests: called once, when ``limit_max_requests``
+                requests have been admitted; by default the server shuts
+                down gracefully.  A worker uses it to ask its supervisor for
+                a replacement first.
+            first_request_grace: on shutdown, seconds between closing the
+                listeners and closing idle connections.  A worker sharing its
+                listening socket with others sets it, so that a client that
+                connected just before the shutdown gets its request served
+                instead of a reset connection.
+        """
         self.app = app
         self.config = config if config is not None else Config()
         self.addresses: list[Address] = []
@@ -54,6 +78,11 @@ class Server:
         self._closed_lot = trio.lowlevel.ParkingLot()
         self._in_flight = 0
         self._limit = self.config.limit_concurrency
+        self._served = 0
+        self._max_requests = _max_requests(self.config)
+        self._on_max_requests = on_limit_max_requests or self._max_requests_reached
+        self._first_request_grace = first_request_grace
+        self._connections_closing = False
         self._static_headers = self._make_static_headers()
         self._date_second = -1
         self._date_header: tuple[bytes, bytes] = (b"date", b"")
@@ -98,7 +127,7 @@ class Server:
         """
         conn = HTTP11Connection(self, stream, client, sockname)
         self._connections.add(conn)
-        if self.shutting_down:
+        if self._connections_closing:
             conn.begin_shutdown()
         try:
             await conn.run()
@@ -115,10 +144,20 @@ class Server:
         if self._limit is not None and self._in_flight >= self._limit:
             return False
         self._in_flight += 1
+        self._served += 1
+        if self._served == self._max_requests:
+            self._on_max_requests()
         return True
 
     def release_request(self) -> None:
         self._in_flight -= 1
+
+    def _max_requests_reached(self) -> None:
+        logger.info(
+            "Served %d requests (limit_max_requests): shutting down gracefully.",
+            self._served,
+        )
+        self.shutdown()
 
     def response_headers(
         self, headers: list[tuple[bytes, bytes]]
@@ -201,6 +240,9 @@ class Server:
                 scope.cancel()
             for listener in listeners:
                 listener.socket.close()
+            if self._first_request_grace and self._connections:
+                await trio.sleep(self._first_request_grace)
+            self._connections_closing = True
             for conn in list(self._connections):
                 conn.begin_shutdown()
             if self._in_flight:
@@ -317,6 +359,15 @@ def _bind(config: Config) -> list[trio.SocketListener]:
         reason = exc.strerror or str(exc)
         raise StartupError(f"Cannot listen on {what}: {reason.lower()}.") from None
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+
+
+def _max_requests(config: Config) -> int | None:
+    """The request count after which to leave, jitter included, or None."""
+    if config.limit_max_requests is None:
+        return None
+    return config.limit_max_requests + random.randint(
+        0, config.limit_max_requests_jitter
+    )
 
 
 def _remove_socket_file(path: str) -> None:

@@ -1,0 +1,401 @@
+"""The supervisor and its workers, as real processes receiving real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import trio
+
+APP = textwrap.dedent(
+    """
+    import os
+    import trio
+
+    VERSION = "v1"
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/slow":
+            print("slow request started", flush=True)
+            await trio.sleep(1)
+        if scope["path"] == "/block":
+            while True:
+                pass
+        body = f"{VERSION} {os.getpid()}".encode()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": body})
+    """
+)
+
+FAILING_LIFESPAN = textwrap.dedent(
+    """
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+    """
+)
+
+# Short timeouts keep the tests quick; they are options a user could pass too.
+FAST = ["--timeout-graceful-shutdown", "3", "--log-level", "info"]
+
+
+class Supervisor:
+    """A `triasgi --workers` process started by a test, with its log file."""
+
+    def __init__(self, process: trio.Process, log: Path) -> None:
+        self.process = process
+        self.log_path = log
+        self.port = 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_for_log(
+        self, pattern: str, count: int = 1, within: float = 10
+    ) -> str:
+        with trio.move_on_after(within):
+            while len(re.findall(pattern, self.log())) < count:
+                if self.process.returncode is not None:
+                    break
+                await trio.sleep(0.02)
+            else:
+                return self.log()
+        raise AssertionError(
+            f"{pattern!r} not seen {count} time(s) in the log:\n{self.log()}"
+        )
+
+    def worker_pids(self) -> set[int]:
+        """The supervisor's child processes, as the system lists them."""
+        # Per thread: trio starts processes from a worker thread.
+        children: set[int] = set()
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                children.update(
+                    int(pid) for pid in (task / "children").read_text().split()
+                )
+            except FileNotFoundError:
+                pass  # that thread has just exited
+        return children
+
+    async def wait_for_workers(self, count: int, within: float = 10) -> set[int]:
+        """Wait until exactly ``count`` workers run and have all said ready."""
+        with trio.move_on_after(within):
+            while True:
+                pids = self.worker_pids()
+                ready = {
+                    int(p) for p in re.findall(r"Worker pid (\d+) is ready", self.log())
+                }
+                if len(pids) == count and pids <= ready:
+                    return pids
+                await trio.sleep(0.02)
+        raise AssertionError(f"not {count} ready workers:\n{self.log()}")
+
+    def send(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def exit_code(self, within: float = 10) -> int:
+        with trio.fail_after(within):
+            return await self.process.wait()
+
+
+def _log_file(path: Path) -> BinaryIO:
+    return open(path, "wb")  # the test's own file, opened before any waiting
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    (tmp_path / "pidapp.py").write_text(APP)
+    (tmp_path / "failing.py").write_text(FAILING_LIFESPAN)
+    return tmp_path
+
+
+@pytest.fixture
+async def start(app_dir):
+    started: list[trio.Process] = []
+
+    async def start(
+        *args: str, app: str = "pidapp:app", ready: bool = True
+    ) -> Supervisor:
+        log = app_dir / f"triasgi-{len(started)}.log"
+        with _log_file(log) as out:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "triasgi", app, "--port", "0", *FAST, *args],
+                cwd=app_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                # Its own process group: the cleanup below reaches the workers.
+                start_new_session=True,
+            )
+        started.append(process)
+        supervisor = Supervisor(process, log)
+        if ready:
+            text = await supervisor.wait_for_log(
+                r"Listening on http://127\.0\.0\.1:\d+"
+            )
+            match = re.search(r"Listening on http://127\.0\.0\.1:(\d+)", text)
+            assert match is not None
+            supervisor.port = int(match.group(1))
+        return supervisor
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+async def get(port: int, path: str = "/", within: float = 5) -> tuple[int, str]:
+    """One request on a new connection; (status, body) or an exception."""
+    with trio.fail_after(within):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                f"GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        raise ConnectionError(f"no response: {data!r}")
+    return int(head.split()[1]), body.decode()
+
+
+def pid_of(body: str) -> int:
+    return int(body.split()[1])
+
+
+class Load:
+    """Clients sending requests one after another; every outcome is recorded.
+
+    Each client pauses a little between requests so that the load does not
+    starve the worker processes of CPU on a small machine.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pids: list[int] = []
+        self.failures: list[str] = []
+        self.done = 0
+
+    async def client(self) -> None:
+        while True:
+            try:
+                status, body = await get(self.port)
+            except (
+                OSError,
+                trio.TooSlowError,
+                ConnectionError,
+                trio.BrokenResourceError,
+            ) as exc:
+                self.failures.append(repr(exc))
+            else:
+                if status != 200:
+                    self.failures.append(f"status {status}")
+                else:
+                    self.pids.append(pid_of(body))
+                self.done += 1
+            await trio.sleep(0.005)
+
+    async def served_by(self, wanted: set[int] | None = None, within: float = 5) -> int:
+        """Wait until a worker in ``wanted`` (or not yet seen) serves; its pid."""
+        start = len(self.pids)
+        with trio.fail_after(within):
+            while True:
+                for pid in self.pids[start:]:
+                    if wanted is None or pid in wanted:
+                        return pid
+                await trio.sleep(0.01)
+
+
+async def test_workers_serve_from_distinct_worker_pids(start):
+    supervisor = await start("--workers", "2")
+    workers = await supervisor.wait_for_workers(2)
+    assert supervisor.process.pid not in workers
+    load = Load(supervisor.port)
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(load.client)
+        with trio.fail_after(5):
+            while set(load.pids) != workers:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert load.failures == []
+
+
+async def test_killed_worker_is_replaced_while_the_other_keeps_serving(start):
+    supervisor = await start("--workers", "2")
+    victim, survivor = sorted(await supervisor.wait_for_workers(2))
+    load = Load(supervisor.port)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(load.client)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = trio.current_time()
+        with trio.fail_after(2):
+            while victim in supervisor.worker_pids():
+                await trio.sleep(0.01)  # until the supervisor has reaped it
+        replacement = (await supervisor.wait_for_workers(2, within=2)) - {survivor}
+        await load.served_by(replacement, within=2 - (trio.current_time() - killed_at))
+        await load.served_by({survivor})
+        nursery.cancel_scope.cancel()
+    log = supervisor.log()
+    assert f"Worker pid {victim} died unexpectedly (killed by SIGKILL" in log
+    assert "out of memory" in log
+    assert load.failures == []
+
+
+async def test_sighup_replaces_every_worker_without_a_failed_request(start):
+    supervisor = await start("--workers", "2")
+    old = await supervisor.wait_for_workers(2)
+    load = Load(supervisor.port)
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(load.client)
+        await load.served_by()
+        supervisor.send(signal.SIGHUP)
+        await supervisor.wait_for_log("Reload complete")
+        new = await supervisor.wait_for_workers(2)
+        served = len(load.pids)
+        await load.served_by(new)
+        nursery.cancel_scope.cancel()
+    assert load.failures == []
+    assert not old & new
+    assert not old & set(load.pids[served:])
+    assert load.done > 20
+
+
+async def test_sigterm_lets_slow_requests_finish_then_exits_0(start):
+    supervisor = await start("--workers", "2")
+    await supervisor.wait_for_workers(2)
+    results: list[tuple[int, str]] = []
+
+    async def slow() -> None:
+        results.append(await get(supervisor.port, "/slow"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(slow)
+        await supervisor.wait_for_log("slow request started", count=4)
+        supervisor.send(signal.SIGTERM)
+    assert [status for status, _ in results] == [200] * 4
+    assert await supervisor.exit_code() == 0
+    assert "SIGTERM received: stopping the workers gracefully" in supervisor.log()
+    with pytest.raises(OSError):
+        await get(supervisor.port)
+
+
+async def test_sigttin_and_sigttou_change_the_number_of_workers(start):
+    supervisor = await start("--workers", "1")
+    first = await supervisor.wait_for_workers(1)
+    supervisor.send(signal.SIGTTIN)
+    await supervisor.wait_for_workers(2)
+    supervisor.send(signal.SIGTTIN)
+    three = await supervisor.wait_for_workers(3)
+    assert first < three
+    supervisor.send(signal.SIGTTOU)
+    await supervisor.wait_for_workers(2)
+    supervisor.send(signal.SIGTTOU)
+    await supervisor.wait_for_workers(1)
+    supervisor.send(signal.SIGTTOU)  # never below one
+    await supervisor.wait_for_log("SIGTTOU ignored: there is only one worker")
+    assert len(await supervisor.wait_for_workers(1)) == 1
+    status, _ = await get(supervisor.port)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("nosuchmodule:app", "Could not find module 'nosuchmodule'"),
+        ("failing:app", "Lifespan startup failed: no database"),
+    ],
+)
+async def test_app_that_cannot_start_stops_the_supervisor_non_zero(start, app, message):
+    began = trio.current_time()
+    supervisor = await start("--workers", "2", "--lifespan", "on", app=app, ready=False)
+    assert await supervisor.exit_code(within=5) != 0
+    assert trio.current_time() - began < 5
+    log = supervisor.log()
+    assert f"Error: {message}" in log
+    assert "Traceback" not in log
+    assert len(re.findall(r"Started worker pid", log)) == 2  # no respawn loop
+
+
+async def test_blocked_worker_is_replaced_after_the_health_timeout(start):
+    supervisor = await start("--workers", "1", "--timeout-worker-healthcheck", "1")
+    (blocked,) = await supervisor.wait_for_workers(1)
+    with pytest.raises(trio.TooSlowError):
+        await get(supervisor.port, "/block", within=0.3)
+    with trio.fail_after(6):
+        while True:
+            try:
+                status, body = await get(supervisor.port, within=6)
+            except OSError:
+                continue
+            break
+    assert status == 200
+    assert pid_of(body) != blocked
+    log = supervisor.log()
+    assert f"Worker pid {blocked} has not answered for" in log
+    assert "was stopped for failing its health check" in log
+
+
+async def test_limit_max_requests_recycles_workers_without_a_failed_request(start):
+    supervisor = await start("--workers", "2", "--limit-max-requests", "10")
+    first = await supervisor.wait_for_workers(2)
+    load = Load(supervisor.port)
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(load.client)
+        with trio.fail_after(15):
+            while len(set(load.pids) - first) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert load.failures == []
+    assert "reached limit_max_requests; its replacement is ready" in supervisor.log()
+
+
+async def test_reload_restarts_the_worker_when_a_file_changes(start, app_dir):
+    supervisor = await start("--reload", "--reload-dir", str(app_dir))
+    await supervisor.wait_for_log("Watching for changes")
+    await supervisor.wait_for_workers(1)
+    status, body = await get(supervisor.port)
+    assert (status, body.split()[0]) == (200, "v1")
+
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v2"'))
+    await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)")
+    status, body = await get(supervisor.port)
+    assert body.split()[0] == "v2"
+
+    # A syntax error is reported; the running worker keeps serving.
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v3'))
+    await supervisor.wait_for_log("Reload aborted.*SyntaxError")
+    status, body = await get(supervisor.port)
+    assert body.split()[0] == "v2"
+
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v4"'))
+    await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)", count=2)
+    status, body = await get(supervisor.port)
+    assert body.split()[0] == "v4"

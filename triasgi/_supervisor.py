@@ -1,0 +1,700 @@
+"""The supervisor: owns the listening socket and keeps worker processes serving.
+
+``triasgi app:app --workers N`` (or ``--reload``) runs this program instead of
+serving in-process.  It binds the socket once and starts each worker as
+``python -m triasgi._worker`` with :func:`trio.run_process`, passing the
+socket by descriptor inheritance and the settings as JSON on the worker's
+stdin.  Each worker reports on a pipe (see :mod:`triasgi._worker`):
+``ready``, a ``beat`` every so often, ``retire`` and ``fail <sentence>``.
+
+Everything runs under one nursery::
+
+    root nursery
+    ├── signal loop          INT/TERM stop, HUP reload, TTIN/TTOU scale
+    ├── worker task, each    the process, and the reader of its reports
+    └── operations nursery   cancelled when the stop begins
+        ├── keeper           starts workers until there are enough
+        ├── health check     kills workers whose heartbeat stopped
+        ├── reloads and retirements, one at a time (roll lock)
+        └── file watcher     --reload only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, final
+
+import trio
+
+from ._config import Config
+from ._server import _bind, _remove_socket_file, _sockname
+from ._worker import heartbeat_interval, use_pid_log_format
+
+logger = logging.getLogger("triasgi.error")
+
+_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+# A worker that dies sooner than this after it started counts towards a
+# crash loop, and the next start waits longer and longer.
+_QUICK_CRASH_SECONDS = 10.0
+_MAX_BACKOFF_SECONDS = 30.0
+# Between SIGABRT (which makes a worker print its stack) and SIGKILL.
+_ABORT_GRACE_SECONDS = 1.0
+# Time a stopping worker gets beyond its own shutdown timeouts.
+_STOP_MARGIN_SECONDS = 2.0
+
+
+class SupervisorError(Exception):
+    """The supervisor gave up: the workers could not start.
+
+    The message is one sentence fit to show a user (usually the worker's own).
+    """
+
+
+def run_supervisor(
+    config: Config, app: str, *, app_dir: str | None = ".", factory: bool = False
+) -> None:
+    """Serve ``app`` from worker processes until SIGINT or SIGTERM.
+
+    Args:
+        config: the settings; ``workers`` (or ``reload``) is set.
+        app: the app's import string; each worker imports it.
+        app_dir: the directory the workers import it from.
+        factory: the import string names an app factory.
+
+    Raises:
+        StartupError: the socket could not be bound.
+        SupervisorError: the workers could not start the app.
+    """
+    use_pid_log_format()
+    if config.reload:
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise SupervisorError(
+                "--reload needs the watchfiles package: pip install 'triasgi[reload]'."
+            ) from None
+    app_dir = os.path.abspath(app_dir) if app_dir is not None else None
+    supervisor = Supervisor(config, app, app_dir=app_dir, factory=factory)
+    trio.run(supervisor.run)
+
+
+def describe_exit(returncode: int, *, expected: bool = False) -> str:
+    """A worker's exit status in words: "exit code 1", "killed by SIGSEGV"."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    text = f"killed by {name}"
+    if -returncode == signal.SIGKILL and not expected:
+        text += (
+            "; if nobody sent it, the system may have run out of memory "
+            "(see dmesg or the container's memory limit)"
+        )
+    return text
+
+
+@final
+class _Worker:
+    """The supervisor's view of one worker process."""
+
+    def __init__(self) -> None:
+        self.process: trio.Process | None = None
+        self.started_at = 0.0
+        self.last_beat = 0.0
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.settled = trio.Event()  # ready, or exited before that
+        self.reports_done = trio.Event()
+        self.failure: str | None = None
+        self.stop_requested = False
+        self.health_killed = False
+        self.retiring = False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def active(self) -> bool:
+        """Starting or serving, and not asked to stop."""
+        return not (self.stop_requested or self.exited.is_set())
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: finish in-flight requests, then exit."""
+        if not self.stop_requested:
+            self.stop_requested = True
+            self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.stop_requested = True
+        self.signal(signal.SIGKILL)
+
+
+async def _kill_at_once(process: trio.Process) -> None:
+    """How trio.run_process ends a worker whose task is cancelled."""
+    process.kill()
+    await trio.lowlevel.checkpoint()
+
+
+@final
+class Supervisor:
+    """Keeps ``workers`` processes serving on the sockets it bound once."""
+
+    def __init__(
+        self, config: Config, app: str, *, app_dir: str | None, factory: bool
+    ) -> None:
+        self._config = config
+        self._app = app
+        self._app_dir = app_dir
+        self._factory = factory
+        self._target = config.workers or 1
+        self._workers: list[_Worker] = []
+        self._worker_config = config
+        self._fds: tuple[int, ...] = ()
+        self._stopping = False
+        self._stop_requested = trio.Event()
+        self._watch_stop = trio.Event()
+        self._failure: str | None = None
+        self._crash_streak = 0
+        self._wanted = trio.Event()
+        self._roll_lock = trio.Lock()
+        # --reload: a new worker failed to start; wait for the next edit.
+        self._waiting_for_change = False
+        self._root: trio.Nursery | None = None
+        self._listeners: list[trio.SocketListener] = []
+        self._ops: trio.Nursery | None = None
+
+    # -- the program ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Bind, start the workers, supervise them until stopped.
+
+        Raises:
+            StartupError: the socket could not be bound.
+            SupervisorError: the workers could not start.
+        """
+        config = self._config
+        activated = _systemd_socket()
+        if activated is not None and config.fd is None and not config.uds:
+            logger.info("Using the socket passed by systemd (fd %d).", activated)
+            config = config.replace(fd=activated)
+        listeners = self._listeners = _bind(config)
+        try:
+            sock = listeners[0].socket
+            self._fds = (sock.fileno(),)
+            self._worker_config = config.replace(
+                fd=sock.fileno(), uds=None, workers=None, reload=False
+            )
+            host, port = _sockname(sock)
+            if port is None:
+                where = f"unix socket {host}"
+            else:
+                where = (
+                    f"http://[{host}]:{port}"
+                    if ":" in host
+                    else f"http://{host}:{port}"
+                )
+            logger.info("Listening on %s (press CTRL+C to quit)", where)
+            with trio.open_signal_receiver(*_SIGNALS) as signals:
+                async with trio.open_nursery() as root:
+                    self._root = root
+                    await self._supervise(signals)
+                    root.cancel_scope.cancel()  # ends the signal loop
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+            if config.uds and config.fd is None:
+                _remove_socket_file(config.uds)
+        if self._failure is not None:
+            raise SupervisorError(self._failure)
+        logger.info("Supervisor stopped.")
+
+    async def _supervise(self, signals: AsyncIterator[int]) -> None:
+        assert self._root is not None
+        async with trio.open_nursery() as ops:
+            self._ops = ops
+            self._root.start_soon(self._handle_signals, signals)
+            ops.start_soon(self._check_health)
+            await self._start_first_workers()
+            ops.start_soon(self._keep_workers)
+            if self._config.reload and not self._stopping:
+                ops.start_soon(self._watch_files)
+            await self._stop_requested.wait()
+            ops.cancel_scope.cancel()
+        await self._stop_workers()
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._stop_requested.set()
+        # The workers hold their own copies: closing ours lets the socket
+        # close, and new clients be refused, as soon as the last worker stops.
+        for listener in self._listeners:
+            listener.socket.close()
+        # Lets the file watcher's thread return at once, see _watch_files.
+        self._watch_stop.set()
+
+    def _fail(self, message: str) -> None:
+        if self._failure is None:
+            self._failure = message
+            logger.error("%s", message)
+            logger.error("A worker could not start the app; stopping.")
+        self._request_stop()
+
+    # -- starting workers ----------------------------------------------------
+
+    async def _start_first_workers(self) -> None:
+        async def start_one() -> None:
+            result = await self._start_worker()
+            if isinstance(result, str):
+                if self._config.reload:
+                    logger.error("%s", result)
+                    logger.info("Waiting for a file change to try again.")
+                    self._waiting_for_change = True
+                else:
+                    self._fail(result)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._target):
+                nursery.start_soon(start_one)
+        if not self._stopping and not self._waiting_for_change:
+            logger.info("%d worker(s) serving.", self._active_count())
+
+    async def _start_worker(self) -> _Worker | str:
+        """Start one worker and wait until it serves.
+
+        Returns:
+            The serving worker, or the sentence saying why it could not start.
+        """
+        assert self._root is not None
+        worker = _Worker()
+        await self._root.start(self._run_worker, worker)
+        limit = (
+            self._config.timeout_lifespan_startup
+            + self._config.timeout_worker_healthcheck
+        )
+        with trio.move_on_after(limit):
+            await worker.settled.wait()
+        if worker.ready.is_set():
+            return worker
+        if not worker.exited.is_set():
+            worker.kill()
+            return f"A new worker did not become ready within {limit:g} seconds."
+        if worker.failure:
+            return worker.failure
+        assert worker.process is not None
+        assert worker.process.returncode is not None
+        return (
+            f"A new worker exited before it was ready "
+            f"({describe_exit(worker.process.returncode)})."
+        )
+
+    async def _run_worker(
+        self, worker: _Worker, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Run one worker process and read its reports until it exits."""
+        read_fd, write_fd = os.pipe()
+        reports = trio.lowlevel.FdStream(read_fd)
+        spec = {
+            "app": self._app,
+            "app_dir": self._app_dir,
+            "factory": self._factory,
+            "report_fd": write_fd,
+            "config": dataclasses.asdict(self._worker_config),
+        }
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    process: trio.Process = await nursery.start(
+                        functools.partial(
+                            trio.run_process,
+                            [sys.executable, "-m", "triasgi._worker"],
+                            stdin=json.dumps(spec).encode(),
+                            pass_fds=(*self._fds, write_fd),
+                            check=False,
+                            deliver_cancel=_kill_at_once,
+                        )
+                    )
+                finally:
+                    os.close(write_fd)
+                worker.process = process
+                worker.started_at = worker.last_beat = trio.current_time()
+                self._workers.append(worker)
+                logger.info("Started worker pid %d.", process.pid)
+                nursery.start_soon(self._read_reports, worker, reports)
+                task_status.started()
+                await process.wait()
+                # Reports written just before the exit are still in the pipe.
+                with trio.move_on_after(1):
+                    await worker.reports_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(reports)
+            if worker in self._workers:
+                self._workers.remove(worker)
+            worker.exited.set()
+            worker.settled.set()
+        self._worker_exited(worker)
+
+    async def _read_reports(
+        self, worker: _Worker, reports: trio.abc.ReceiveStream
+    ) -> None:
+        pending = b""
+        try:
+            async for chunk in reports:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._on_report(worker, line.decode("utf-8", "replace"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            worker.reports_done.set()
+
+    def _on_report(self, worker: _Worker, line: str) -> None:
+        kind, _, text = line.partition(" ")
+        now = trio.current_time()
+        if kind == "beat":
+            worker.last_beat = now
+        elif kind == "ready":
+            worker.last_beat = now
+            worker.ready.set()
+            worker.settled.set()
+            logger.info("Worker pid %d is ready.", worker.pid)
+        elif kind == "fail":
+            worker.failure = text
+        elif kind == "retire":
+            if not self._stopping and worker.active and not worker.retiring:
+                worker.retiring = True
+                assert self._ops is not None
+                self._ops.start_soon(self._retire, worker)
+        else:
+            logger.debug("Unknown report from worker pid %d: %r", worker.pid, line)
+
+    def _worker_exited(self, worker: _Worker) -> None:
+        process = worker.process
+        if process is None or process.returncode is None:
+            return
+        code = process.returncode
+        if worker.stop_requested or self._stopping:
+            status = describe_exit(code, expected=True)
+            level = logging.INFO if code == 0 else logging.WARNING
+            logger.log(level, "Worker pid %d stopped (%s).", worker.pid, status)
+            return
+        if not worker.ready.is_set():
+            return  # _start_worker reports it
+        if worker.health_killed:
+            status = describe_exit(code, expected=True)
+            logger.warning(
+                "Worker pid %d was stopped for failing its health check (%s); "
+                "starting a replacement.",
+                worker.pid,
+                status,
+            )
+        else:
+            logger.warning(
+                "Worker pid %d died unexpectedly (%s); starting a replacement.",
+                worker.pid,
+                describe_exit(code),
+            )
+        if trio.current_time() - worker.started_at < _QUICK_CRASH_SECONDS:
+            self._crash_streak += 1
+        else:
+            self._crash_streak = 0
+        self._wanted.set()
+
+    def _active_count(self) -> int:
+        return sum(1 for worker in self._workers if worker.active)
+
+    def _missing(self) -> bool:
+        return (
+            not self._stopping
+            and not self._waiting_for_change
+            and self._active_count() < self._target
+        )
+
+    async def _keep_workers(self) -> None:
+        """Start workers whenever fewer than wanted are running, with backoff."""
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            while self._missing():
+                delay = _backoff(self._crash_streak)
+                if delay:
+                    logger.warning(
+                        "Workers keep exiting soon after they start (%d times in "
+                        "a row); waiting %g seconds before starting another.",
+                        self._crash_streak,
+                        delay,
+                    )
+                    await trio.sleep(delay)
+                    if not self._missing():
+                        break
+                result = await self._start_worker()
+                if isinstance(result, str):
+                    self._crash_streak += 1
+                    logger.error("A new worker could not start: %s", result)
+                    if self._config.reload:
+                        logger.info("Waiting for a file change to try again.")
+                        self._waiting_for_change = True
+
+    # -- rolling restarts ----------------------------------------------------
+
+    async def _reload(self, why: str) -> None:
+        """Replace every worker, starting each new one before stopping an old one."""
+        async with self._roll_lock:
+            if self._stopping:
+                return
+            self._waiting_for_change = False
+            self._crash_streak = 0
+            old = [worker for worker in self._workers if worker.active]
+            if old:
+                logger.info(
+                    "%s: replacing %d worker(s), each new one before an old one stops.",
+                    why,
+                    len(old),
+                )
+            for worker in old:
+                if not worker.active:
+                    continue  # it died meanwhile and the keeper replaced it
+                result = await self._start_worker()
+                if isinstance(result, str):
+                    logger.error(
+                        "Reload aborted, the running workers keep serving: %s",
+                        result,
+                    )
+                    if self._config.reload:
+                        logger.info("Waiting for a file change to try again.")
+                        self._waiting_for_change = True
+                    self._wanted.set()
+                    return
+                worker.stop()
+            if old:
+                logger.info("Reload complete.")
+            self._wanted.set()
+
+    async def _retire(self, worker: _Worker) -> None:
+        """A worker reached limit_max_requests: replace it, then stop it."""
+        async with self._roll_lock:
+            if not worker.active:
+                return
+            result = await self._start_worker()
+            if isinstance(result, str):
+                logger.error(
+                    "No replacement for worker pid %d, which reached "
+                    "limit_max_requests, could start, so it keeps serving: %s",
+                    worker.pid,
+                    result,
+                )
+                return
+            logger.info(
+                "Worker pid %d reached limit_max_requests; its replacement is "
+                "ready, stopping it.",
+                worker.pid,
+            )
+            worker.stop()
+            self._wanted.set()
+
+    # -- health --------------------------------------------------------------
+
+    async def _check_health(self) -> None:
+        timeout = self._config.timeout_worker_healthcheck
+        interval = heartbeat_interval(self._config)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for worker in list(self._workers):
+                if (
+                    not worker.ready.is_set()
+                    or worker.exited.is_set()
+                    or worker.health_killed
+                ):
+                    continue
+                silent = now - worker.last_beat
+                if silent > timeout:
+                    logger.error(
+                        "Worker pid %d has not answered for %.1f seconds (is its "
+                        "event loop blocked?); aborting it.",
+                        worker.pid,
+                        silent,
+                    )
+                    worker.health_killed = True
+                    worker.signal(signal.SIGABRT)
+                    assert self._ops is not None
+                    self._ops.start_soon(self._kill_if_still_running, worker)
+
+    async def _kill_if_still_running(self, worker: _Worker) -> None:
+        with trio.move_on_after(_ABORT_GRACE_SECONDS):
+            await worker.exited.wait()
+        if not worker.exited.is_set():
+            worker.signal(signal.SIGKILL)
+
+    # -- signals and stopping ------------------------------------------------
+
+    async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
+        assert self._root is not None
+        assert self._ops is not None
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                if not self._stopping:
+                    logger.info(
+                        "%s received: stopping the workers gracefully (send it "
+                        "again to stop at once).",
+                        name,
+                    )
+                    self._request_stop()
+                else:
+                    logger.warning("%s received: stopping at once.", name)
+                    for worker in self._workers:
+                        worker.kill()
+                    self._root.cancel_scope.cancel()
+                    return
+            elif self._stopping:
+                logger.info("%s ignored: the server is stopping.", name)
+            elif signum == signal.SIGHUP:
+                self._ops.start_soon(self._reload, "SIGHUP received")
+            elif signum == signal.SIGTTIN:
+                self._target += 1
+                logger.info("SIGTTIN received: now %d worker(s).", self._target)
+                self._wanted.set()
+            elif signum == signal.SIGTTOU:
+                self._scale_down()
+
+    def _scale_down(self) -> None:
+        if self._target <= 1:
+            logger.info("SIGTTOU ignored: there is only one worker.")
+            return
+        self._target -= 1
+        active = [worker for worker in self._workers if worker.active]
+        logger.info("SIGTTOU received: now %d worker(s).", self._target)
+        if len(active) > self._target:
+            victim = active[-1]
+            logger.info("Stopping worker pid %d.", victim.pid)
+            victim.stop()
+
+    async def _stop_workers(self) -> None:
+        workers = list(self._workers)
+        for worker in workers:
+            worker.stop()
+        if not workers:
+            return
+        logger.info("Waiting for %d worker(s) to stop.", len(workers))
+        config = self._config
+        limit = (
+            config.timeout_graceful_shutdown
+            + config.timeout_lifespan_shutdown
+            + _STOP_MARGIN_SECONDS
+        )
+        with trio.move_on_after(limit):
+            for worker in workers:
+                await worker.exited.wait()
+        for worker in workers:
+            if not worker.exited.is_set():
+                logger.warning(
+                    "Worker pid %d did not stop within %g seconds; killing it.",
+                    worker.pid,
+                    limit,
+                )
+                worker.kill()
+        for worker in workers:
+            await worker.exited.wait()
+
+    # -- --reload ------------------------------------------------------------
+
+    async def _watch_files(self) -> None:
+        import watchfiles
+
+        config = self._config
+        dirs = config.reload_dirs or [os.getcwd()]
+        watch_filter = _ReloadFilter(
+            watchfiles.DefaultFilter(),
+            ["*.py", *config.reload_includes],
+            config.reload_excludes,
+        )
+        logger.info("Watching for changes in %s.", ", ".join(dirs))
+        # The watcher waits in a thread that trio cannot interrupt: the stop
+        # event (set when the stop begins) makes it return within ``step``.
+        async for changes in watchfiles.awatch(
+            *dirs,
+            watch_filter=watch_filter,
+            stop_event=self._watch_stop,
+            step=50,
+            rust_timeout=1000,
+        ):
+            paths = sorted({_shown_path(path) for _, path in changes})
+            shown = ", ".join(paths[:3]) + (" and more" if len(paths) > 3 else "")
+            await self._reload(f"{shown} changed")
+
+
+@final
+class _ReloadFilter:
+    """Which changed files restart the worker under --reload."""
+
+    def __init__(self, base: Any, includes: list[str], excludes: list[str]) -> None:
+        self._base = base
+        self._includes = includes
+        self._excludes = excludes
+
+    def __call__(self, change: Any, path: str) -> bool:
+        if not self._base(change, path):
+            return False
+        name = os.path.basename(path)
+        if any(_matches(name, path, pattern) for pattern in self._excludes):
+            return False
+        return any(_matches(name, path, pattern) for pattern in self._includes)
+
+
+def _matches(name: str, path: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(path, pattern)
+
+
+def _shown_path(path: str) -> str:
+    cwd = os.getcwd()
+    return path[len(cwd) + 1 :] if path.startswith(cwd + os.sep) else path
+
+
+def _backoff(streak: int) -> float:
+    """Seconds to wait before the next start after ``streak`` quick crashes."""
+    if streak <= 1:
+        return 0.0
+    return float(min(0.5 * 2 ** (streak - 2), _MAX_BACKOFF_SECONDS))
+
+
+def _systemd_socket() -> int | None:
+    """The descriptor systemd socket activation passed us, if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    if count < 1:
+        return None
+    if count > 1:
+        logger.warning("systemd passed %d sockets; serving on the first only.", count)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return 3  # SD_LISTEN_FDS_START
