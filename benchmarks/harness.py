@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import apps, wrk
+from . import apps, wrk, wsload
 from .report import BASELINE, HttpSample, Results, format_report
 from .servers import REPO_ROOT, SERVERS, RunningServer, ServerError, ServerSpec, running
 
@@ -455,10 +455,56 @@ def header(options: Options, argv: list[str]) -> str:
                 f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
                 f"{options.warmup:g} s of warm-up; servers in rotating order",
                 "",
+                "Servers (PORT is a free port):",
+                "",
+                *_server_lines(options.servers),
+                "",
+                "Scenarios:",
+                "",
+                *_scenario_lines(options),
+                "",
             ]
         )
         + "\n"
     )
+
+
+def _server_lines(servers: list[str]) -> list[str]:
+    lines = []
+    for name in servers:
+        argv = SERVERS[name].command(0)
+        argv[0] = "python"
+        shown = shlex.join(argv).replace("--port 0", "--port PORT")
+        shown = shown.replace("127.0.0.1:0", "127.0.0.1:PORT")
+        lines.append(f"- {name}: `{shown}`")
+    return lines
+
+
+def _scenario_lines(options: Options) -> list[str]:
+    lines = []
+    for sc in HTTP_SCENARIOS:
+        if sc.key in options.scenarios:
+            method = (
+                f"POST {sc.path} ({sc.post_bytes} bytes)"
+                if sc.post_bytes
+                else (f"GET {sc.path}")
+            )
+            lines.append(
+                f"- {sc.title}: wrk -t1 -c{sc.connections} --latency, {method}"
+            )
+    if MEMORY in options.scenarios:
+        lines.append(
+            f"- idle memory: a fresh server, {options.idle_connections} connections "
+            "opened with one GET / each, then held idle; RSS growth divided by "
+            "the connections"
+        )
+    if WEBSOCKET in options.scenarios:
+        lines.append(
+            f"- WebSocket echo: {options.ws_connections} connections to /ws, one "
+            f"{len(wsload.MESSAGE)}-byte text message in flight on each "
+            "(uvicorn-h11 runs --ws wsproto)"
+        )
+    return lines
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ class ServerSpec:
     """A server and how to run the benchmark app under it."""
 
     name: str
-    description: str
     websocket: bool  # whether it takes part in the WebSocket scenario
 
     def command(self, port: int) -> list[str]:
@@ -112,18 +111,10 @@ class ServerSpec:
 SERVERS = {
     spec.name: spec
     for spec in [
-        ServerSpec("triasgi", "triasgi (h11 backend)", websocket=True),
-        ServerSpec(
-            "uvicorn-h11",
-            "uvicorn --http h11 --loop asyncio --ws wsproto",
-            websocket=True,
-        ),
-        ServerSpec(
-            "uvicorn-httptools",
-            "uvicorn --http httptools --loop uvloop",
-            websocket=False,
-        ),
-        ServerSpec("hypercorn-trio", "hypercorn -k trio", websocket=False),
+        ServerSpec("triasgi", websocket=True),
+        ServerSpec("uvicorn-h11", websocket=True),
+        ServerSpec("uvicorn-httptools", websocket=False),
+        ServerSpec("hypercorn-trio", websocket=False),
     ]
 }
 
