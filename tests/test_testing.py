@@ -334,6 +334,26 @@ async def test_request_body_and_keep_alive_between_requests(triasgi_client):
     assert (await client.post("/", content=chunks())).text == "fedcba"
 
 
+async def test_a_starlette_app_with_lifespan_state(triasgi_client):
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield {"greeting": "hello from startup"}
+
+    async def home(request):
+        return PlainTextResponse(request.state.greeting)
+
+    app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
+    client = await triasgi_client(app)
+    response = await client.get("/")
+    assert response.text == "hello from startup"
+
+
 # -- WebSocket through the client ------------------------------------------------
 
 
@@ -584,7 +604,10 @@ filterwarnings = error
 def test_plugin_fixtures_tear_down_gracefully_after_the_test(pytester):
     pytester.makeini(PYTEST_INI)
     pytester.makepyfile(test_user_app="""
+        import socket
+
         import httpx
+        import pytest
 
         LOG = []
 
@@ -609,6 +632,9 @@ def test_plugin_fixtures_tear_down_gracefully_after_the_test(pytester):
 
         def test_after():
             assert LOG[1:] == ["lifespan shutdown", "lifespan shutdown"]
+            # The listening socket is closed.
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", LOG[0]), timeout=5).close()
     """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)

@@ -63,7 +63,8 @@ def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _network_errors(
-    error: type[httpcore.NetworkError], timeout_error: type[httpcore.TimeoutException],
+    error: type[httpcore.NetworkError],
+    timeout_error: type[httpcore.TimeoutException],
     timeout: float | None,
 ) -> Iterator[None]:
     """Turn trio's stream errors and a missed deadline into httpcore's."""

@@ -54,8 +54,9 @@ def _full_scope(scope: Scope) -> Scope:
     elif kind == "lifespan":
         defaults = {"asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
     else:
-        raise ValueError(f"The scope needs a 'type' of http, websocket or lifespan, "
-                         f"got {kind!r}.")
+        raise ValueError(
+            f"The scope needs a 'type' of http, websocket or lifespan, got {kind!r}."
+        )
     full = {**defaults, **scope}
     if "raw_path" not in scope and kind != "lifespan":
         full["raw_path"] = full["path"].encode("utf-8")
@@ -253,7 +254,10 @@ class Communicator:
 
 @asynccontextmanager
 async def open_communicator(
-    app: ASGIApp, scope: Scope, *, timeout: float = 1.0  # noqa: ASYNC109
+    app: ASGIApp,
+    scope: Scope,
+    *,
+    timeout: float = 1.0,  # noqa: ASYNC109
 ) -> AsyncIterator[Communicator]:
     """Call ``app`` with ``scope`` and talk to it message by message.
 
