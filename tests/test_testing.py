@@ -21,6 +21,7 @@ from triasgi.testing import (
     open_communicator,
     open_memory_server,
     open_server,
+    open_websocket,
 )
 
 pytest_plugins = ["pytester"]
@@ -363,6 +364,7 @@ def ws_app(log):
     async def app(scope, receive, send):
         if scope["type"] != "websocket":
             return
+        log.append(scope)
         assert (await receive())["type"] == "websocket.connect"
         if scope["path"] == "/private":
             await send({"type": "websocket.http.response.start", "status": 401,
@@ -453,6 +455,20 @@ async def test_websocket_answers_pings_while_the_test_sleeps(
         await trio.sleep(600)
         await ws.send_text("still here")
         assert await ws.receive() == "still here"
+
+
+async def test_open_websocket_without_pytest_fixtures():
+    log = []
+    async with open_memory_server(ws_app(log)) as server, open_websocket(
+        server, "/plain", host="chat.example", port=8080, client=("10.0.0.7", 4321)
+    ) as ws:
+        await ws.send_text("ping")
+        assert await ws.receive() == "ping"
+    assert ws.close_code == 1000
+    scope = log[0]
+    assert scope["client"] == ("10.0.0.7", 4321)
+    assert scope["server"] == ("chat.example", 8080)
+    assert (b"host", b"chat.example:8080") in scope["headers"]
 
 
 async def test_websocket_on_the_real_socket_via_ws_url(triasgi_server):
