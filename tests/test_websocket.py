@@ -246,6 +246,30 @@ async def test_invalid_handshake_is_refused_without_calling_the_app(
     assert called == []
 
 
+async def test_handshake_after_http_requests_on_a_keep_alive_connection():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"plain"})
+            return
+        await echo_app()(scope, receive, send)
+
+    async with open_server(app, lifespan="off") as server:
+        stream = await connect(server)
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        data = b""
+        while not data.endswith(b"plain"):
+            data += await stream.receive_some(65536)
+        # The handshake, with a masked text frame right behind it.
+        await stream.send_all(HANDSHAKE + b"\r\n" + b"\x81\x82\x00\x00\x00\x00hi")
+        data = b""
+        while not data.endswith(b"\x81\x02hi"):
+            data += await stream.receive_some(65536)
+        await stream.aclose()
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in data
+
+
 async def test_close_before_accept_is_answered_with_403():
     async def app(scope, receive, send):
         await receive()

@@ -318,6 +318,7 @@ class WebSocketSession:
 
     async def _finish(self, exc: Exception | None) -> None:
         """Whatever the app left undone, once it has returned."""
+        await trio.lowlevel.checkpoint()
         if exc is not None and not _is_disconnect(exc):
             logger.error("Exception in ASGI application", exc_info=exc)
         state = self.state
@@ -513,7 +514,9 @@ class WebSocketSession:
             data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
             data += conn.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
-            return  # a response is already under way; nothing sane to add.
+            # A response is already under way; nothing sane can be added.
+            await trio.lowlevel.checkpoint()
+            return
         self._log_access(status)
         self._handshake_done.set()
         try:
@@ -607,9 +610,8 @@ class WebSocketSession:
         assert ws is not None
         parts: list[Any] = []
         size = 0
-        while ws.state is not ConnectionState.CLOSED:
-            data = await self._conn.receive_bytes()
-            ws.receive_data(data if data else None)
+        data = b"-"  # events first: frames may have come with the handshake.
+        while True:
             for event in ws.events():
                 if type(event) is TextMessage or type(event) is BytesMessage:
                     if ws.state is not ConnectionState.OPEN:
@@ -639,7 +641,9 @@ class WebSocketSession:
                             "bytes": b"".join(parts),
                         }
                     parts, size = [], 0
-                    await self._enqueue(message)
+                    if len(self._queue) >= self._max_queue:
+                        await self._wait_for_room()
+                    self._deliver(message)
                 elif type(event) is Ping:
                     if ws.state is ConnectionState.OPEN:
                         await self._send_control(event.response())
@@ -648,8 +652,10 @@ class WebSocketSession:
                         self._pong.set()
                 elif type(event) is CloseConnection:
                     await self._on_close_event(ws, event)
-            if not data or self._closed.is_set():
+            if not data or self._closed.is_set() or ws.state is ConnectionState.CLOSED:
                 break
+            data = await self._conn.receive_bytes()
+            ws.receive_data(data if data else None)
         self._closed.set()
         await self._half_close()
 
@@ -667,9 +673,11 @@ class WebSocketSession:
             self._closed.set()
         elif ws.state is ConnectionState.LOCAL_CLOSING:
             self._closed.set()  # a bad frame while we wait for the close reply.
+            await trio.lowlevel.checkpoint()
         else:
             # CLOSED: the reply to our close, or the end of the stream.
             self._set_disconnect(event.code, event.reason or "")
+            await trio.lowlevel.checkpoint()
 
     async def _send_control(self, event: Event) -> None:
         """A pong, or the close frame that completes the closing handshake."""
@@ -678,13 +686,15 @@ class WebSocketSession:
         except ClientDisconnected:
             self._closed.set()
 
-    async def _enqueue(self, message: Message) -> None:
+    async def _wait_for_room(self) -> None:
+        """Hold the frame task while the app has ``ws_max_queue`` messages to take."""
         while len(self._queue) >= self._max_queue and not self._app_done:
             await self._space_lot.park()
-        if self._app_done:
-            return
-        self._queue.append(message)
-        self._queue_lot.unpark()
+
+    def _deliver(self, message: Message) -> None:
+        if not self._app_done:  # an app that has returned will not take it
+            self._queue.append(message)
+            self._queue_lot.unpark()
 
     async def _keepalive(self) -> None:
         ws = self._ws
