@@ -18,6 +18,8 @@ import triasgi
 
 APP = textwrap.dedent(
     """
+    import sys
+
     import trio
 
     NAME = "not an app"
@@ -25,6 +27,8 @@ APP = textwrap.dedent(
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
+        if scope["path"] in ("/slow", "/forever"):
+            print("app got", scope["path"], file=sys.stderr, flush=True)
         if scope["path"] == "/slow":
             await trio.sleep(0.5)
         if scope["path"] == "/forever":
@@ -157,7 +161,7 @@ async def test_sigterm_lets_the_in_flight_request_finish(start_cli):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow_request)
-        await trio.sleep(0.2)
+        await running.read_stderr_until(rb"app got /slow")
         running.process.send_signal(signal.SIGTERM)
     assert results[0].status_code == 200
     assert results[0].headers["connection"] == "close"
@@ -175,7 +179,7 @@ async def test_second_sigint_stops_at_once(start_cli):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hanging_request)
-        await trio.sleep(0.2)
+        await running.read_stderr_until(rb"app got /forever")
         running.process.send_signal(signal.SIGINT)
         await running.read_stderr_until(rb"shutting down gracefully")
         running.process.send_signal(signal.SIGINT)

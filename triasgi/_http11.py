@@ -294,6 +294,7 @@ class HTTP11Connection:
         self._reader_lot = trio.lowlevel.ParkingLot()
         self._data_lot = trio.lowlevel.ParkingLot()
         self._reader_scope = trio.CancelScope()
+        self._lingering = False
         self._nursery: trio.Nursery | None = None
         self._cancel_requested = False
         self._cycle: _RequestCycle | None = None
@@ -313,8 +314,8 @@ class HTTP11Connection:
                 try:
                     await self._request_loop()
                 finally:
-                    self._reader_scope.cancel()
                     await self._close()
+                    self._reader_scope.cancel()
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -363,21 +364,28 @@ class HTTP11Connection:
             pass
         if self._eof or (not self._inbox and self.h11.their_state in _QUIET_STATES):
             return
+        if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
+            return  # a hard stop does not linger
+        # Send our EOF, then let the reader (the only task that reads) drop
+        # what the client still sends until its EOF, within a bound.
         with trio.move_on_after(_LINGER_SECONDS) as scope:
             scope.shield = True
             try:
                 await self.stream.send_eof()  # type: ignore[attr-defined]
-                while await self.stream.receive_some(_READ_SIZE):
-                    pass
             except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
-                pass
+                return
+            self._lingering = True
+            self._inbox.clear()
+            self._reader_lot.unpark_all()
+            while not self._eof:
+                await self._data_lot.park()
 
     # -- reading -------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         with self._reader_scope:
             while True:
-                while len(self._inbox) >= _HIGH_WATER:
+                while len(self._inbox) >= _HIGH_WATER and not self._lingering:
                     await self._reader_lot.park()
                 try:
                     data = await self.stream.receive_some(_READ_SIZE)
@@ -386,8 +394,9 @@ class HTTP11Connection:
                 if not data:
                     self.client_gone()
                     return
-                self._inbox += data
-                self._data_lot.unpark_all()
+                if not self._lingering:
+                    self._inbox += data
+                    self._data_lot.unpark_all()
 
     def _feed(self) -> bool:
         """Move what the reader has into h11; False if there was nothing."""
