@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,7 @@ APP = textwrap.dedent(
                     return
         if scope["path"] == "/slow":
             print("slow request started", flush=True)
-            await trio.sleep(1)
+            await trio.sleep(float(scope["query_string"] or 1))
         if scope["path"] == "/block":
             while True:
                 pass
@@ -47,6 +48,19 @@ FAILING_LIFESPAN = textwrap.dedent(
     async def app(scope, receive, send):
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "no database"})
+    """
+)
+
+CRASHING = textwrap.dedent(
+    """
+    import os
+    import trio
+
+    async def app(scope, receive, send):
+        message = await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await trio.sleep(0.05)
+        os._exit(1)
     """
 )
 
@@ -121,6 +135,7 @@ def _log_file(path: Path) -> BinaryIO:
 def app_dir(tmp_path):
     (tmp_path / "pidapp.py").write_text(APP)
     (tmp_path / "failing.py").write_text(FAILING_LIFESPAN)
+    (tmp_path / "crashing.py").write_text(CRASHING)
     return tmp_path
 
 
@@ -129,12 +144,29 @@ async def start(app_dir):
     started: list[trio.Process] = []
 
     async def start(
-        *args: str, app: str = "pidapp:app", ready: bool = True
+        *args: str,
+        app: str = "pidapp:app",
+        ready: bool = True,
+        activation_fd: int | None = None,
     ) -> Supervisor:
+        """Start the supervisor; with ``activation_fd``, as systemd would."""
         log = app_dir / f"triasgi-{len(started)}.log"
+        command = [sys.executable, "-m", "triasgi", app, "--port", "0", *FAST, *args]
+        pass_fds: tuple[int, ...] = ()
+        if activation_fd is not None:
+            # The socket as descriptor 3, and LISTEN_PID the pid that exec keeps.
+            script = (
+                "import os, sys; "
+                f"os.dup2({activation_fd}, 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                "os.execv(sys.executable, sys.argv[1:])"
+            )
+            command = [sys.executable, "-c", script, *command]
+            pass_fds = (activation_fd,)
         with _log_file(log) as out:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "triasgi", app, "--port", "0", *FAST, *args],
+                command,
+                pass_fds=pass_fds,
                 cwd=app_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -245,19 +277,22 @@ async def test_workers_serve_from_distinct_worker_pids(start):
 
 
 async def test_killed_worker_is_replaced_while_the_other_keeps_serving(start):
+    began = trio.current_time()
     supervisor = await start("--workers", "2")
     victim, survivor = sorted(await supervisor.wait_for_workers(2))
+    # Two seconds, unless this machine is so busy that starting the whole
+    # server took longer than that: a worker's start is only part of it.
+    allowed = max(2.0, trio.current_time() - began)
     load = Load(supervisor.port)
     async with trio.open_nursery() as nursery:
         for _ in range(2):
             nursery.start_soon(load.client)
         os.kill(victim, signal.SIGKILL)
-        killed_at = trio.current_time()
-        with trio.fail_after(2):
+        with trio.fail_after(allowed):
             while victim in supervisor.worker_pids():
                 await trio.sleep(0.01)  # until the supervisor has reaped it
-        replacement = (await supervisor.wait_for_workers(2, within=2)) - {survivor}
-        await load.served_by(replacement, within=2 - (trio.current_time() - killed_at))
+            replacement = (await supervisor.wait_for_workers(2)) - {survivor}
+            await load.served_by(replacement)
         await load.served_by({survivor})
         nursery.cancel_scope.cancel()
     log = supervisor.log()
@@ -399,3 +434,72 @@ async def test_reload_restarts_the_worker_when_a_file_changes(start, app_dir):
     await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)", count=2)
     status, body = await get(supervisor.port)
     assert body.split()[0] == "v4"
+
+
+async def test_second_sigint_stops_at_once(start):
+    supervisor = await start("--workers", "1", "--timeout-graceful-shutdown", "30")
+    await supervisor.wait_for_workers(1)
+    outcome: list[object] = []
+
+    async def slow() -> None:
+        try:
+            outcome.append(await get(supervisor.port, "/slow?10", within=10))
+        except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow)
+        await supervisor.wait_for_log("slow request started")
+        supervisor.send(signal.SIGINT)
+        await supervisor.wait_for_log(
+            "SIGINT received: stopping the workers gracefully"
+        )
+        supervisor.send(signal.SIGINT)
+        assert await supervisor.exit_code(within=3) == 0
+    assert "SIGINT received: stopping at once" in supervisor.log()
+    assert not isinstance(outcome[0], tuple)  # the slow request was cut off
+
+
+async def test_workers_share_a_unix_socket_removed_at_exit(start, tmp_path):
+    path = tmp_path / "triasgi.sock"
+    supervisor = await start("--workers", "2", "--uds", str(path), ready=False)
+    await supervisor.wait_for_log(f"Listening on unix socket {path}")
+    await supervisor.wait_for_workers(2)
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ")
+    supervisor.send(signal.SIGTERM)
+    assert await supervisor.exit_code() == 0
+    assert not path.exists()
+
+
+async def test_systemd_socket_activation_serves_the_passed_socket(start):
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        supervisor = await start(
+            "--workers", "1", ready=False, activation_fd=sock.fileno()
+        )
+        await supervisor.wait_for_log("Using the socket passed by systemd")
+        await supervisor.wait_for_log(f"Listening on http://127.0.0.1:{port} ")
+        await supervisor.wait_for_workers(1)
+        sock.close()  # the supervisor and its worker hold their own copies
+        status, _ = await get(port)
+        assert status == 200
+    finally:
+        sock.close()
+
+
+async def test_worker_that_keeps_crashing_is_restarted_with_growing_delays(start):
+    supervisor = await start("--workers", "1", app="crashing:app")
+    log = await supervisor.wait_for_log(r"waiting 1 seconds", within=20)
+    assert re.findall(r"waiting ([\d.]+) seconds", log) == ["0.5", "1"]
+    assert "died unexpectedly (exit code 1)" in log
+    # The first replacement is started at once, then the delays grow.
+    assert len(re.findall(r"Started worker pid", log)) == 3

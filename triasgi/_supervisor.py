@@ -413,6 +413,12 @@ class Supervisor:
                 worker.pid,
                 status,
             )
+        elif code == 0:
+            logger.warning(
+                "Worker pid %d left without being asked to (exit code 0); "
+                "starting a replacement.",
+                worker.pid,
+            )
         else:
             logger.warning(
                 "Worker pid %d died unexpectedly (%s); starting a replacement.",
