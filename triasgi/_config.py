@@ -204,6 +204,14 @@ class Config:
         flag=True,
     )
 
+    # The event loop the app runs on (see docs/asyncio.md).
+    loop: Literal["trio", "asyncio"] = _option(
+        "trio",
+        "Run the app as trio code, or as asyncio code on a trio-asyncio loop "
+        "(needs the triasgi[asyncio] extra).",
+        choices=("trio", "asyncio"),
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -15,6 +15,7 @@ from typing import Any, final
 
 import trio
 
+from ._asyncio import open_app_loop, wrap_app
 from ._config import Config
 from ._http11 import HTTP11Connection
 from ._lifespan import Lifespan, LifespanFailure
@@ -68,8 +69,8 @@ class Server:
                 connected just before the shutdown gets its request served
                 instead of a reset connection.
         """
-        self.app = app
         self.config = config if config is not None else Config()
+        self.app = wrap_app(app, self.config.loop)
         self.addresses: list[Address] = []
         self.state: dict[str, Any] = {}
         self.access_log = self.config.access_log
@@ -210,7 +211,7 @@ class Server:
                 startup_timeout=self.config.timeout_lifespan_startup,
                 shutdown_timeout=self.config.timeout_lifespan_shutdown,
             )
-            async with trio.open_nursery() as root:
+            async with open_app_loop(self.app), trio.open_nursery() as root:
                 try:
                     await lifespan.startup(root)
                 except LifespanFailure as exc:
