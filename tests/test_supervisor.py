@@ -14,6 +14,9 @@ from typing import BinaryIO
 
 import pytest
 import trio
+from conftest import hello_app
+
+from triasgi import Config, Server
 
 APP = textwrap.dedent(
     """
@@ -503,3 +506,49 @@ async def test_worker_that_keeps_crashing_is_restarted_with_growing_delays(start
     assert "died unexpectedly (exit code 1)" in log
     # The first replacement is started at once, then the delays grow.
     assert len(re.findall(r"Started worker pid", log)) == 3
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an unreaped zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_leave_when_the_supervisor_is_killed(start):
+    supervisor = await start("--workers", "2")
+    workers = await supervisor.wait_for_workers(2)
+    supervisor.process.kill()
+    await supervisor.process.wait()
+    # Their next heartbeat finds nobody listening; they shut down gracefully.
+    with trio.fail_after(5):
+        while any(_running(pid) for pid in workers):
+            await trio.sleep(0.05)
+
+
+async def test_limit_max_requests_without_workers_shuts_the_server_down():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            Server(app, Config(port=0, access_log=False, limit_max_requests=2)).run
+        )
+        port = server.addresses[0][1]
+        assert (await get(port))[0] == 200
+        assert not server.shutting_down
+        assert (await get(port))[0] == 200
+        assert server.shutting_down
+    with pytest.raises(OSError):
+        await get(port)
+
+
+def test_limit_max_requests_jitter_spreads_the_limits():
+    config = Config(limit_max_requests=100, limit_max_requests_jitter=10)
+    limits = {Server(hello_app, config)._max_requests for _ in range(200)}
+    assert limits <= set(range(100, 111))
+    assert len(limits) > 5

@@ -245,15 +245,16 @@ class Supervisor:
                 ops.start_soon(self._watch_files)
             await self._stop_requested.wait()
             ops.cancel_scope.cancel()
+        # No worker is started any more.  The workers hold their own copies of
+        # the socket: closing ours lets it close, so that new clients are
+        # refused rather than left waiting, as soon as the last worker stops.
+        for listener in self._listeners:
+            listener.socket.close()
         await self._stop_workers()
 
     def _request_stop(self) -> None:
         self._stopping = True
         self._stop_requested.set()
-        # The workers hold their own copies: closing ours lets the socket
-        # close, and new clients be refused, as soon as the last worker stops.
-        for listener in self._listeners:
-            listener.socket.close()
         # Lets the file watcher's thread return at once, see _watch_files.
         self._watch_stop.set()
 
@@ -291,7 +292,10 @@ class Supervisor:
         """
         assert self._root is not None
         worker = _Worker()
-        await self._root.start(self._run_worker, worker)
+        try:
+            await self._root.start(self._run_worker, worker)
+        except OSError as exc:
+            return f"Could not start a worker process: {exc.strerror or exc}."
         limit = (
             self._config.timeout_lifespan_startup
             + self._config.timeout_worker_healthcheck
