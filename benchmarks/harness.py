@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import http.client
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -285,6 +287,7 @@ def run_http(
             core=options.load_core,
             script=script,
         )
+    cpu_before = server.cpu_seconds()
     sample = wrk.run(
         url,
         seconds=options.seconds,
@@ -292,16 +295,21 @@ def run_http(
         core=options.load_core,
         script=script,
     )
+    cpu = server.cpu_seconds() - cpu_before
     server.check_alive()
-    return sample
+    return dataclasses.replace(sample, cpu_seconds=cpu)
 
 
 def _client(module: str, *args: str, core: int) -> list[str]:
     return ["taskset", "-c", str(core), sys.executable, "-m", module, *args]
 
 
-def run_websocket(server: RunningServer, options: Options) -> float:
-    """Echoed messages per second."""
+def run_websocket(server: RunningServer, options: Options) -> tuple[float, float]:
+    """Echoed messages per second, and server CPU microseconds per message.
+
+    The client says when it starts counting; the server's CPU time is taken
+    then and when it reports, so neither set-up nor warm-up is in it.
+    """
     cmd = _client(
         "benchmarks.wsload",
         "--port",
@@ -314,18 +322,58 @@ def run_websocket(server: RunningServer, options: Options) -> float:
         str(options.warmup),
         core=options.load_core,
     )
-    done = subprocess.run(
+    deadline = time.monotonic() + options.seconds + options.warmup + 60
+    with _client_process(cmd) as process:
+        assert process.stdout is not None
+        line = _read_line(process, deadline)
+        cpu_start = server.cpu_seconds()
+        if line.strip() == "counting":
+            line = _read_line(process, deadline)
+        cpu = server.cpu_seconds() - cpu_start
+        server.check_alive()
+        try:
+            result = json.loads(line)
+        except ValueError:
+            raise ServerError(f"the WebSocket load client failed: {line}") from None
+    messages = int(result["messages"])
+    per_message = cpu / messages * 1e6 if messages and cpu else math.nan
+    return float(result["per_second"]), per_message
+
+
+@contextlib.contextmanager
+def _client_process(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A load client with pipes; killed if it has not exited 30 s after the block."""
+    process = subprocess.Popen(
         cmd,
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        check=False,
-        timeout=options.seconds + options.warmup + 60,
     )
-    server.check_alive()
-    if done.returncode != 0:
-        raise ServerError(done.stderr.strip() or "the WebSocket load client failed")
-    return float(json.loads(done.stdout)["per_second"])
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _read_line(process: subprocess.Popen[str], deadline: float) -> str:
+    """The client's next line, or what went wrong, by ``deadline``."""
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            return process.stdout.readline() or "(the client exited)"
+        if process.poll() is not None:
+            return "(the client exited)"
+    return "(timeout)"
 
 
 def probe_websocket(server: RunningServer, core: int) -> str | None:
@@ -348,47 +396,21 @@ def measure_idle_memory(server: RunningServer, options: Options) -> float:
     time.sleep(0.5)
     before = server.rss_bytes()
     n = options.idle_connections
-    process = subprocess.Popen(
-        _client(
-            "benchmarks.idle",
-            "--port",
-            str(server.port),
-            "--connections",
-            str(n),
-            core=options.load_core,
-        ),
-        cwd=REPO_ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    cmd = _client(
+        "benchmarks.idle",
+        "--port",
+        str(server.port),
+        "--connections",
+        str(n),
+        core=options.load_core,
     )
-    assert process.stdin is not None
-    assert process.stdout is not None
-    try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while not line and time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 1.0)
-            if ready:
-                line = process.stdout.readline() or "(the client exited)"
-            elif process.poll() is not None:
-                line = "(the client exited)"
+    with _client_process(cmd) as process:
+        line = _read_line(process, time.monotonic() + 120)
         if not line.startswith("ready"):
-            raise ServerError(
-                f"idle connections not opened: {line.strip() or 'timeout'}"
-            )
+            raise ServerError(f"idle connections not opened: {line.strip()}")
         time.sleep(1.0)  # let the server finish with the last batch
         server.check_alive()
         after = server.rss_bytes()
-    finally:
-        with contextlib.suppress(OSError):
-            process.stdin.close()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     return (after - before) / n
 
 
@@ -607,7 +629,8 @@ def _describe(sample: HttpSample) -> str:
     errors = f", {sample.errors} errors" if sample.errors else ""
     return (
         f"{sample.requests_per_s:,.0f} req/s, p50 {sample.p50_ms:.2f} ms, "
-        f"p99 {sample.p99_ms:.2f} ms{errors}"
+        f"p99 {sample.p99_ms:.2f} ms, {sample.cpu_us_per_request:,.0f} µs CPU/req"
+        f"{errors}"
     )
 
 
@@ -628,9 +651,11 @@ def _websocket_cell(
                 f"WebSocket echo of the benchmark app failed: {problem}"
             )
             return
-    rate = run_websocket(server, options)
+    rate, cpu = run_websocket(server, options)
     results.websocket.setdefault(spec.name, []).append(rate)
-    _log(f"{tag} websocket: {rate:,.0f} messages/s")
+    if not math.isnan(cpu):
+        results.websocket_cpu.setdefault(spec.name, []).append(cpu)
+    _log(f"{tag} websocket: {rate:,.0f} messages/s, {cpu:,.0f} µs CPU per message")
 
 
 def main(argv: list[str] | None = None) -> int:

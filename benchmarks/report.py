@@ -28,6 +28,16 @@ class HttpSample:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    requests: int = 0
+    #: CPU time the server used during the measured run (0: not measured).
+    cpu_seconds: float = 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU per request: less disturbed by a busy machine than req/s."""
+        if not self.requests or not self.cpu_seconds:
+            return math.nan
+        return self.cpu_seconds / self.requests * 1e6
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class HttpSummary:
     spread: float  # (max - min) / 2 / median of requests/s, over the rounds
     rounds: int
     errors: int
+    cpu_us_per_request: float  # NaN when not measured
 
 
 @dataclass
@@ -52,6 +63,8 @@ class Results:
     memory: dict[str, list[float]] = field(default_factory=dict)
     #: WebSocket echo messages per second, one value per round.
     websocket: dict[str, list[float]] = field(default_factory=dict)
+    #: Server CPU microseconds per WebSocket message, one value per round.
+    websocket_cpu: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def add_http(self, scenario: str, server: str, sample: HttpSample) -> None:
@@ -79,7 +92,13 @@ def summarize(samples: list[HttpSample]) -> HttpSummary:
         spread=spread,
         rounds=len(samples),
         errors=sum(s.errors for s in samples),
+        cpu_us_per_request=_nan_median([s.cpu_us_per_request for s in samples]),
     )
+
+
+def _nan_median(values: list[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return statistics.median(known) if known else math.nan
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
@@ -105,6 +124,10 @@ def _fmt_ms(value: float) -> str:
     return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
 
 
+def _fmt_us(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f} µs"
+
+
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
     right = [False] * left + [True] * (len(header) - left)
     lines = ["| " + " | ".join(header) + " |"]
@@ -126,19 +149,22 @@ def http_table(results: Results, titles: dict[str, str] | None = None) -> list[s
         "vs h11",
         "p99",
         "vs h11",
+        "CPU/req",
+        "vs h11",
     ]
     rows = []
     for scenario in results.scenarios():
         base_samples = results.http.get((scenario, BASELINE))
         base = summarize(base_samples) if base_samples else None
         if base is None or not base.requests_per_s:
-            base_rate = base_p50 = base_p99 = None
+            base_rate = base_p50 = base_p99 = base_cpu = None
         else:
             base_rate, base_p50, base_p99 = (
                 base.requests_per_s,
                 base.p50_ms,
                 base.p99_ms,
             )
+            base_cpu = base.cpu_us_per_request
         for server in results.servers:
             samples = results.http.get((scenario, server))
             if not samples:
@@ -160,6 +186,8 @@ def http_table(results: Results, titles: dict[str, str] | None = None) -> list[s
                     _fmt_ratio(ratio(s.p50_ms, base_p50)),
                     _fmt_ms(s.p99_ms),
                     _fmt_ratio(ratio(s.p99_ms, base_p99)),
+                    _fmt_us(s.cpu_us_per_request),
+                    _fmt_ratio(ratio(s.cpu_us_per_request, base_cpu)),
                 ]
             )
     return _table(header, rows, left=2)
@@ -184,13 +212,24 @@ def memory_table(results: Results) -> list[str]:
 def websocket_table(results: Results) -> list[str]:
     """WebSocket echo messages per second, and the ratio to the baseline."""
     base = _median(results.websocket.get(BASELINE))
+    base_cpu = _median(results.websocket_cpu.get(BASELINE))
     rows = []
     for server in results.servers:
         value = _median(results.websocket.get(server))
         if value is None:
             continue
-        rows.append([server, _fmt_rate(value), _fmt_ratio(ratio(value, base))])
-    return _table(["server", "messages/s", f"vs {BASELINE}"], rows)
+        cpu = _median(results.websocket_cpu.get(server))
+        rows.append(
+            [
+                server,
+                _fmt_rate(value),
+                _fmt_ratio(ratio(value, base)),
+                _fmt_us(math.nan if cpu is None else cpu),
+                _fmt_ratio(ratio(cpu, base_cpu)),
+            ]
+        )
+    header = ["server", "messages/s", f"vs {BASELINE}", "CPU/message", f"vs {BASELINE}"]
+    return _table(header, rows)
 
 
 def goals(results: Results, server: str = "triasgi", hello: str = "hello") -> list[str]:
@@ -204,9 +243,11 @@ def goals(results: Results, server: str = "triasgi", hello: str = "hello") -> li
     r99 = ratio(m.p99_ms, b.p99_ms) if m and b else None
     if m and b and r is not None and r99 is not None and m.requests_per_s:
         verdict = "met" if r >= MIN_HELLO_RATIO else "missed"
+        cpu = ratio(m.cpu_us_per_request, b.cpu_us_per_request)
+        cpu_note = f"; server CPU per request {cpu:.2f}x" if cpu is not None else ""
         lines.append(
             f"hello GET req/s at least {MIN_HELLO_RATIO:.1f}x {BASELINE}: "
-            f"{verdict} ({r:.2f}x)"
+            f"{verdict} ({r:.2f}x{cpu_note})"
         )
         verdict = "met" if r99 <= MAX_HELLO_P99_RATIO else "missed"
         lines.append(f"hello GET p99 no worse than {BASELINE}: {verdict} ({r99:.2f}x)")
@@ -233,8 +274,10 @@ def format_report(results: Results, titles: dict[str, str] | None = None) -> str
         out += [
             "",
             f'Medians over rounds; "vs h11" is the ratio to {BASELINE} '
-            "(higher is better for req/s, lower for latency); spread is half "
-            "the range of req/s over the rounds.",
+            "(higher is better for req/s, lower for latency and CPU); spread "
+            "is half the range of req/s over the rounds; CPU/req is the CPU "
+            "time the server process used per request, which a busy machine "
+            "disturbs less than req/s.",
             "",
         ]
     if results.memory:

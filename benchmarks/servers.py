@@ -147,6 +147,10 @@ class RunningServer:
                 + _tail(self.log)
             )
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time used so far by the server and its children."""
+        return sum(_cpu(pid) for pid in _process_tree(self.process.pid))
+
     def rss_bytes(self) -> int:
         """Resident memory of the server and its child processes."""
         return sum(_rss(pid) for pid in _process_tree(self.process.pid))
@@ -168,6 +172,19 @@ def _rss(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after ")".
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _process_tree(root: int) -> list[int]:

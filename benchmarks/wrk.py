@@ -45,6 +45,7 @@ def parse_output(text: str) -> HttpSample:
     )
     if sockets:
         errors += sum(int(n) for n in sockets.groups())
+    total = re.search(r"^\s+(\d+) requests in", text, re.M)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if non_2xx:
         errors += int(non_2xx.group(1))
@@ -53,6 +54,7 @@ def parse_output(text: str) -> HttpSample:
         p50_ms=_duration_ms(p50.group(1)),
         p99_ms=_duration_ms(p99.group(1)),
         errors=errors,
+        requests=int(total.group(1)) if total else 0,
     )
 
 

@@ -6,6 +6,7 @@ small text message in flight on each: send, wait for the echo, check it, send
 again.  After ``--warmup`` seconds it counts the echoes that arrive during
 ``--seconds`` seconds, closes every connection with a close frame, and prints
 one JSON line: ``{"messages": ..., "seconds": ..., "per_second": ...}``.
+It prints ``counting`` on a line of its own when the counting starts.
 
 It speaks the protocol on plain sockets with precomputed frames, so that the
 client costs a small fraction of what the server does per message.  (Each
@@ -42,8 +43,13 @@ def _masked_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + masked
 
 
-def _server_frame(opcode: int, payload: bytes) -> bytes:
-    return bytes([0x80 | opcode, len(payload)]) + payload
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked frame, as a server sends it."""
+    if len(payload) < 126:
+        return bytes([0x80 | opcode, len(payload)]) + payload
+    if len(payload) < 1 << 16:
+        return bytes([0x80 | opcode, 126]) + struct.pack("!H", len(payload)) + payload
+    return bytes([0x80 | opcode, 127]) + struct.pack("!Q", len(payload)) + payload
 
 
 def handshake(port: int, timeout: float = 10.0) -> socket.socket:
@@ -124,10 +130,9 @@ def probe(port: int) -> None:
     except OSError as exc:
         raise WebSocketError(f"cannot connect: {exc}") from None
     conn = _Conn(sock)
-    expected = _server_frame(0x1, MESSAGE)
     try:
         sock.sendall(conn.frame)
-        while len(conn.buffer) < len(expected):
+        while not _echoes(conn):
             chunk = sock.recv(4096)
             if not chunk:
                 raise WebSocketError(
@@ -138,16 +143,51 @@ def probe(port: int) -> None:
         raise WebSocketError(f"no echo: {exc}") from None
     finally:
         _close([conn])
-    if bytes(conn.buffer) != expected:
-        raise WebSocketError(f"wrong echo {bytes(conn.buffer)!r}")
+
+
+def take_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Remove the complete server frames at the start of ``buffer``.
+
+    Returns ``(opcode, payload)`` pairs.  Server frames are never masked;
+    fragmented messages are not expected for small messages and count as
+    their opcode (0 for a continuation), which the caller rejects.
+    """
+    frames = []
+    while len(buffer) >= 2:
+        length = buffer[1] & 0x7F
+        start = 2
+        if length == 126:
+            if len(buffer) < 4:
+                break
+            length, start = struct.unpack_from("!H", buffer, 2)[0], 4
+        elif length == 127:
+            if len(buffer) < 10:
+                break
+            length, start = struct.unpack_from("!Q", buffer, 2)[0], 10
+        if len(buffer) < start + length:
+            break
+        frames.append((buffer[0] & 0x0F, bytes(buffer[start : start + length])))
+        del buffer[: start + length]
+    return frames
+
+
+def _echoes(conn: _Conn) -> int:
+    """Echoes complete in ``conn``'s buffer; answers pings, rejects the rest."""
+    echoes = 0
+    for opcode, payload in take_frames(conn.buffer):
+        if opcode == 0x1 and payload == MESSAGE:
+            echoes += 1
+        elif opcode == 0x9:  # ping: answer it, it is not an echo
+            conn.sock.sendall(_masked_frame(0xA, payload, os.urandom(4)))
+        elif opcode != 0xA:  # an unsolicited pong is fine; nothing else is
+            raise WebSocketError(f"unexpected frame {opcode:#x} {payload[:40]!r}")
+    return echoes
 
 
 def load(
     port: int, connections: int, seconds: float, warmup: float
 ) -> dict[str, float]:
     conns = [_Conn(handshake(port)) for _ in range(connections)]
-    expected = _server_frame(0x1, MESSAGE)
-    size = len(expected)
     selector = selectors.DefaultSelector()
     for conn in conns:
         conn.sock.setblocking(False)
@@ -157,24 +197,22 @@ def load(
     count_from = start + warmup
     end = count_from + seconds
     counted = 0
+    counting = False
     try:
         while (now := time.monotonic()) < end:
-            for key, _ in selector.select(timeout=end - now):
+            if not counting and now >= count_from:
+                counting = True
+                print("counting", flush=True)
+            wake = end if counting else count_from
+            for key, _ in selector.select(timeout=max(0.0, wake - now)):
                 conn = key.data
                 chunk = conn.sock.recv(65536)
                 if not chunk:
                     raise WebSocketError("the server closed a connection")
                 conn.buffer += chunk
-                echoes = 0
-                while len(conn.buffer) >= size:
-                    if conn.buffer[:size] != expected:
-                        raise WebSocketError(
-                            f"wrong echo {bytes(conn.buffer[:size])!r}"
-                        )
-                    del conn.buffer[:size]
-                    echoes += 1
+                echoes = _echoes(conn)
                 if echoes:
-                    if time.monotonic() >= count_from:
+                    if counting:
                         counted += echoes
                     conn.sock.sendall(conn.frame)
     finally:

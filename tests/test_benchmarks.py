@@ -6,9 +6,11 @@ benchmarks/ from rotting between the runs that use it.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from benchmarks import harness, wrk
+from benchmarks import harness, wrk, wsload
 from benchmarks.report import (
     BASELINE,
     HttpSample,
@@ -41,11 +43,14 @@ Transfer/sec:      1.80MB
 def _results() -> Results:
     results = Results(servers=["triasgi", BASELINE])
     for rate, p99 in [(900.0, 12.0), (1100.0, 8.0), (1000.0, 10.0)]:
-        results.add_http("hello", "triasgi", HttpSample(rate, 2.0, p99))
+        sample = HttpSample(rate, 2.0, p99, requests=5000, cpu_seconds=1.0)
+        results.add_http("hello", "triasgi", sample)
     for rate in [800.0, 800.0, 800.0]:
-        results.add_http("hello", BASELINE, HttpSample(rate, 4.0, 20.0))
+        sample = HttpSample(rate, 4.0, 20.0, requests=4000, cpu_seconds=1.6)
+        results.add_http("hello", BASELINE, sample)
     results.memory = {"triasgi": [9 * 1024.0, 8 * 1024.0], BASELINE: [4 * 1024.0]}
-    results.websocket = {BASELINE: [5000.0]}
+    results.websocket = {BASELINE: [5000.0], "triasgi": [4000.0]}
+    results.websocket_cpu = {BASELINE: [100.0], "triasgi": [150.0]}
     return results
 
 
@@ -63,6 +68,17 @@ def test_summary_takes_medians_over_rounds() -> None:
     assert summary.spread == pytest.approx(0.1)
     assert summary.rounds == 3
     assert summary.errors == 2
+    assert math.isnan(summary.cpu_us_per_request)  # no CPU time was measured
+
+
+def test_cpu_per_request_is_server_time_over_requests() -> None:
+    samples = [
+        HttpSample(1.0, 1.0, 1.0, requests=1000, cpu_seconds=0.25),
+        HttpSample(1.0, 1.0, 1.0, requests=1000, cpu_seconds=0.5),
+        HttpSample(1.0, 1.0, 1.0, requests=0, cpu_seconds=0.5),  # skipped
+    ]
+    assert samples[0].cpu_us_per_request == pytest.approx(250.0)
+    assert summarize(samples).cpu_us_per_request == pytest.approx(375.0)
 
 
 def test_ratio_is_none_without_a_baseline() -> None:
@@ -75,12 +91,13 @@ def test_report_shows_ratios_to_the_baseline() -> None:
     report = format_report(_results(), {"hello": "hello GET"})
     assert (
         "| hello GET | triasgi | 1,000 | 1.25x | ±10% | 2.00 ms | 0.50x | 10.00 ms |"
-        " 0.50x |" in report
+        " 0.50x | 200 µs | 0.50x |" in report
     )
     assert "| hello GET | uvicorn-h11 | 800 | 1.00x |" in report
     # Memory: median of 9 and 8 KiB is 8.5 KiB, against 4 KiB.
     assert "| triasgi | 8.5 | 2.12x |" in report
-    assert "| uvicorn-h11 | 5,000 | 1.00x |" in report
+    assert "| uvicorn-h11 | 5,000 | 1.00x | 100 µs | 1.00x |" in report
+    assert "| triasgi | 4,000 | 0.80x | 150 µs | 1.50x |" in report
     # Every table row has as many cells as its header.
     for line in report.splitlines():
         if line.startswith("| scenario"):
@@ -91,7 +108,8 @@ def test_report_shows_ratios_to_the_baseline() -> None:
 
 def test_goals_say_met_or_missed() -> None:
     assert goals(_results()) == [
-        "hello GET req/s at least 1.0x uvicorn-h11: met (1.25x)",
+        "hello GET req/s at least 1.0x uvicorn-h11: met (1.25x; "
+        "server CPU per request 0.50x)",
         "hello GET p99 no worse than uvicorn-h11: met (0.50x)",
         "memory per idle connection under 10 KiB: met (8.5 KiB)",
     ]
@@ -113,7 +131,7 @@ def test_a_cell_without_responses_shows_no_latency() -> None:
     report = format_report(results)
     assert (
         "| stream | triasgi (no responses) | 0 | 0.00x | ±0% | n/a | n/a | n/a | n/a |"
-        in report
+        " n/a | n/a |" in report
     )
 
 
@@ -123,6 +141,7 @@ def test_wrk_output_is_parsed_in_milliseconds() -> None:
     assert sample.p50_ms == pytest.approx(0.85)
     assert sample.p99_ms == pytest.approx(1200.0)
     assert sample.errors == 7
+    assert sample.requests == 64000
 
 
 def test_unreadable_wrk_output_is_an_error() -> None:
@@ -172,3 +191,11 @@ def test_rounds_rotate_the_server_order() -> None:
         ["c", "a", "b"],
         ["a", "b", "c"],
     ]
+
+
+def test_websocket_client_splits_server_frames() -> None:
+    big = b"x" * 300  # a 16-bit length
+    stream = bytearray(wsload.server_frame(0x1, b"hi") + wsload.server_frame(0x9, big))
+    stream += wsload.server_frame(0x1, b"tail")[:3]  # incomplete
+    assert wsload.take_frames(stream) == [(0x1, b"hi"), (0x9, big)]
+    assert stream == wsload.server_frame(0x1, b"tail")[:3]
