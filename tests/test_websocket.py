@@ -473,6 +473,21 @@ async def test_message_over_max_size_from_trio_websocket_closes_with_1009():
     assert info.value.reason.code == 1009
 
 
+async def test_compressed_message_is_limited_by_its_decompressed_size():
+    log = []
+    async with open_server(echo_app(log), ws_max_size=1_000_000) as server:
+        async with open_websockets(server, max_size=None) as ws:
+            assert ws.response.headers["sec-websocket-extensions"].startswith(
+                "permessage-deflate"
+            )
+            await ws.send("0" * 900_000)  # a few KiB on the wire
+            assert len(await ws.recv()) == 900_000
+            await ws.send("0" * 5_000_000)
+            await ws.wait_closed()
+    assert ws.close_code == 1009
+    assert log[0]["code"] == 1009
+
+
 async def test_invalid_utf8_from_client_closes_with_1007():
     async with open_server(echo_app()) as server:
         stream = await connect(server)

@@ -72,6 +72,8 @@ access_logger = logging.getLogger("triasgi.access")
 # How long closing waits for the client's close frame after ours, and how
 # long a final write may take.
 _CLOSE_TIMEOUT = 5.0
+# With per-message deflate, how much compressed data wsproto gets at a time.
+_DEFLATE_SLICE = 4096
 
 _REASON_PHRASES = {
     400: b"Bad Request",
@@ -214,6 +216,7 @@ class WebSocketSession:
         self.state = WebSocketState.HANDSHAKE
         self._handshake: Handshake | None = None
         self._ws: Connection | None = None
+        self._deflate = False
         self._nursery: trio.Nursery  # the session nursery, once run() opens it
         self._write_lock = trio.Lock()
         self._broken = False  # a write was cut short: no further frame is sane
@@ -429,6 +432,7 @@ class WebSocketSession:
         if conn.server.config.ws_per_message_deflate:
             deflate = negotiate_deflate(handshake.extension_offers)
             if deflate is not None:
+                self._deflate = True
                 extensions.append(deflate[0])
                 headers.append((b"sec-websocket-extensions", deflate[1]))
         headers += check_headers(message.get("headers", ()))
@@ -610,6 +614,11 @@ class WebSocketSession:
         assert ws is not None
         parts: list[Any] = []
         size = 0
+        # wsproto decompresses all it is given at once; in small slices the
+        # size check stops a compressed message long before it could blow up
+        # to a thousand times its size.
+        step = _DEFLATE_SLICE if self._deflate else 1 << 62
+        pending = b""
         data = b"-"  # events first: frames may have come with the handshake.
         while True:
             for event in ws.events():
@@ -654,8 +663,13 @@ class WebSocketSession:
                     await self._on_close_event(ws, event)
             if not data or self._closed.is_set() or ws.state is ConnectionState.CLOSED:
                 break
-            data = await self._conn.receive_bytes()
-            ws.receive_data(data if data else None)
+            if not pending:
+                pending = data = await self._conn.receive_bytes()
+                if not data:
+                    ws.receive_data(None)
+                    continue
+            ws.receive_data(pending[:step])
+            pending = pending[step:]
         self._closed.set()
         await self._half_close()
 
