@@ -151,6 +151,7 @@ async def start(app_dir):
         app: str = "pidapp:app",
         ready: bool = True,
         activation_fd: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> Supervisor:
         """Start the supervisor; with ``activation_fd``, as systemd would."""
         log = app_dir / f"triasgi-{len(started)}.log"
@@ -171,6 +172,7 @@ async def start(app_dir):
                 command,
                 pass_fds=pass_fds,
                 cwd=app_dir,
+                env={**os.environ, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -552,3 +554,16 @@ def test_limit_max_requests_jitter_spreads_the_limits():
     limits = {Server(hello_app, config)._max_requests for _ in range(200)}
     assert limits <= set(range(100, 111))
     assert len(limits) > 5
+
+
+async def test_web_concurrency_sets_the_number_of_workers(start):
+    supervisor = await start(env={"WEB_CONCURRENCY": "2"})
+    assert len(await supervisor.wait_for_workers(2)) == 2
+
+
+async def test_reload_with_several_workers_is_a_usage_error(start):
+    supervisor = await start("--reload", "--workers", "2", ready=False)
+    assert await supervisor.exit_code() == 2
+    log = supervisor.log()
+    assert "--reload runs a single worker; it cannot be combined with --workers" in log
+    assert "Traceback" not in log
