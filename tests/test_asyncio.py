@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -396,6 +398,55 @@ def test_the_command_without_trio_asyncio_exits_non_zero_with_one_sentence(tmp_p
         "pip install 'triasgi[asyncio]'."
     )
     assert "Traceback" not in result.stderr
+
+
+WORKER_APP = """
+import asyncio, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(0.01)
+    loop = type(asyncio.get_running_loop()).__name__
+    await send({"type": "http.response.start", "status": 200})
+    await send({"type": "http.response.body", "body": f"{loop} {os.getpid()}".encode()})
+"""
+
+
+async def test_workers_run_the_app_on_asyncio(tmp_path):
+    (tmp_path / "aioapp.py").write_text(WORKER_APP)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "triasgi", "aioapp:app", "--workers", "2",
+         "--loop", "asyncio", "--port", "0", "--no-access-log"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    stderr = b""
+
+    async def read_stderr_until(pattern):
+        nonlocal stderr
+        while not (match := re.search(pattern, stderr)):
+            chunk = await process.stderr.receive_some()
+            assert chunk, stderr.decode()
+            stderr += chunk
+        return match
+
+    try:
+        with trio.fail_after(20):
+            url = (await read_stderr_until(rb"Listening on (http://\S+)")).group(1)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(url.decode())
+            process.send_signal(signal.SIGINT)
+            await read_stderr_until(rb"Supervisor stopped")
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    loop, pid = response.text.split()
+    assert loop == "TrioEventLoop"
+    assert int(pid) != process.pid
 
 
 # -- frameworks ----------------------------------------------------------------

@@ -6,7 +6,7 @@ around everything the app does.  Each app call (lifespan, HTTP, WebSocket)
 then runs as an asyncio task on that loop, awaited by the trio task that
 made the call, so the connection's cancel scope still owns it::
 
-    the app call's trio task (in the connection nursery)
+    the app call's trio task (in a connection's nursery, or the lifespan task)
     └── bridge nursery, owned by that task
         ├── waits for the app's asyncio task
         └── one trio task per pending receive() or send() of the app
@@ -123,7 +123,10 @@ class AsyncioApp:
             # would stop the whole server for one bad request.
             loop.set_exception_handler(_log_loop_error)
             loop.run_in_executor = functools.partial(
-                _run_in_executor, loop, loop.run_in_executor
+                _run_in_executor,
+                loop,
+                loop.run_in_executor,
+                trio_asyncio.TrioExecutor,
             )
             # Code that took asyncio.get_running_loop before trio-asyncio
             # replaced it (anyio's asyncio backend does, and so does asyncio's
@@ -288,6 +291,7 @@ class _Bridge:
 def _run_in_executor(
     loop: Any,
     trio_run_in_executor: Callable[..., asyncio.Future[Any]],
+    trio_executor_type: type[concurrent.futures.Executor],
     executor: concurrent.futures.Executor | None,
     func: Callable[..., Any],
     *args: Any,
@@ -299,7 +303,7 @@ def _run_in_executor(
     one-thread executor asgiref uses for Django's synchronous views; their
     work is submitted to them as asyncio would do it.
     """
-    if executor is None or type(executor).__module__.startswith("trio_asyncio"):
+    if executor is None or isinstance(executor, trio_executor_type):
         return trio_run_in_executor(executor, func, *args)
     return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
 
