@@ -279,6 +279,9 @@ async def test_workers_serve_from_distinct_worker_pids(start):
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert load.failures == []
+    # Each log line names the process that wrote it.
+    for pid in workers:
+        assert f"INFO     [{pid}] 127.0.0.1:" in supervisor.log()
 
 
 async def test_killed_worker_is_replaced_while_the_other_keeps_serving(start):

@@ -45,6 +45,7 @@ logger = logging.getLogger("triasgi.error")
 EXIT_STARTUP_FAILED = 3
 
 LOG_FORMAT = "%(levelname)-8s [%(process)d] %(message)s"
+_PLAIN_FORMAT = "%(levelname)-8s %(message)s"
 
 # On a graceful stop, seconds between closing our copy of the shared listening
 # socket and closing idle connections: a client whose connection we accepted
@@ -59,9 +60,15 @@ def heartbeat_interval(config: Config) -> float:
 
 
 def use_pid_log_format() -> None:
-    """Show the process id on each log line: there are several processes."""
+    """Show the process id on each log line: there are several processes.
+
+    Only the plain default format is changed; a format the user chose (JSON,
+    a logging configuration file) is left alone.
+    """
     for handler in logging.getLogger("triasgi").handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        formatter = handler.formatter
+        if type(formatter) is logging.Formatter and formatter._fmt == _PLAIN_FORMAT:
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
 class _Reports:
