@@ -608,6 +608,35 @@ async def test_dropped_connection_is_reported_as_1006():
     assert log == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]
 
 
+async def test_messages_sent_before_a_close_reach_the_app_before_the_disconnect():
+    log = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            log.append(await receive())
+            if log[-1]["type"] == "websocket.disconnect":
+                return
+
+    async with open_server(app) as server:
+        client = RawClient(await connect(server))
+        assert isinstance(await client.handshake(), AcceptConnection)
+        # Both messages and the close frame in one write.
+        await client.stream.send_all(
+            client.ws.send(TextMessage(data="one"))
+            + client.ws.send(BytesMessage(data=b"two"))
+            + client.ws.send(CloseConnection(code=1000, reason="done"))
+        )
+        assert (await client.next_event()).code == 1000
+        await client.stream.aclose()
+    assert log == [
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "bytes": b"two"},
+        {"type": "websocket.disconnect", "code": 1000, "reason": "done"},
+    ]
+
+
 async def test_send_after_the_client_closed_raises_oserror():
     errors = []
 
@@ -782,7 +811,10 @@ async def test_app_send_waits_for_a_client_that_does_not_read(autojump_clock):
     assert progress[0][1] >= 100
 
 
-async def test_client_disconnect_gives_the_app_the_grace_period(autojump_clock):
+@pytest.mark.parametrize(("how", "code"), [("close-frame", 1001), ("tcp-drop", 1006)])
+async def test_client_disconnect_gives_the_app_the_grace_period(
+    autojump_clock, how, code
+):
     events = []
 
     async def app(scope, receive, send):
@@ -799,10 +831,14 @@ async def test_client_disconnect_gives_the_app_the_grace_period(autojump_clock):
         async with open_memory_connection(server) as stream:
             client = RawClient(stream)
             assert isinstance(await client.handshake(), AcceptConnection)
-            await client.send(CloseConnection(code=1001))
-            assert (await client.next_event()).code == 1001
-    (code, seen), (what, cancelled) = events
-    assert (code, what) == (1001, "cancelled")
+            if how == "close-frame":
+                await client.send(CloseConnection(code=1001))
+                assert (await client.next_event()).code == 1001
+            else:
+                await stream.aclose()
+            await trio.sleep(10)
+    (seen_code, seen), (what, cancelled) = events
+    assert (seen_code, what) == (code, "cancelled")
     assert cancelled - seen == pytest.approx(3)
 
 
@@ -960,8 +996,7 @@ def test_websocket_message_table_refuses(state, message):
         next_websocket_state(state, message)
 
 
-def test_deflate_extension_in_raw_client_is_negotiated():
-    # The negotiation helper picks the first acceptable offer.
+def test_deflate_negotiation_takes_the_first_acceptable_offer():
     from triasgi._websocket import negotiate_deflate
 
     result = negotiate_deflate(
