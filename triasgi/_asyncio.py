@@ -216,13 +216,13 @@ class _Bridge:
         for scope in self._pending:
             scope.cancel()
 
-    def _call(
+    async def _call(
         self,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         *,
         keep: bool,
-    ) -> asyncio.Future[Any]:
+    ) -> Any:
         if self._closed:
             raise RuntimeError(
                 "receive() or send() was called after the ASGI app call had returned."
@@ -230,14 +230,13 @@ class _Bridge:
         future: asyncio.Future[Any] = self._loop.create_future()
         cancel_scope = trio.CancelScope()
         self._pending.add(cancel_scope)
-
-        def on_done(future: asyncio.Future[Any]) -> None:
-            if future.cancelled():
-                cancel_scope.cancel()
-
-        future.add_done_callback(on_done)
         self._nursery.start_soon(self._run, future, cancel_scope, fn, args, keep)
-        return future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller was cancelled (or the trio call was): so is the call.
+            cancel_scope.cancel()
+            raise
 
     async def _run(
         self,
