@@ -11,7 +11,7 @@ import click
 from . import _config
 from ._config import Config, config_fields, env_name
 from ._importer import AppImportError, load_app
-from ._logging import configure_logging
+from ._logging import LogConfigError, configure_logging
 from ._run import run_config
 from ._server import StartupError
 from ._version import __version__
@@ -73,7 +73,12 @@ def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> No
         config = Config(**settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(config.log_level)
+    try:
+        configure_logging(
+            config.log_level, log_format=config.log_format, log_config=config.log_config
+        )
+    except LogConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if config.workers is not None or config.reload:
         _supervise(config, app, app_dir, factory)
         return

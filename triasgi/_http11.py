@@ -18,6 +18,7 @@ import http
 import logging
 import sys
 import time
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -33,6 +34,8 @@ from ._asgi import (
     next_response_state,
     split_target,
 )
+from ._logging import AccessEntry, log_access
+from ._proxy import apply_proxy_headers
 from ._types import Address, Message
 from ._websocket import WebSocketSession, is_websocket_upgrade
 
@@ -40,6 +43,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
+    from ._config import Config
     from ._server import Server
 
 logger = logging.getLogger("triasgi.error")
@@ -125,12 +129,21 @@ class _RequestCycle:
             event: Any = self._pending_body
             self._pending_body = None
         else:
-            try:
-                event = await conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                logger.debug("Bad request body from %s: %s", conn.client, exc)
+            timeout = conn.server.config.timeout_request_body
+            event = None
+            with trio.move_on_after(timeout):
+                try:
+                    event = await conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    logger.debug("Bad request body from %s: %s", conn.client, exc)
+                    conn.client_gone()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return {"type": "http.disconnect"}
+            if event is None:
+                # A body that stalls is a client that has gone, for the app.
+                logger.debug("Request body from %s stalled for %g seconds.",
+                             conn.client, timeout)
                 conn.client_gone()
-                await trio.lowlevel.cancel_shielded_checkpoint()
                 return {"type": "http.disconnect"}
         if type(event) is h11.Data:
             # Deliver the end of the body with the last chunk when it is
@@ -276,12 +289,15 @@ class HTTP11Connection:
         client: Address | None,
         sockname: Address | None,
         scheme: str = "http",
+        *,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         self.server = server
         self.stream = stream
         self.client = client
         self.sockname = sockname
         self.scheme = scheme
+        self.tls = tls
         self.h11 = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=server.config.h11_max_incomplete_event_size,
@@ -445,26 +461,55 @@ class HTTP11Connection:
         return data
 
     async def _next_request(self) -> Any:
-        """Wait for the next request head; None when the connection should end."""
+        """Wait for the next request head; None when the connection should end.
+
+        An idle connection gets ``timeout_keep_alive``; once the first byte of
+        a head is here, the whole head gets ``timeout_request_header`` and the
+        request line ``limit_request_line`` bytes (slowloris, or a line that
+        never ends): those return the status to answer with, 408 or 414.
+        """
         config = self.server.config
-        with trio.move_on_after(config.timeout_keep_alive):
+        head_started = False
+        with trio.move_on_after(config.timeout_keep_alive) as scope:
             while True:
                 event = self.next_event_nowait()
                 if event is not h11.NEED_DATA:
                     return event
                 if self.closing:
                     return None
+                pending = self.h11.trailing_data[0]
+                if pending:
+                    if not head_started:
+                        head_started = True
+                        scope.deadline = (
+                            trio.current_time() + config.timeout_request_header
+                        )
+                    if _request_line_too_long(pending, config.limit_request_line):
+                        return 414
                 await self._data_lot.park()
-        return None
+        return 408 if head_started else None
 
     # -- writing -------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
+        """Send ``data``; a client that does not take it in time is dropped.
+
+        A WebSocket session is left to its own liveness rules (pings, and
+        backpressure that waits for a slow reader), so ``timeout_write``
+        bounds HTTP responses only.
+        """
+        timeout = self.server.config.timeout_write if self._websocket is None else inf
         try:
-            await self.stream.send_all(data)
+            with trio.move_on_after(timeout) as scope:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.client_gone()
             raise ClientDisconnected("The client has disconnected.") from exc
+        if scope.cancelled_caught:
+            # Part of ``data`` may be on the wire: the stream is unusable now.
+            logger.debug("Dropping %s: no data taken in %g seconds.", self.client, timeout)
+            self.client_gone()
+            raise ClientDisconnected("The client stopped reading.")
 
     async def _send_error(self, status: int, detail: str = "") -> None:
         """Answer with a plain-text error and mark the connection for closing."""
@@ -500,9 +545,15 @@ class HTTP11Connection:
                 await self._send_error(status)
                 return
             self._idle = False
+            if type(event) is int:
+                logger.debug("Request head from %s: %d", self.client, event)
+                await self._send_error(event)
+                return
             if type(event) is not h11.Request:
                 return  # idle timeout, shutdown, or the client closed.
-            problem = _check_request(event, self._max_head)
+            problem = _check_request(event, self._max_head) or _check_limits(
+                event, self.server.config
+            )
             if problem is not None:
                 status, reason = problem
                 logger.debug("Rejected request from %s: %s (%d)", self.client, reason, status)
@@ -568,7 +619,7 @@ class HTTP11Connection:
     def _build_scope(self, request: h11.Request) -> dict[str, Any]:
         raw_path, query_string = split_target(request.target)
         server = self.server
-        return {
+        return self.finish_scope({
             "type": "http",
             "asgi": dict(ASGI_VERSION),
             "http_version": request.http_version.decode("ascii"),
@@ -583,21 +634,60 @@ class HTTP11Connection:
             "server": self.sockname,
             "state": server.state.copy(),
             "extensions": {},
-        }
+        })
+
+    def finish_scope(self, scope: dict[str, Any]) -> dict[str, Any]:
+        """Add what the edge knows to an HTTP or WebSocket scope.
+
+        The ``tls`` extension on a TLS connection, and the client, scheme and
+        server a trusted proxy forwarded (``proxy_headers``).
+        """
+        if self.tls is not None:
+            scope["extensions"]["tls"] = self.tls
+        if self.server.trusted_proxies is not None:
+            apply_proxy_headers(scope, self.server.trusted_proxies)
+        return scope
 
     def log_access(self, cycle: _RequestCycle) -> None:
         request = cycle.request
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %d %.1fms',
-            client,
-            request.method.decode("ascii"),
-            request.target.decode("ascii", "replace"),
-            request.http_version.decode("ascii"),
-            cycle.status,
-            cycle.bytes_sent,
-            (time.perf_counter() - cycle.started_at) * 1000,
+        entry = AccessEntry(
+            client=cycle.scope["client"],
+            method=request.method.decode("ascii"),
+            target=request.target.decode("ascii", "replace"),
+            http_version=request.http_version.decode("ascii"),
+            scheme=cycle.scope["scheme"],
+            status=cycle.status,
+            body_bytes=cycle.bytes_sent,
+            duration=time.perf_counter() - cycle.started_at,
+            request_headers=request.headers,  # type: ignore[arg-type]
+            response_headers=cycle._start_headers,
         )
+        log_access(self.server.access_format, entry)
+
+
+def _request_line_too_long(pending: bytes, limit: int) -> bool:
+    """Whether an unparsed head already has a request line over ``limit``.
+
+    RFC 9112 section 2.2 lets a server skip empty lines before the request
+    line, so those do not count.
+    """
+    start = len(pending) - len(pending.lstrip(b"\r\n"))
+    end = pending.find(b"\n", start, start + limit + 2)
+    return end < 0 and len(pending) - start > limit + 1
+
+
+def _check_limits(request: h11.Request, config: Config) -> tuple[int, str] | None:
+    """The configured limits of a request head: 414 and 431 (RFC 6585 section 5)."""
+    line = len(request.method) + len(request.target) + len(request.http_version) + 7
+    if line > config.limit_request_line:
+        return 414, f"request line of {line} bytes"
+    if len(request.headers) > config.limit_request_fields:
+        return 431, f"{len(request.headers)} header fields"
+    limit = config.limit_request_field_size
+    for name, value in request.headers:
+        if len(name) + len(value) + 2 > limit:
+            return 431, f"header field {name!r} over {limit} bytes"
+    return None
 
 
 def _check_request(request: h11.Request, max_head: int) -> tuple[int, str] | None:

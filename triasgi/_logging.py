@@ -1,25 +1,269 @@
-"""Log configuration for the command line and run()."""
+"""Log configuration for the command line and run(); the access log line."""
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
+import os
+import re
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, final
+
+from ._types import Address
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
+access_logger = logging.getLogger("triasgi.access")
 
-def configure_logging(level: str) -> None:
+
+class LogConfigError(Exception):
+    """A ``log_config`` file cannot be used; the message is one sentence."""
+
+
+def configure_logging(
+    level: str, *, log_format: str = "text", log_config: str | None = None
+) -> None:
     """Send triasgi's loggers to stderr at ``level``.
 
     ``triasgi.error`` carries server messages, ``triasgi.access`` one line per
     request.  Only the ``triasgi`` logger tree is touched, so an app's own
     logging setup is left alone.
+
+    Args:
+        level: the level name, as ``log_level``.
+        log_format: ``"text"`` or ``"json"`` (one JSON object per line).
+        log_config: a :func:`logging.config.dictConfig` file (``.json``,
+            ``.toml``, ``.yaml`` or ``.yml``); when given, it configures
+            logging instead and ``level`` and ``log_format`` are not used.
+
+    Raises:
+        LogConfigError: the ``log_config`` file cannot be read or applied.
     """
+    if log_config is not None:
+        _apply_log_config(log_config)
+        return
     numeric = TRACE if level == "trace" else logging.getLevelName(level.upper())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     root = logging.getLogger("triasgi")
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     root.propagate = False
+
+
+def _apply_log_config(path: str) -> None:
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        raise LogConfigError(
+            f"Cannot read the log config {path}: {(exc.strerror or str(exc)).lower()}."
+        ) from None
+    try:
+        if suffix == ".json":
+            data = json.loads(raw)
+        elif suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+            data = tomllib.loads(raw.decode())
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # type: ignore[import-untyped, unused-ignore]
+            except ImportError:
+                raise LogConfigError(
+                    f"The log config {path} is YAML: install PyYAML to read it."
+                ) from None
+            data = yaml.safe_load(raw)
+        else:
+            raise LogConfigError(
+                f"The log config {path} must end in .json, .toml, .yaml or .yml."
+            )
+    except LogConfigError:
+        raise
+    except Exception as exc:
+        raise LogConfigError(f"Cannot parse the log config {path}: {exc}.") from None
+    if not isinstance(data, dict):
+        raise LogConfigError(
+            f"The log config {path} must hold a mapping (a logging dictConfig)."
+        )
+    data.setdefault("version", 1)
+    data.setdefault("disable_existing_loggers", False)
+    try:
+        logging.config.dictConfig(data)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise LogConfigError(f"The log config {path} is not valid: {exc}.") from None
+
+
+@final
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record; access lines carry their fields too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry = getattr(record, "access_entry", None)
+        if isinstance(entry, AccessEntry):
+            out.update(entry.fields())
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+# -- the access log line ------------------------------------------------------
+
+
+@final
+@dataclass
+class AccessEntry:
+    """What an access log line may show about one request."""
+
+    client: Address | None
+    method: str
+    target: str
+    http_version: str
+    scheme: str
+    status: int
+    body_bytes: int
+    duration: float  # seconds
+    request_headers: list[tuple[bytes, bytes]]
+    response_headers: list[tuple[bytes, bytes]]
+
+    def fields(self) -> dict[str, Any]:
+        """The named fields, for structured (JSON) logs."""
+        return {
+            "client": _client(self),
+            "method": self.method,
+            "path": self.target,
+            "protocol": f"HTTP/{self.http_version}",
+            "scheme": self.scheme,
+            "status": self.status,
+            "bytes": self.body_bytes,
+            "duration_ms": round(self.duration * 1000, 3),
+            "referer": _header(self.request_headers, b"referer"),
+            "user_agent": _header(self.request_headers, b"user-agent"),
+        }
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _client(entry: AccessEntry) -> str:
+    if entry.client is None:
+        return "-"
+    host, port = entry.client
+    return f"{host}:{port}" if port is not None else host
+
+
+def _header_field(kind: str, name: bytes) -> Callable[[AccessEntry], str]:
+    def get(entry: AccessEntry) -> str:
+        headers = entry.request_headers if kind == "req" else entry.response_headers
+        return _header(headers, name) or "-"
+
+    return get
+
+
+_FIELDS: dict[str, Callable[[AccessEntry], str]] = {
+    "client": _client,
+    "client_host": lambda e: e.client[0] if e.client else "-",
+    "method": lambda e: e.method,
+    "path": lambda e: e.target,
+    "protocol": lambda e: f"HTTP/{e.http_version}",
+    "request_line": lambda e: f"{e.method} {e.target} HTTP/{e.http_version}",
+    "scheme": lambda e: e.scheme,
+    "status": lambda e: str(e.status),
+    "bytes": lambda e: str(e.body_bytes),
+    "duration_ms": lambda e: f"{e.duration * 1000:.1f}",
+    "duration_us": lambda e: str(round(e.duration * 1_000_000)),
+    "referer": lambda e: _header(e.request_headers, b"referer") or "-",
+    "user_agent": lambda e: _header(e.request_headers, b"user-agent") or "-",
+    "time": lambda e: time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+}
+
+DEFAULT_ACCESS_LOG_FORMAT = (
+    '{client} - "{request_line}" {status} {bytes} {duration_ms}ms'
+)
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+@final
+class AccessLogFormat:
+    """A compiled ``access_log_format`` template.
+
+    ``{name}`` is a field (see :data:`_FIELDS` and docs/deployment.md),
+    ``{req:NAME}`` a request header, ``{res:NAME}`` a response header;
+    ``{{`` and ``}}`` are literal braces.  A missing value shows as ``-``.
+
+    Raises:
+        ValueError: the template names an unknown field or has a lone brace.
+    """
+
+    def __init__(self, template: str | None = None) -> None:
+        self.template = DEFAULT_ACCESS_LOG_FORMAT if template is None else template
+        self._parts: list[str | Callable[[AccessEntry], str]] = []
+        position = 0
+        for match in _TOKEN.finditer(self.template):
+            self._literal(self.template[position : match.start()])
+            position = match.end()
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                self._literal(token[0])
+            elif match.group(1) is None:
+                raise ValueError(
+                    f"access_log_format has a lone {token!r}; write {token * 2!r} "
+                    "for a literal brace."
+                )
+            else:
+                self._parts.append(_compile_field(match.group(1)))
+        self._literal(self.template[position:])
+
+    def _literal(self, text: str) -> None:
+        if text:
+            self._parts.append(text)
+
+    def format(self, entry: AccessEntry) -> str:
+        """The log line for ``entry``."""
+        return "".join(
+            part if isinstance(part, str) else part(entry) for part in self._parts
+        )
+
+
+def _compile_field(name: str) -> Callable[[AccessEntry], str]:
+    kind, sep, header = name.partition(":")
+    if sep and kind in ("req", "res") and header.strip():
+        return _header_field(kind, header.strip().lower().encode("latin-1"))
+    getter = _FIELDS.get(name)
+    if getter is None:
+        raise ValueError(
+            f"access_log_format has an unknown field {{{name}}}; use one of "
+            f"{', '.join(_FIELDS)}, req:NAME or res:NAME."
+        )
+    return getter
+
+
+def log_access(access_format: AccessLogFormat, entry: AccessEntry) -> None:
+    """Write the access line of one request to ``triasgi.access``."""
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info(
+            access_format.format(entry),
+            extra={"access_entry": entry},
+        )

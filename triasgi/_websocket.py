@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http
 import logging
 import sys
 from collections import deque
@@ -408,8 +409,10 @@ class WebSocketSession:
             self.state = new_state
             await trio.lowlevel.checkpoint()
         else:
-            self.state = new_state
+            # The state moves on only once h11 took the message: a head it
+            # refuses must still become a 500.
             await self._send_response_body(message, new_state is WebSocketState.CLOSED)
+            self.state = new_state
 
     async def _accept(self, message: Message) -> None:
         conn = self._conn
@@ -475,6 +478,7 @@ class WebSocketSession:
                         h11.Response(
                             status_code=start["status"],
                             headers=self._conn.server.response_headers(headers),
+                            reason=_reason_phrase(start["status"]),
                         )
                     )
                 )
@@ -748,6 +752,13 @@ class WebSocketSession:
             self._request.target.decode("ascii", "replace"),
             status,
         )
+
+
+def _reason_phrase(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _is_disconnect(exc: BaseException) -> bool:
