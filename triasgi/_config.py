@@ -14,6 +14,8 @@ from typing import Any, Literal, final
 
 LIFESPAN_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
+SSL_CERT_REQS = ("none", "optional", "required")
 
 
 def _option(
@@ -212,6 +214,109 @@ class Config:
         choices=("trio", "asyncio"),
     )
 
+    # The production edge: TLS, proxies, hostile clients, log format (see
+    # docs/deployment.md).
+    ssl_certfile: str | None = _option(
+        None, "Serve HTTPS with this PEM certificate (chain) file.", metavar="PATH"
+    )
+    ssl_keyfile: str | None = _option(
+        None,
+        "The PEM private key of --ssl-certfile (if not in the certificate file).",
+        metavar="PATH",
+    )
+    ssl_keyfile_password: str | None = _option(
+        None, "The password of an encrypted --ssl-keyfile.", metavar="PASSWORD"
+    )
+    ssl_ca_certs: str | None = _option(
+        None,
+        "Verify client certificates against the CA certificates in this PEM file.",
+        metavar="PATH",
+    )
+    ssl_cert_reqs: str = _option(
+        "none",
+        "Client certificates: 'none' asks for none, 'optional' verifies one if "
+        "sent, 'required' refuses a client without a valid one (mTLS).",
+        choices=SSL_CERT_REQS,
+    )
+    ssl_ciphers: str | None = _option(
+        None,
+        "TLS 1.2 cipher list in OpenSSL syntax (default: OpenSSL's).",
+        metavar="CIPHERS",
+    )
+    timeout_ssl_handshake: float = _option(
+        10.0,
+        "Close a connection whose TLS handshake has not completed in this many "
+        "seconds.",
+        minimum=0,
+    )
+    proxy_headers: bool = _option(
+        True,
+        "Take the client address and scheme from X-Forwarded-* and Forwarded "
+        "headers sent by a trusted proxy (see --forwarded-allow-ips).",
+        flag=True,
+    )
+    forwarded_allow_ips: str = _option(
+        "127.0.0.1",
+        "Comma-separated IP addresses or CIDR ranges of trusted proxies, or '*' "
+        "for any (also read from FORWARDED_ALLOW_IPS).",
+        metavar="IPS",
+        envvar=("FORWARDED_ALLOW_IPS",),
+    )
+    proxy_protocol: bool = _option(
+        False,
+        "Expect a PROXY protocol (v1 or v2) preamble on every connection, as "
+        "sent by HAProxy and cloud load balancers.",
+        flag=True,
+    )
+    timeout_request_header: float = _option(
+        10.0,
+        "Answer 408 and close when a request head has not fully arrived this "
+        "many seconds after its first byte.",
+        minimum=0,
+    )
+    timeout_request_body: float = _option(
+        60.0,
+        "Treat a request body that stalls this many seconds as a client "
+        "disconnect.",
+        minimum=0,
+    )
+    timeout_write: float = _option(
+        60.0,
+        "Drop a connection when one write of an HTTP response to it (a body "
+        "message) has not completed in this many seconds.",
+        minimum=0,
+    )
+    limit_request_line: int = _option(
+        8190, "Longest request line, in bytes; a longer one gets 414.", minimum=1
+    )
+    limit_request_fields: int = _option(
+        100, "Most header fields in a request; more get 431.", minimum=1
+    )
+    limit_request_field_size: int = _option(
+        8190, "Largest request header field, in bytes; a larger one gets 431.",
+        minimum=1,
+    )
+    limit_max_connections: int | None = _option(
+        None,
+        "Stop accepting while this many connections are open in this worker.",
+        minimum=1,
+    )
+    access_log_format: str | None = _option(
+        None,
+        "Template of an access log line, with {field} names from "
+        "docs/deployment.md (default: the built-in line).",
+        metavar="TEMPLATE",
+    )
+    log_config: str | None = _option(
+        None,
+        "Configure logging from this logging.config.dictConfig file (.json, "
+        ".toml, .yaml or .yml).",
+        metavar="PATH",
+    )
+    log_format: str = _option(
+        "text", "Log lines as plain text or as JSON objects.", choices=LOG_FORMATS
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -231,6 +336,7 @@ class Config:
                 raise ValueError(
                     f"headers entries must look like 'name:value', got {header!r}."
                 )
+        _check_edge_settings(self)
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -255,4 +361,14 @@ def config_fields() -> list[dataclasses.Field[Any]]:
 def env_name(field_name: str) -> str:
     """The environment variable that sets ``field_name``."""
     return "TRIASGI_" + field_name.upper()
+
+
+def _check_edge_settings(config: Config) -> None:
+    """Settings that need parsing: a bad one raises ValueError at once."""
+    from ._logging import AccessLogFormat
+    from ._proxy import TrustedProxies
+
+    TrustedProxies.parse(config.forwarded_allow_ips)
+    if config.access_log_format is not None:
+        AccessLogFormat(config.access_log_format)
 

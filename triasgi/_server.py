@@ -19,6 +19,9 @@ from ._asyncio import open_app_loop, wrap_app
 from ._config import Config
 from ._http11 import HTTP11Connection
 from ._lifespan import Lifespan, LifespanFailure
+from ._logging import AccessLogFormat
+from ._proxy import ProxyProtocolError, TrustedProxies, read_proxy_preamble
+from ._tls import TLS, TLSSetupError
 from ._types import Address, ASGIApp
 
 logger = logging.getLogger("triasgi.error")
@@ -87,6 +90,19 @@ class Server:
         self._static_headers = self._make_static_headers()
         self._date_second = -1
         self._date_header: tuple[bytes, bytes] = (b"date", b"")
+        self._edge_init()
+
+    def _edge_init(self) -> None:
+        config = self.config
+        self.trusted_proxies = (
+            TrustedProxies.parse(config.forwarded_allow_ips)
+            if config.proxy_headers
+            else None
+        )
+        self.access_format = AccessLogFormat(config.access_log_format)
+        self._tls: TLS | None = None
+        self._open_sockets = 0
+        self._socket_closed_lot = trio.lowlevel.ParkingLot()
 
     # -- public --------------------------------------------------------------
 
@@ -112,7 +128,8 @@ class Server:
         for host, port in self.addresses:
             if port is not None:
                 shown = f"[{host}]" if ":" in host else host
-                return f"http://{shown}:{port}"
+                scheme = "https" if self.config.ssl_certfile else "http"
+                return f"{scheme}://{shown}:{port}"
         raise LookupError("The server has no TCP address.")
 
     async def serve_stream(
@@ -125,8 +142,15 @@ class Server:
 
         This is what each accepted socket runs; the test helpers call it with
         in-memory streams.  It never raises for a client's misbehaviour.
+        With ``proxy_protocol`` it first reads the PROXY preamble, and with
+        TLS configured it does the handshake.
         """
-        conn = HTTP11Connection(self, stream, client, sockname)
+        edge = await self._open_edge(stream, client, sockname)
+        if edge is None:
+            return
+        stream, client, sockname, tls = edge
+        scheme = "https" if tls is not None else "http"
+        conn = HTTP11Connection(self, stream, client, sockname, scheme, tls=tls)
         self._connections.add(conn)
         if self._connections_closing:
             conn.begin_shutdown()
@@ -137,6 +161,42 @@ class Server:
         finally:
             self._connections.discard(conn)
             self._closed_lot.unpark_all()
+
+    async def _open_edge(
+        self, stream: trio.abc.Stream, client: Address | None, sockname: Address | None
+    ) -> tuple[trio.abc.Stream, Address | None, Address | None, Any] | None:
+        """PROXY preamble and TLS handshake; None when the connection is over."""
+        if self.config.proxy_protocol:
+            preamble = None
+            with trio.move_on_after(self.config.timeout_request_header):
+                try:
+                    preamble, stream = await read_proxy_preamble(stream)
+                except ProxyProtocolError as exc:
+                    logger.debug("Closing a connection from %s: %s.", client, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if preamble is None:
+                await trio.aclose_forcefully(stream)
+                return None
+            client = preamble.client or client
+            sockname = preamble.server or sockname
+        tls = None
+        if self._tls is not None:
+            tls_stream = await self._tls.handshake(stream)
+            if tls_stream is None:
+                return None
+            stream = tls_stream
+            tls = self._tls.extension(tls_stream)
+        return stream, client, sockname, tls
+
+    async def _serve_socket(
+        self, stream: trio.abc.Stream, client: Address | None, sockname: Address
+    ) -> None:
+        try:
+            await self.serve_stream(stream, client, sockname)
+        finally:
+            self._open_sockets -= 1
+            self._socket_closed_lot.unpark_all()
 
     # -- used by connections -------------------------------------------------
 
@@ -200,6 +260,11 @@ class Server:
                 usual and connections come only through :meth:`serve_stream`
                 (the in-memory test helpers use this).
         """
+        if self.config.ssl_certfile is not None:
+            try:
+                self._tls = TLS(self.config)
+            except TLSSetupError as exc:
+                raise StartupError(str(exc)) from None
         listeners = _bind(self.config) if listen else []
         failure: LifespanFailure | None = None
         try:
@@ -278,8 +343,20 @@ class Server:
     ) -> None:
         sockname = _sockname(listener.socket)
         warned_at = -float("inf")
+        limit = self.config.limit_max_connections
         with scope:
             while True:
+                if limit is not None and self._open_sockets >= limit:
+                    now = trio.current_time()
+                    if now - warned_at > 10:
+                        warned_at = now
+                        logger.warning(
+                            "%d connections open (limit_max_connections): not "
+                            "accepting more until some close.",
+                            self._open_sockets,
+                        )
+                    while self._open_sockets >= limit:
+                        await self._socket_closed_lot.park()
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
@@ -293,8 +370,9 @@ class Server:
                         )
                     await trio.sleep(0.1)
                     continue
+                self._open_sockets += 1
                 nursery.start_soon(
-                    self.serve_stream, stream, _peername(stream.socket), sockname
+                    self._serve_socket, stream, _peername(stream.socket), sockname
                 )
 
 
