@@ -40,3 +40,24 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(default=False)
+def integration(session: nox.Session) -> None:
+    """triasgi behind a real nginx (needs the nginx binary; skipped without it)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "tests/test_nginx.py", "-rs", *session.posargs,
+        env={"TRIASGI_INTEGRATION": "1"},
+    )
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """A long run of the request fuzzer: ``nox -s fuzz -- 20000`` examples per test."""
+    session.install("-e", ".[test]")
+    examples = session.posargs[0] if session.posargs else "5000"
+    session.run(
+        "python", "-m", "pytest", "tests/test_fuzz.py", "-p", "no:cacheprovider",
+        env={"TRIASGI_FUZZ_EXAMPLES": examples},
+    )

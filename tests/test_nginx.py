@@ -1,0 +1,185 @@
+"""Integration: triasgi behind a real nginx, over TCP and over a Unix socket.
+
+Run with ``nox -s integration`` (it sets TRIASGI_INTEGRATION=1); it needs
+the ``nginx`` binary (Debian: ``apt-get install nginx``) and is skipped
+otherwise, so the main test run stays fast.
+
+The client connects to nginx from 127.0.0.2, so the address the app sees
+(127.0.0.2, from X-Forwarded-For) differs from the one triasgi's socket
+sees (nginx on 127.0.0.1, or a Unix socket peer).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+import wsproto
+import wsproto.events
+from conftest import H11Client
+
+from triasgi.testing import open_server
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("TRIASGI_INTEGRATION") != "1",
+        reason="integration test: run it with `nox -s integration`",
+    ),
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)"),
+]
+
+CLIENT_ADDRESS = "127.0.0.2"
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        body = repr((scope["client"][0], scope["scheme"], scope["headers"][0][0])).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": repr((scope["client"][0], scope["scheme"]))})
+        await send({"type": "websocket.close"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+NGINX_CONF = """
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+        }}
+    }}
+}}
+"""
+
+
+async def open_nginx(prefix: Path, upstream: str) -> tuple[trio.Process, int]:
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, upstream=upstream))
+    process = await trio.lowlevel.open_process(
+        [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+        stdin=subprocess.DEVNULL,
+    )
+    with trio.fail_after(10):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                if process.poll() is not None:
+                    raise AssertionError((prefix / "error.log").read_text()) from None
+                await trio.sleep(0.05)
+            else:
+                await stream.aclose()
+                return process, port
+
+
+async def connect_from(address: str, port: int) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    await sock.bind((address, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+@pytest.fixture(params=["tcp", "unix"])
+async def behind_nginx(request, tmp_path):
+    """The port of an nginx proxying to a triasgi server, over TCP or a Unix socket."""
+    if request.param == "tcp":
+        settings = {}
+    else:
+        settings = {"uds": str(tmp_path / "triasgi.sock")}
+    async with open_server(app, **settings) as server:
+        if request.param == "tcp":
+            upstream = f"http://127.0.0.1:{server.port}"
+        else:
+            upstream = f"http://unix:{settings['uds']}:"
+        process, port = await open_nginx(tmp_path, upstream)
+        try:
+            yield port
+        finally:
+            process.terminate()
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_http_app_sees_the_client_behind_nginx(behind_nginx):
+    stream = await connect_from(CLIENT_ADDRESS, behind_nginx)
+    async with stream:
+        reply = await H11Client(stream).request_response("GET", "/")
+    assert reply.status == 200
+    assert reply.body == b"('127.0.0.2', 'http', b'host')"
+
+
+async def test_forged_x_forwarded_for_through_nginx_is_not_believed(behind_nginx):
+    stream = await connect_from(CLIENT_ADDRESS, behind_nginx)
+    async with stream:
+        reply = await H11Client(stream).request_response(
+            "GET", "/", [("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]
+        )
+    # nginx appends the real peer; 127.0.0.2 is not a trusted proxy, so the
+    # client's own claim to the left of it is ignored.  X-Forwarded-Proto is
+    # replaced by nginx with the scheme it really served.
+    assert reply.body == b"('127.0.0.2', 'http', b'host')"
+
+
+@pytest.mark.xfail(
+    reason="the WebSocket scope is built in triasgi/_websocket.py without "
+    "HTTP11Connection.finish_scope, so proxy headers do not reach it yet",
+    strict=True,
+)
+async def test_websocket_app_sees_the_client_behind_nginx(behind_nginx):
+    stream = await connect_from(CLIENT_ADDRESS, behind_nginx)
+    async with stream:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        await stream.send_all(ws.send(wsproto.events.Request(host="localhost", target="/ws")))
+        messages = []
+        with trio.fail_after(10):
+            while not any(isinstance(e, wsproto.events.CloseConnection) for e in messages):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                ws.receive_data(data)
+                messages.extend(ws.events())
+    assert isinstance(messages[0], wsproto.events.AcceptConnection), messages
+    texts = [e.data for e in messages if isinstance(e, wsproto.events.TextMessage)]
+    assert texts == ["('127.0.0.2', 'ws')"]
