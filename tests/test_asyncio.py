@@ -296,6 +296,30 @@ async def test_tasks_the_app_leaves_running_end_with_the_server(autojump_clock):
     assert app.task.cancelled()
 
 
+async def test_send_after_the_app_call_returned_raises(autojump_clock):
+    log = []
+
+    async def late(send):
+        await asyncio.sleep(1)
+        try:
+            await send({"type": "http.response.body", "body": b"late"})
+        except RuntimeError as exc:
+            log.append(str(exc))
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        app.task = asyncio.create_task(late(send))
+        await send_text(send, "on time")
+
+    async with open_memory_server(app, loop="asyncio") as server, \
+            open_memory_connection(server) as stream:
+        await stream.send_all(REQUEST)
+        assert (await stream.receive_some()).endswith(b"on time")
+        await trio.sleep(5)
+    assert log == ["receive() or send() was called after the ASGI app call had returned."]
+
+
 async def test_an_unhandled_asyncio_error_is_logged_and_serving_goes_on(caplog):
     def broken():
         raise ZeroDivisionError("in a callback")

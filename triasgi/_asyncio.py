@@ -87,6 +87,10 @@ async def open_app_loop(app: ASGIApp) -> AsyncIterator[None]:
         yield
 
 
+# The trio-asyncio loops open in this process, the latest last.
+_open_loops: list[Any] = []
+
+
 @final
 class AsyncioApp:
     """An ASGI app run as asyncio code on a trio-asyncio loop.
@@ -131,13 +135,17 @@ class AsyncioApp:
             # Code that took asyncio.get_running_loop before trio-asyncio
             # replaced it (anyio's asyncio backend does, and so does asyncio's
             # own C code) asks the thread's running loop: make it this one.
+            _open_loops.append(loop)
             asyncio.events._set_running_loop(loop)
             self._loop = loop
             try:
                 yield
             finally:
                 self._loop = None
-                asyncio.events._set_running_loop(None)
+                _open_loops.remove(loop)
+                asyncio.events._set_running_loop(
+                    _open_loops[-1] if _open_loops else None
+                )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = self._loop
