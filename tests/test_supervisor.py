@@ -67,6 +67,18 @@ CRASHING = textwrap.dedent(
     """
 )
 
+SLOW_STARTUP = textwrap.dedent(
+    """
+    import trio
+
+    async def app(scope, receive, send):
+        await receive()
+        print("startup begun", flush=True)
+        await trio.sleep(30)
+        await send({"type": "lifespan.startup.complete"})
+    """
+)
+
 # Short timeouts keep the tests quick; they are options a user could pass too.
 FAST = ["--timeout-graceful-shutdown", "3", "--log-level", "info"]
 
@@ -139,6 +151,7 @@ def app_dir(tmp_path):
     (tmp_path / "pidapp.py").write_text(APP)
     (tmp_path / "failing.py").write_text(FAILING_LIFESPAN)
     (tmp_path / "crashing.py").write_text(CRASHING)
+    (tmp_path / "slowstart.py").write_text(SLOW_STARTUP)
     return tmp_path
 
 
@@ -570,3 +583,11 @@ async def test_reload_with_several_workers_is_a_usage_error(start):
     log = supervisor.log()
     assert "--reload runs a single worker; it cannot be combined with --workers" in log
     assert "Traceback" not in log
+
+
+async def test_sigterm_during_a_slow_startup_stops_at_once(start):
+    supervisor = await start("--workers", "2", app="slowstart:app")
+    await supervisor.wait_for_log("startup begun", count=2)
+    supervisor.send(signal.SIGTERM)
+    assert await supervisor.exit_code(within=5) == 0
+    assert supervisor.log().count("Worker stopping before it finished starting") == 2

@@ -239,10 +239,7 @@ class Supervisor:
             self._ops = ops
             self._root.start_soon(self._handle_signals, signals)
             ops.start_soon(self._check_health)
-            await self._start_first_workers()
-            ops.start_soon(self._keep_workers)
-            if self._config.reload and not self._stopping:
-                ops.start_soon(self._watch_files)
+            ops.start_soon(self._start, ops)
             await self._stop_requested.wait()
             ops.cancel_scope.cancel()
         # No worker is started any more.  The workers hold their own copies of
@@ -266,6 +263,13 @@ class Supervisor:
         self._request_stop()
 
     # -- starting workers ----------------------------------------------------
+
+    async def _start(self, ops: trio.Nursery) -> None:
+        """Start the first workers, then keep their number and watch files."""
+        await self._start_first_workers()
+        ops.start_soon(self._keep_workers)
+        if self._config.reload:
+            ops.start_soon(self._watch_files)
 
     async def _start_first_workers(self) -> None:
         async def start_one() -> None:
@@ -404,7 +408,7 @@ class Supervisor:
         code = process.returncode
         if worker.stop_requested or self._stopping:
             status = describe_exit(code, expected=True)
-            level = logging.INFO if code == 0 else logging.WARNING
+            level = logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING
             logger.log(level, "Worker pid %d stopped (%s).", worker.pid, status)
             return
         if not worker.ready.is_set():

@@ -122,14 +122,18 @@ async def _serve_reporting(
             on_limit_max_requests=retire.set,
             first_request_grace=FIRST_REQUEST_GRACE,
         )
+        started = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_obey_signals, signals, server)
+            nursery.start_soon(
+                _obey_signals, signals, server, started, nursery.cancel_scope
+            )
             try:
                 await nursery.start(_serve_then_stop, server, nursery.cancel_scope)
             except StartupError as exc:
                 await reports.send("fail", str(exc))
                 nursery.cancel_scope.cancel()
                 return EXIT_STARTUP_FAILED
+            started.set()
             await reports.send("ready")
             nursery.start_soon(_heartbeat, reports, server, heartbeat_interval(config))
             nursery.start_soon(_ask_to_retire, reports, retire)
@@ -146,9 +150,22 @@ async def _serve_then_stop(
     cancel_scope.cancel()  # ends the heartbeat and the signal watcher
 
 
-async def _obey_signals(signals: AsyncIterator[int], server: Server) -> None:
+async def _obey_signals(
+    signals: AsyncIterator[int],
+    server: Server,
+    started: trio.Event,
+    cancel_scope: trio.CancelScope,
+) -> None:
     async for signum in signals:
-        if signum == signal.SIGTERM and not server.shutting_down:
+        if signum != signal.SIGTERM:
+            continue  # SIGINT: the supervisor decides, see the module docstring
+        if not started.is_set():
+            # Nothing accepted yet, so nothing to finish: do not make the
+            # supervisor wait for a lifespan startup it no longer needs.
+            logger.info("Worker stopping before it finished starting.")
+            cancel_scope.cancel()
+            return
+        if not server.shutting_down:
             logger.info("Worker shutting down gracefully.")
             server.shutdown()
 
