@@ -545,14 +545,18 @@ class WebSocketSession:
             raise ClientDisconnected("The client has disconnected.")
         if final:
             with trio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
-                await self._conn.write(data)
+                try:
+                    await self._conn.write(data)
+                except ClientDisconnected:
+                    self._broken = True
+                    raise
             if scope.cancelled_caught:
                 self._broken = True
                 raise ClientDisconnected("The client stopped reading.")
             return
         try:
             await self._conn.write(data)
-        except trio.Cancelled:
+        except (trio.Cancelled, ClientDisconnected):
             # Part of a frame may be on the wire; another would corrupt it.
             self._broken = True
             raise
@@ -583,7 +587,8 @@ class WebSocketSession:
                 CloseConnection(code=code, reason=reason), final=True
             )
         except ClientDisconnected:
-            self._closed.set()
+            if self._broken:
+                self._closed.set()  # no close reply can come on a broken stream
 
     async def _half_close(self) -> None:
         """After the closing handshake: let the client see our end of the stream.
@@ -702,7 +707,8 @@ class WebSocketSession:
         try:
             await self._send_frame(event, final=type(event) is CloseConnection)
         except ClientDisconnected:
-            self._closed.set()
+            if self._broken:
+                self._closed.set()
 
     async def _wait_for_room(self) -> None:
         """Hold the frame task while the app has ``ws_max_queue`` messages to take."""
