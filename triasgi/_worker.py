@@ -36,7 +36,7 @@ import trio
 
 from ._config import Config
 from ._importer import AppImportError, load_app
-from ._logging import configure_logging
+from ._logging import LogConfigError, configure_logging
 from ._server import Server, StartupError
 
 logger = logging.getLogger("triasgi.error")
@@ -192,7 +192,12 @@ def main() -> None:
     """Entry point of a worker process; see the module docstring."""
     spec = json.loads(sys.stdin.buffer.read())
     config = Config(**spec["config"])
-    configure_logging(config.log_level)
+    try:
+        configure_logging(
+            config.log_level, log_format=config.log_format, log_config=config.log_config
+        )
+    except LogConfigError:
+        configure_logging(config.log_level)  # the file changed since the CLI read it
     use_pid_log_format()
     # A blocked worker gets SIGABRT from the supervisor before SIGKILL: let it
     # print where it was stuck.
