@@ -173,6 +173,55 @@ async def test_scope_has_every_key_of_the_spec():
     assert scope["extensions"] == {"websocket.http.response": {}}
 
 
+async def test_proxy_headers_from_a_trusted_proxy_apply_to_the_scope():
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await send({"type": "websocket.close"})
+
+    async with open_server(app, lifespan="off") as server:
+        stream = await connect(server)
+        await stream.send_all(
+            HANDSHAKE + b"x-forwarded-for: 203.0.113.9\r\n"
+            b"x-forwarded-proto: https\r\n\r\n"
+        )
+        reply = await read_until_closed(stream)
+    assert parse_status(reply) == 403
+    assert scopes[0]["client"][0] == "203.0.113.9"
+    assert scopes[0]["scheme"] == "wss"
+
+
+async def test_wss_over_tls_has_the_wss_scheme_and_the_tls_extension(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    certfile = tmp_path / "cert.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(certfile)
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await echo_app()(scope, receive, send)
+
+    async with open_server(app, lifespan="off", ssl_certfile=str(certfile)) as server:
+        host, port = server.addresses[0]
+        async with websockets_connect(
+            f"wss://{host}:{port}/", ssl=context, proxy=None, ping_interval=None
+        ) as ws:
+            await ws.send("secret")
+            assert await ws.recv() == "secret"
+    assert scopes[0]["scheme"] == "wss"
+    assert "tls" in scopes[0]["extensions"]
+    assert "websocket.http.response" in scopes[0]["extensions"]
+
+
 async def test_accept_headers_and_subprotocol_reach_the_client():
     async def app(scope, receive, send):
         await receive()

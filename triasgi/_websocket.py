@@ -293,22 +293,24 @@ class WebSocketSession:
         conn = self._conn
         server = conn.server
         raw_path, query_string = split_target(request.target)
-        return {
-            "type": "websocket",
-            "asgi": dict(ASGI_VERSION),
-            "http_version": "1.1",
-            "scheme": "wss" if conn.scheme == "https" else "ws",
-            "path": decode_path(raw_path),
-            "raw_path": raw_path,
-            "query_string": query_string,
-            "root_path": server.config.root_path,
-            "headers": list(request.headers),
-            "client": conn.client,
-            "server": conn.sockname,
-            "subprotocols": list(handshake.subprotocols),
-            "state": server.state.copy(),
-            "extensions": {"websocket.http.response": {}},
-        }
+        return conn.finish_scope(
+            {
+                "type": "websocket",
+                "asgi": dict(ASGI_VERSION),
+                "http_version": "1.1",
+                "scheme": "wss" if conn.scheme == "https" else "ws",
+                "path": decode_path(raw_path),
+                "raw_path": raw_path,
+                "query_string": query_string,
+                "root_path": server.config.root_path,
+                "headers": list(request.headers),
+                "client": conn.client,
+                "server": conn.sockname,
+                "subprotocols": list(handshake.subprotocols),
+                "state": server.state.copy(),
+                "extensions": {"websocket.http.response": {}},
+            }
+        )
 
     async def _call_app(self) -> Exception | None:
         try:
