@@ -371,4 +371,3 @@ def _check_edge_settings(config: Config) -> None:
     TrustedProxies.parse(config.forwarded_allow_ips)
     if config.access_log_format is not None:
         AccessLogFormat(config.access_log_format)
-

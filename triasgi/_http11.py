@@ -507,7 +507,7 @@ class HTTP11Connection:
             raise ClientDisconnected("The client has disconnected.") from exc
         if scope.cancelled_caught:
             # Part of ``data`` may be on the wire: the stream is unusable now.
-            logger.debug("Dropping %s: no data taken in %g seconds.", self.client, timeout)
+            logger.debug("Dropping %s: no data taken in %gs.", self.client, timeout)
             self.client_gone()
             raise ClientDisconnected("The client stopped reading.")
 

@@ -31,7 +31,9 @@ def run(app: ASGIApp | str, config: Config | None = None, **settings: Any) -> No
         AppImportError: ``app`` is an import string that cannot be loaded.
     """
     config = config.replace(**settings) if config else Config(**settings)
-    configure_logging(config.log_level)
+    configure_logging(
+        config.log_level, log_format=config.log_format, log_config=config.log_config
+    )
     if isinstance(app, str):
         from ._importer import load_app
 
