@@ -285,3 +285,36 @@ def test_cli_prints_one_line_for_a_missing_certificate(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"Error: Cannot read the TLS certificate file {tmp_path / 'missing.pem'}: no such file."
     )
+
+
+async def test_unusable_cipher_list_is_one_sentence(cert_files):
+    message = await start_error(**tls_settings(cert_files, ssl_ciphers="NO-SUCH-CIPHER"))
+    assert message == "No usable cipher in --ssl-ciphers 'NO-SUCH-CIPHER'."
+
+
+async def test_cipher_list_limits_tls12_suites(ca, cert_files):
+    settings = tls_settings(cert_files, ssl_ciphers="ECDHE+AESGCM:!AES128")
+    context = client_context(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
+    async with open_server(scope_app, **settings) as server:
+        async with httpx.AsyncClient(verify=context) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(server.url + "/")
+        context.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384")
+        async with httpx.AsyncClient(verify=context) as client:
+            assert (await client.get(server.url + "/")).text == "('https', 771, None)"
+    assert scope_app.last["extensions"]["tls"]["cipher_suite"] in (0xC02C, 0xC030)  # type: ignore[attr-defined]
+
+
+async def test_proxy_protocol_preamble_before_the_tls_handshake(ca, cert_files):
+    from triasgi.testing import open_memory_connection, open_memory_server
+
+    settings = tls_settings(cert_files, proxy_protocol=True)
+    async with open_memory_server(scope_app, **settings) as server:
+        async with open_memory_connection(server) as raw:
+            await raw.send_all(b"PROXY TCP4 203.0.113.7 10.0.0.2 4711 443\r\n")
+            stream = trio.SSLStream(raw, client_context(ca), server_hostname="localhost")
+            reply = await H11Client(stream).request_response("GET", "/")
+    assert reply.body == b"('https', 772, None)"
+    assert scope_app.last["client"] == ("203.0.113.7", 4711)  # type: ignore[attr-defined]
