@@ -162,11 +162,6 @@ async def test_forged_x_forwarded_for_through_nginx_is_not_believed(behind_nginx
     assert reply.body == b"('127.0.0.2', 'http', b'host')"
 
 
-@pytest.mark.xfail(
-    reason="the WebSocket scope is built in triasgi/_websocket.py without "
-    "HTTP11Connection.finish_scope, so proxy headers do not reach it yet",
-    strict=True,
-)
 async def test_websocket_app_sees_the_client_behind_nginx(behind_nginx):
     stream = await connect_from(CLIENT_ADDRESS, behind_nginx)
     async with stream:

@@ -347,3 +347,41 @@ async def test_proxy_protocol_then_forwarded_headers_trust_the_proxied_client():
             await stream.send_all(v2_tcp4(src="198.51.100.3"))
             reply = await H11Client(stream).request_response(headers=FORWARDED)
     assert reply.body == b"(('198.51.100.3', 4711), 'http', ('10.0.0.2', 443))"
+
+
+async def test_websocket_scope_takes_the_forwarded_client_and_scheme():
+    import wsproto
+    import wsproto.events
+
+    async def ws_app(scope, receive, send):
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": repr((scope["client"], scope["scheme"], scope["server"]))})
+        await send({"type": "websocket.close"})
+
+    async def session(client_address):
+        async with open_memory_server(ws_app) as server:
+            async with open_memory_connection(server, client=client_address) as stream:
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                await stream.send_all(ws.send(wsproto.events.Request(
+                    host="shop.example", target="/ws",
+                    extra_headers=[(b"x-forwarded-for", b"203.0.113.7"),
+                                   (b"x-forwarded-proto", b"https"),
+                                   (b"x-forwarded-host", b"shop.example")])))
+                texts = []
+                while data := await stream.receive_some(65536):
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, wsproto.events.TextMessage):
+                            texts.append(event.data)
+                        elif isinstance(event, wsproto.events.CloseConnection):
+                            return texts
+        return texts
+
+    assert await session(("127.0.0.1", 5000)) == [
+        "(('203.0.113.7', 0), 'wss', ('shop.example', 443))"
+    ]
+    assert await session(("198.51.100.4", 5000)) == [
+        "(('198.51.100.4', 5000), 'ws', ('127.0.0.1', 8000))"
+    ]
