@@ -34,6 +34,7 @@ from ._asgi import (
     next_response_state,
     split_target,
 )
+from ._h1writer import ResponseError, ResponseWriter
 from ._logging import AccessEntry, log_access
 from ._proxy import apply_proxy_headers
 from ._types import Address, Message
@@ -73,7 +74,6 @@ _REASONS = {
 
 
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
-_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _REASON_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -105,7 +105,12 @@ class _RequestCycle:
         self.head_written = False
         self._start_headers: list[tuple[bytes, bytes]] = []
         self._pending_body: h11.Data | None = None
-        self._no_body = False
+        self._writer = ResponseWriter(
+            http_version=request.http_version,
+            head_only=self.head_only,
+            keep_alive=_wants_keep_alive(request),
+        )
+        self.sent_100 = False
 
     # -- receive -------------------------------------------------------------
 
@@ -122,9 +127,13 @@ class _RequestCycle:
 
     async def _receive_body(self) -> Message:
         conn = self.conn
-        if conn.h11.they_are_waiting_for_100_continue:
-            data = conn.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-            await conn.write(data)
+        if (
+            conn.h11.they_are_waiting_for_100_continue
+            and not self.sent_100
+            and not self._head_sent
+        ):
+            self.sent_100 = True
+            await conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._pending_body is not None:
             event: Any = self._pending_body
             self._pending_body = None
@@ -141,8 +150,9 @@ class _RequestCycle:
                     return {"type": "http.disconnect"}
             if event is None:
                 # A body that stalls is a client that has gone, for the app.
-                logger.debug("Request body from %s stalled for %g seconds.",
-                             conn.client, timeout)
+                logger.debug(
+                    "Request body from %s stalled for %g seconds.", conn.client, timeout
+                )
                 conn.client_gone()
                 return {"type": "http.disconnect"}
         if type(event) is h11.Data:
@@ -158,7 +168,11 @@ class _RequestCycle:
                 more_body = False
             elif type(after) is h11.Data:
                 self._pending_body = after
-            return {"type": "http.request", "body": bytes(event.data), "more_body": more_body}
+            return {
+                "type": "http.request",
+                "body": bytes(event.data),
+                "more_body": more_body,
+            }
         if type(event) is h11.EndOfMessage:
             self.body_complete = True
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -184,20 +198,25 @@ class _RequestCycle:
             await trio.lowlevel.checkpoint()
             return
         body = message.get("body", b"")
+        final = new_state is ResponseState.DONE
+        writer = self._writer
         chunks = []
-        if not self._head_sent:
-            self._head_sent = True
-            final = new_state is ResponseState.DONE
-            chunks.append(self._serialize_start(body if final else None))
         try:
-            if body and not self._no_body:
-                chunks.append(conn.h11.send(h11.Data(data=body)))
-                self.bytes_sent += len(body)
-            if new_state is ResponseState.DONE:
-                chunks.append(conn.h11.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError as exc:
+            if not self._head_sent:
+                self._head_sent = True
+                chunks.append(self._serialize_start(body if final else None))
+            if body:
+                framed = writer.body(body)
+                if framed:
+                    chunks.append(framed)
+                    self.bytes_sent += len(body)
+            if final:
+                end = writer.end()
+                if end:
+                    chunks.append(end)
+        except ResponseError as exc:
             self.must_close = True
-            raise ASGIProtocolError(f"Invalid response body: {exc}.") from None
+            raise ASGIProtocolError(f"Invalid response: {exc}.") from None
         self.state = new_state
         self.head_written = True
         if chunks:
@@ -212,7 +231,6 @@ class _RequestCycle:
         headers = check_headers(message.get("headers", ()))
         self.status = status
         self._start_headers = headers
-        self._no_body = self.head_only or status in (204, 304)
 
     def _serialize_start(self, final_body: bytes | None) -> bytes:
         """The response head, built when the first body message arrives.
@@ -221,24 +239,19 @@ class _RequestCycle:
         content-length instead of chunked encoding (``final_body``).
         """
         conn = self.conn
-        headers = self._start_headers
-        if final_body is not None and not any(
-            name.lower() in _FRAMING_HEADERS for name, _ in headers
-        ):
-            headers.append((b"content-length", b"%d" % len(final_body)))
-        headers = conn.server.response_headers(headers)
         if conn.closing:
-            headers.append((b"connection", b"close"))
-        try:
-            return conn.h11.send(
-                h11.Response(
-                    status_code=self.status,
-                    headers=headers,
-                    reason=_REASON_PHRASES.get(self.status, b""),
-                )
-            )
-        except h11.LocalProtocolError as exc:
-            raise ASGIProtocolError(f"Invalid response start: {exc}.") from None
+            self._writer.keep_alive = False
+        return self._writer.head(
+            self.status,
+            _REASON_PHRASES.get(self.status, b""),
+            conn.server.response_headers(self._start_headers),
+            final_body=final_body,
+        )
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may serve another request after this one."""
+        return self._writer.keep_alive
 
     def _response_complete(self) -> None:
         self.released.set()
@@ -252,7 +265,9 @@ class _RequestCycle:
         """Record how the app call ended; say what must happen to the connection."""
         if self.state is ResponseState.DONE:
             if exc is not None and not _is_disconnect(exc):
-                logger.error("Exception in ASGI application after the response", exc_info=exc)
+                logger.error(
+                    "Exception in ASGI application after the response", exc_info=exc
+                )
             return
         if self.disconnected:
             if exc is not None and not _is_disconnect(exc):
@@ -354,7 +369,11 @@ class HTTP11Connection:
         self._eof = True
         self._data_lot.unpark_all()
         cycle = self._cycle
-        if cycle is not None and not cycle.disconnected and cycle.state is not ResponseState.DONE:
+        if (
+            cycle is not None
+            and not cycle.disconnected
+            and cycle.state is not ResponseState.DONE
+        ):
             cycle.on_disconnect()
             self.grant_disconnect_grace()
         if self._websocket is not None:
@@ -541,7 +560,9 @@ class HTTP11Connection:
                 event = await self._next_request()
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
-                logger.debug("Malformed request from %s: %s (%d)", self.client, exc, status)
+                logger.debug(
+                    "Malformed request from %s: %s (%d)", self.client, exc, status
+                )
                 await self._send_error(status)
                 return
             self._idle = False
@@ -556,7 +577,9 @@ class HTTP11Connection:
             )
             if problem is not None:
                 status, reason = problem
-                logger.debug("Rejected request from %s: %s (%d)", self.client, reason, status)
+                logger.debug(
+                    "Rejected request from %s: %s (%d)", self.client, reason, status
+                )
                 await self._send_error(status)
                 return
             if is_websocket_upgrade(event):
@@ -574,17 +597,19 @@ class HTTP11Connection:
             await cycle.finished.wait()
             if cycle.disconnected or self._eof:
                 return
-            if cycle.must_close or self.h11.our_state is not h11.DONE:
+            if cycle.must_close or cycle.state is not ResponseState.DONE:
                 if not cycle.head_written and not cycle.disconnected:
                     await self._send_error(500)
                 return
-            if self.closing:
+            if self.closing or not cycle.keep_alive:
                 return
-            if self.h11.their_state is h11.SEND_BODY and not await self._discard_body():
+            if self.h11.their_state is h11.SEND_BODY and not await self._discard_body(
+                cycle
+            ):
                 return
             if self.h11.their_state is not h11.DONE:
                 return
-            self.h11.start_next_cycle()
+            self._next_parser()
             self._cycle = None
 
     async def _run_app(self, cycle: _RequestCycle) -> None:
@@ -599,9 +624,23 @@ class HTTP11Connection:
             server.release_request()
             cycle.finished.set()
 
-    async def _discard_body(self) -> bool:
+    def _next_parser(self) -> None:
+        """A fresh h11 parser for the next request, holding what has arrived.
+
+        Responses are written by ResponseWriter, not through h11, so h11's
+        side of the connection never reaches DONE: each request gets its own
+        parser, and bytes already received (a pipelined request) move over.
+        """
+        data, closed = self.h11.trailing_data
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        if data:
+            self.h11.receive_data(data)
+        if closed:
+            self.h11.receive_data(b"")
+
+    async def _discard_body(self, cycle: _RequestCycle) -> bool:
         """Read and drop an unread request body; False if the connection must close."""
-        if self.h11.they_are_waiting_for_100_continue:
+        if self.h11.they_are_waiting_for_100_continue and not cycle.sent_100:
             return False  # they will not send it; we never asked for it.
         discarded = 0
         with trio.move_on_after(self.server.config.timeout_keep_alive):
@@ -620,22 +659,24 @@ class HTTP11Connection:
     def _build_scope(self, request: h11.Request) -> dict[str, Any]:
         raw_path, query_string = split_target(request.target)
         server = self.server
-        return self.finish_scope({
-            "type": "http",
-            "asgi": dict(ASGI_VERSION),
-            "http_version": request.http_version.decode("ascii"),
-            "method": request.method.decode("ascii"),
-            "scheme": self.scheme,
-            "path": decode_path(raw_path),
-            "raw_path": raw_path,
-            "query_string": query_string,
-            "root_path": server.config.root_path,
-            "headers": list(request.headers),
-            "client": self.client,
-            "server": self.sockname,
-            "state": server.state.copy(),
-            "extensions": {},
-        })
+        return self.finish_scope(
+            {
+                "type": "http",
+                "asgi": dict(ASGI_VERSION),
+                "http_version": request.http_version.decode("ascii"),
+                "method": request.method.decode("ascii"),
+                "scheme": self.scheme,
+                "path": decode_path(raw_path),
+                "raw_path": raw_path,
+                "query_string": query_string,
+                "root_path": server.config.root_path,
+                "headers": list(request.headers),
+                "client": self.client,
+                "server": self.sockname,
+                "state": server.state.copy(),
+                "extensions": {},
+            }
+        )
 
     def _adopt_forwarded(self, request: h11.Request) -> None:
         """Before a WebSocket upgrade: take the client a trusted proxy names.
@@ -710,6 +751,16 @@ def _check_limits(request: h11.Request, config: Config) -> tuple[int, str] | Non
         if len(name) + len(value) + 2 > limit:
             return 431, f"header field {name!r} over {limit} bytes"
     return None
+
+
+def _wants_keep_alive(request: h11.Request) -> bool:
+    """Whether the request allows another one on the connection after it."""
+    if request.http_version != b"1.1":
+        return False
+    for name, value in request.headers:
+        if name == b"connection" and b"close" in value.lower():
+            return False
+    return True
 
 
 def _check_request(request: h11.Request, max_head: int) -> tuple[int, str] | None:
