@@ -318,3 +318,13 @@ async def test_proxy_protocol_preamble_before_the_tls_handshake(ca, cert_files):
             reply = await H11Client(stream).request_response("GET", "/")
     assert reply.body == b"('https', 772, None)"
     assert scope_app.last["client"] == ("203.0.113.7", 4711)  # type: ignore[attr-defined]
+
+
+async def test_shutdown_does_not_wait_for_a_stalled_handshake(cert_files, autojump_clock):
+    async with open_server(scope_app, **tls_settings(cert_files)) as server:
+        stream = await connect(server)
+        await trio.sleep(1)  # the server is waiting for a ClientHello
+        start = trio.current_time()
+        server.shutdown()
+    assert trio.current_time() - start < 1  # not the 10 s handshake timeout
+    assert await stream.receive_some(100) == b""

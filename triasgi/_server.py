@@ -103,6 +103,8 @@ class Server:
         self._tls: TLS | None = None
         self._open_sockets = 0
         self._socket_closed_lot = trio.lowlevel.ParkingLot()
+        # Connections still in their PROXY preamble or TLS handshake.
+        self._opening: set[trio.CancelScope] = set()
 
     # -- public --------------------------------------------------------------
 
@@ -165,7 +167,26 @@ class Server:
     async def _open_edge(
         self, stream: trio.abc.Stream, client: Address | None, sockname: Address | None
     ) -> tuple[trio.abc.Stream, Address | None, Address | None, Any] | None:
-        """PROXY preamble and TLS handshake; None when the connection is over."""
+        """PROXY preamble and TLS handshake; None when the connection is over.
+
+        A shutdown cancels this at once: no request has started yet.
+        """
+        if not self.config.proxy_protocol and self._tls is None:
+            return stream, client, sockname, None
+        with trio.CancelScope() as scope:
+            self._opening.add(scope)
+            if self._connections_closing:
+                scope.cancel()
+            try:
+                return await self._handshakes(stream, client, sockname)
+            finally:
+                self._opening.discard(scope)
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _handshakes(
+        self, stream: trio.abc.Stream, client: Address | None, sockname: Address | None
+    ) -> tuple[trio.abc.Stream, Address | None, Address | None, Any] | None:
         if self.config.proxy_protocol:
             preamble = None
             with trio.move_on_after(self.config.timeout_request_header):
@@ -309,6 +330,8 @@ class Server:
             if self._first_request_grace and self._connections:
                 await trio.sleep(self._first_request_grace)
             self._connections_closing = True
+            for opening in list(self._opening):
+                opening.cancel()  # no request has started on these yet
             for conn in list(self._connections):
                 conn.begin_shutdown()
             if self._in_flight:
