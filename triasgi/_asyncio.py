@@ -21,8 +21,6 @@ asyncio-only app raises under trio and to say which option fixes them.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import importlib
 import logging
@@ -30,7 +28,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import sniffio
 import trio
@@ -39,6 +37,12 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    # At run time asyncio is imported by the code of --loop asyncio only,
+    # so that serving on trio does not pay for importing it.
+    import asyncio
+    import concurrent.futures
 
 logger = logging.getLogger("triasgi.error")
 
@@ -115,39 +119,48 @@ class AsyncioApp:
         Raises:
             StartupError: trio-asyncio is not installed.
         """
+        import asyncio
+
         try:
             trio_asyncio = importlib.import_module("trio_asyncio")
         except ImportError:
             from ._server import StartupError  # _server imports this module.
 
             raise StartupError(MISSING_EXTRA) from None
-        async with trio_asyncio.open_loop() as loop:
-            # trio-asyncio's own handler raises an unhandled asyncio error
-            # (a task's exception nobody retrieved) out of the loop, which
-            # would stop the whole server for one bad request.
-            loop.set_exception_handler(_log_loop_error)
-            loop.run_in_executor = functools.partial(
-                _run_in_executor,
-                loop,
-                loop.run_in_executor,
-                trio_asyncio.TrioExecutor,
-            )
-            # Code that took asyncio.get_running_loop before trio-asyncio
-            # replaced it (anyio's asyncio backend does, and so does asyncio's
-            # own C code) asks the thread's running loop: make it this one.
-            _open_loops.append(loop)
-            asyncio.events._set_running_loop(loop)
-            self._loop = loop
-            try:
-                yield
-            finally:
-                self._loop = None
+        loop: Any = None
+        try:
+            async with trio_asyncio.open_loop() as loop:
+                # trio-asyncio's own handler raises an unhandled asyncio error
+                # (a task's exception nobody retrieved) out of the loop, which
+                # would stop the whole server for one bad request.
+                loop.set_exception_handler(_log_loop_error)
+                loop.run_in_executor = functools.partial(
+                    _run_in_executor,
+                    loop,
+                    loop.run_in_executor,
+                    trio_asyncio.TrioExecutor,
+                )
+                # Code that took asyncio.get_running_loop before trio-asyncio
+                # replaced it (anyio's asyncio backend does, and so does
+                # asyncio's own C code) asks the thread's running loop: make
+                # it this one, until the loop's last task has ended.
+                _open_loops.append(loop)
+                asyncio.events._set_running_loop(loop)
+                self._loop = loop
+                try:
+                    yield
+                finally:
+                    self._loop = None
+        finally:
+            if loop in _open_loops:
                 _open_loops.remove(loop)
                 asyncio.events._set_running_loop(
                     _open_loops[-1] if _open_loops else None
                 )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        import asyncio
+
         loop = self._loop
         if loop is None:
             raise RuntimeError("An asyncio app was called with no asyncio loop open.")
@@ -231,6 +244,8 @@ class _Bridge:
         *,
         keep: bool,
     ) -> Any:
+        import asyncio
+
         if self._closed:
             raise RuntimeError(
                 "receive() or send() was called after the ASGI app call had returned."
@@ -312,6 +327,8 @@ def _run_in_executor(
     """
     if executor is None or isinstance(executor, trio_executor_type):
         return trio_run_in_executor(executor, func, *args)
+    import asyncio
+
     return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
 
 
