@@ -95,7 +95,7 @@ class Supervisor:
         return self.log_path.read_text(errors="replace")
 
     async def wait_for_log(
-        self, pattern: str, count: int = 1, within: float = 10
+        self, pattern: str, count: int = 1, within: float = 20
     ) -> str:
         with trio.move_on_after(within):
             while len(re.findall(pattern, self.log())) < count:
@@ -121,7 +121,7 @@ class Supervisor:
                 pass  # that thread has just exited
         return children
 
-    async def wait_for_workers(self, count: int, within: float = 10) -> set[int]:
+    async def wait_for_workers(self, count: int, within: float = 20) -> set[int]:
         """Wait until exactly ``count`` workers run and have all said ready."""
         with trio.move_on_after(within):
             while True:
@@ -137,7 +137,7 @@ class Supervisor:
     def send(self, signum: int) -> None:
         self.process.send_signal(signum)
 
-    async def exit_code(self, within: float = 10) -> int:
+    async def exit_code(self, within: float = 20) -> int:
         with trio.fail_after(within):
             return await self.process.wait()
 

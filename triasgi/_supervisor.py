@@ -13,6 +13,7 @@ Everything runs under one nursery::
     ├── signal loop          INT/TERM stop, HUP reload, TTIN/TTOU scale
     ├── worker task, each    the process, and the reader of its reports
     └── operations nursery   cancelled when the stop begins
+        ├── the first workers, started together
         ├── keeper           starts workers until there are enough
         ├── health check     kills workers whose heartbeat stopped
         ├── reloads and retirements, one at a time (roll lock)
@@ -517,8 +518,8 @@ class Supervisor:
             result = await self._start_worker()
             if isinstance(result, str):
                 logger.error(
-                    "No replacement for worker pid %d, which reached "
-                    "limit_max_requests, could start, so it keeps serving: %s",
+                    "Worker pid %d reached limit_max_requests but its replacement "
+                    "could not start, so it keeps serving: %s",
                     worker.pid,
                     result,
                 )
