@@ -276,8 +276,7 @@ class Config:
     )
     timeout_request_body: float = _option(
         60.0,
-        "Treat a request body that stalls this many seconds as a client "
-        "disconnect.",
+        "Treat a request body that stalls this many seconds as a client disconnect.",
         minimum=0,
     )
     timeout_write: float = _option(
@@ -293,7 +292,8 @@ class Config:
         100, "Most header fields in a request; more get 431.", minimum=1
     )
     limit_request_field_size: int = _option(
-        8190, "Largest request header field, in bytes; a larger one gets 431.",
+        8190,
+        "Largest request header field, in bytes; a larger one gets 431.",
         minimum=1,
     )
     limit_max_connections: int | None = _option(
