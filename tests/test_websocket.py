@@ -447,6 +447,25 @@ async def test_limit_concurrency_answers_503_to_a_handshake():
     assert parse_status(reply) == 503
 
 
+async def test_handshakes_are_in_the_access_log(caplog):
+    async def app(scope, receive, send):
+        await receive()
+        if scope["path"] == "/no":
+            await send({"type": "websocket.close"})
+        else:
+            await send({"type": "websocket.accept"})
+
+    caplog.set_level(logging.INFO, logger="triasgi.access")
+    async with open_server(app, lifespan="off", access_log=True) as server:
+        for path in ("/yes", "/no"):
+            client = RawClient(await connect(server))
+            await client.handshake(path)
+            await client.stream.aclose()
+    lines = [r.getMessage() for r in caplog.records if r.name == "triasgi.access"]
+    assert any('"GET /yes HTTP/1.1" 101 0 ' in line for line in lines), lines
+    assert any('"GET /no HTTP/1.1" 403 10 ' in line for line in lines), lines
+
+
 # -- messages ------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import binascii
 import http
 import logging
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,7 @@ from ._asgi import (
     next_websocket_state,
     split_target,
 )
+from ._logging import AccessEntry, log_access
 from ._types import Message
 
 if sys.version_info < (3, 11):
@@ -68,7 +70,6 @@ if TYPE_CHECKING:
     from ._http11 import HTTP11Connection
 
 logger = logging.getLogger("triasgi.error")
-access_logger = logging.getLogger("triasgi.access")
 
 # How long closing waits for the client's close frame after ours, and how
 # long a final write may take.
@@ -209,6 +210,7 @@ class WebSocketSession:
         config = conn.server.config
         self._conn = conn
         self._request = request
+        self._started_at = time.perf_counter()
         self._max_size = config.ws_max_size
         self._max_queue = config.ws_max_queue
         self._ping_interval = config.ws_ping_interval
@@ -441,18 +443,17 @@ class WebSocketSession:
                 extensions.append(deflate[0])
                 headers.append((b"sec-websocket-extensions", deflate[1]))
         headers += check_headers(message.get("headers", ()))
+        headers = conn.server.response_headers(headers)
         data = conn.h11.send(
             h11.InformationalResponse(
-                status_code=101,
-                headers=conn.server.response_headers(headers),
-                reason=b"Switching Protocols",
+                status_code=101, headers=headers, reason=b"Switching Protocols"
             )
         )
         trailing, _ = conn.h11.trailing_data
         self._ws = Connection(ConnectionType.SERVER, extensions, bytes(trailing))
         self.state = WebSocketState.CONNECTED
         self._handshake_done.set()
-        self._log_access(101)
+        self._log_access(101, headers)
         assert data is not None
         await self._write(data)
         self._nursery.start_soon(self._read_frames)
@@ -474,12 +475,13 @@ class WebSocketSession:
             ):
                 headers.append((b"content-length", b"%d" % len(body)))
             headers.append((b"connection", b"close"))
+            headers = self._conn.server.response_headers(headers)
             try:
                 chunks.append(
                     h11_conn.send(
                         h11.Response(
                             status_code=start["status"],
-                            headers=self._conn.server.response_headers(headers),
+                            headers=headers,
                             reason=_reason_phrase(start["status"]),
                         )
                     )
@@ -487,7 +489,7 @@ class WebSocketSession:
             except h11.LocalProtocolError as exc:
                 raise ASGIProtocolError(f"Invalid response start: {exc}.") from None
             self._response_head_written = True
-            self._log_access(start["status"])
+            self._log_access(start["status"], headers)
         try:
             if body:
                 chunks.append(h11_conn.send(h11.Data(data=body)))
@@ -507,19 +509,17 @@ class WebSocketSession:
         conn = self._conn
         reason = _REASON_PHRASES[status]
         body = reason + b"\n"
-        all_headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            *(headers or []),
-        ]
+        all_headers = conn.server.response_headers(
+            [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                (b"connection", b"close"),
+                *(headers or []),
+            ]
+        )
         try:
             data = conn.h11.send(
-                h11.Response(
-                    status_code=status,
-                    headers=conn.server.response_headers(all_headers),
-                    reason=reason,
-                )
+                h11.Response(status_code=status, headers=all_headers, reason=reason)
             )
             data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
             data += conn.h11.send(h11.EndOfMessage()) or b""
@@ -527,7 +527,7 @@ class WebSocketSession:
             # A response is already under way; nothing sane can be added.
             await trio.lowlevel.checkpoint()
             return
-        self._log_access(status)
+        self._log_access(status, all_headers, len(body))
         self._handshake_done.set()
         try:
             await self._write(data, final=True)
@@ -749,17 +749,27 @@ class WebSocketSession:
                 self._closed.set()  # a silent client will not answer the close either.
                 return
 
-    def _log_access(self, status: int) -> None:
+    def _log_access(
+        self, status: int, headers: list[tuple[bytes, bytes]], body_bytes: int = 0
+    ) -> None:
+        """The access line of the handshake: 101, or the HTTP answer instead."""
         conn = self._conn
         if not conn.server.access_log:
             return
-        client = f"{conn.client[0]}:{conn.client[1]}" if conn.client else "-"
-        access_logger.info(
-            '%s - "WebSocket %s" %d',
-            client,
-            self._request.target.decode("ascii", "replace"),
-            status,
+        request = self._request
+        entry = AccessEntry(
+            client=self.scope.get("client", conn.client),
+            method=request.method.decode("ascii"),
+            target=request.target.decode("ascii", "replace"),
+            http_version=request.http_version.decode("ascii"),
+            scheme=self.scope.get("scheme", "ws"),
+            status=status,
+            body_bytes=body_bytes,
+            duration=time.perf_counter() - self._started_at,
+            request_headers=list(request.headers),
+            response_headers=headers,
         )
+        log_access(conn.server.access_format, entry)
 
 
 def _reason_phrase(status: int) -> bytes:
