@@ -67,7 +67,8 @@ HEADER_NAMES = ["host", "content-length", "transfer-encoding", "expect", "connec
 HEADER_VALUES = ["x.test", "0", "5", "-1", "99999999999999999999", "chunked", "gzip, chunked",
                  "100-continue", "close", "keep-alive", "Upgrade", "websocket",
                  "dGhlIHNhbXBsZSBub25jZQ==", "13", "1.2.3.4, 10.0.0.1", "for=1.2.3.4;proto=https",
-                 "https", "", " lead", "a\rb", "\xe9"]
+                 "https", "", " lead", "a\rb", "\xe9", "1.2.3.4:\xb2", "x.test:" + "9" * 5000,
+                 'for="[::1]:80";host=a:1', "for=_x, for=unknown", "[::1"]
 
 
 @st.composite

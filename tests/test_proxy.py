@@ -385,3 +385,13 @@ async def test_websocket_scope_takes_the_forwarded_client_and_scheme():
     assert await session(("198.51.100.4", 5000)) == [
         "(('198.51.100.4', 5000), 'ws', ('127.0.0.1', 8000))"
     ]
+
+
+@pytest.mark.parametrize("port", ["\xb2", "9" * 5000, "65536", "-1", " 80", "0x50"])
+def test_odd_forwarded_ports_are_ignored(port):
+    headers = [("X-Forwarded-For", f"203.0.113.7:{port}"), ("X-Forwarded-Host", f"a.example:{port}"),
+               ("X-Forwarded-Port", port)]
+    client, _, server = rewritten(headers)
+    assert client == ("203.0.113.7", 0)
+    assert server == ("a.example", 80)
+    assert rewritten([("Forwarded", f'for="[2001:db8::1]:{port}"')])[0] == ("2001:db8::1", 0)

@@ -177,9 +177,7 @@ def _x_forwarded_hops(
     nodes = items(xff)
     proto_items = [p.lower() for p in items(protos)]
     host_items = items(hosts)
-    port_items = [
-        int(p) if p.isdigit() and int(p) < 65536 else None for p in items(ports)
-    ]
+    port_items = [_port(p) for p in items(ports)]
     hops: list[_Hop] = [_Hop(node) for node in nodes] or [_Hop(None)]
     # Each list is lined up with the hops from the right: the proxy next to
     # us appended the last item of every header it sets.
@@ -249,13 +247,21 @@ def _node_host(node: str) -> tuple[str | None, int]:
     else:
         host, port = node, ""
     address = _ip(host)
-    number = int(port) if port.isdigit() and int(port) < 65536 else 0
+    number = _port(port) or 0
     return (str(address) if address is not None else None), number
 
 
 def _node_client(node: str) -> Address | None:
     host, port = _node_host(node)
     return (host, port) if host is not None else None
+
+
+def _port(text: str) -> int | None:
+    """A TCP port number, or None; ``str.isdigit`` alone would pass ``"²"``."""
+    if 0 < len(text) <= 5 and text.isascii() and text.isdigit():
+        number = int(text)
+        return number if number < 65536 else None
+    return None
 
 
 def _split_host(host: str) -> tuple[str, int | None]:
@@ -265,7 +271,7 @@ def _split_host(host: str) -> tuple[str, int | None]:
         port = rest[1:] if rest.startswith(":") else ""
     else:
         name, _, port = host.partition(":")
-    return name, (int(port) if port.isdigit() and int(port) < 65536 else None)
+    return name, _port(port)
 
 
 # -- the PROXY protocol --------------------------------------------------------
