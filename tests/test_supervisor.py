@@ -595,3 +595,17 @@ async def test_sigterm_during_a_slow_startup_stops_at_once(start):
     supervisor.send(signal.SIGTERM)
     assert await supervisor.exit_code(within=5) == 0
     assert supervisor.log().count("Worker stopping before it finished starting") == 2
+
+
+async def test_reload_waits_for_a_fix_when_the_app_is_broken_at_start(start, app_dir):
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v1'))
+    supervisor = await start("--reload", "--reload-dir", str(app_dir))
+    await supervisor.wait_for_log("SyntaxError in .*pidapp.py")
+    await supervisor.wait_for_log("Waiting for a file change to try again")
+    assert supervisor.process.returncode is None
+    await supervisor.wait_for_log("Watching for changes")
+
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v2"'))
+    await supervisor.wait_for_workers(1)
+    status, body = await get(supervisor.port)
+    assert (status, body.split()[0]) == (200, "v2")
