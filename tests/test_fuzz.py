@@ -76,7 +76,10 @@ def requests(draw) -> bytes:
     method = draw(st.sampled_from(METHODS))
     target = draw(st.sampled_from(TARGETS))
     version = draw(st.sampled_from(VERSIONS))
-    headers = draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES)), max_size=6))
+    values = st.sampled_from(HEADER_VALUES) | st.text(
+        st.characters(max_codepoint=255, exclude_characters="\r\n"), max_size=30
+    )
+    headers = draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), values), max_size=6))
     if draw(st.booleans()):
         headers.insert(0, ("host", "x.test"))
     body = draw(st.binary(max_size=40))
