@@ -328,3 +328,13 @@ async def test_shutdown_does_not_wait_for_a_stalled_handshake(cert_files, autoju
         server.shutdown()
     assert trio.current_time() - start < 1  # not the 10 s handshake timeout
     assert await stream.receive_some(100) == b""
+
+
+@pytest.mark.parametrize("setting", [
+    {"ssl_keyfile": "key.pem"}, {"ssl_ca_certs": "ca.pem"}, {"ssl_cert_reqs": "required"},
+    {"ssl_keyfile_password": "x"}, {"ssl_ciphers": "HIGH"},
+])
+def test_tls_settings_without_a_certificate_are_config_errors(setting):
+    (name,) = setting
+    with pytest.raises(ValueError, match=f"^{name} needs ssl_certfile, the server certificate.$"):
+        Config(**setting)

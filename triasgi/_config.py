@@ -368,6 +368,18 @@ def _check_edge_settings(config: Config) -> None:
     from ._logging import AccessLogFormat
     from ._proxy import TrustedProxies
 
+    if config.ssl_certfile is None:
+        given = [
+            name
+            for name in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs")
+            if getattr(config, name) is not None
+        ]
+        if config.ssl_ciphers is not None:
+            given.append("ssl_ciphers")
+        if config.ssl_cert_reqs != "none":
+            given.append("ssl_cert_reqs")
+        if given:
+            raise ValueError(f"{given[0]} needs ssl_certfile, the server certificate.")
     TrustedProxies.parse(config.forwarded_allow_ips)
     if config.access_log_format is not None:
         AccessLogFormat(config.access_log_format)
