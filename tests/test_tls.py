@@ -338,3 +338,27 @@ def test_tls_settings_without_a_certificate_are_config_errors(setting):
     (name,) = setting
     with pytest.raises(ValueError, match=f"^{name} needs ssl_certfile, the server certificate.$"):
         Config(**setting)
+
+
+async def test_cli_serves_https_and_says_so(ca, tmp_path):
+    both = tmp_path / "both.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(both))
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "triasgi", "examples.hello:app", "--port", "0",
+         "--ssl-certfile", str(both), "--lifespan", "off"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        output = b""
+        with trio.fail_after(15):
+            while not (match := re.search(rb"Listening on (https://\S+)", output)):
+                chunk = await process.stderr.receive_some()
+                assert chunk, output
+                output += chunk
+        async with httpx.AsyncClient(verify=client_context(ca)) as client:
+            response = await client.get(match.group(1).decode() + "/")
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        await process.wait()
+        await process.stderr.aclose()

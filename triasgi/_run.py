@@ -66,7 +66,8 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                         where = f"unix socket {host}"
                     else:
                         shown = f"[{host}]" if ":" in host else host
-                        where = f"http://{shown}:{port}"
+                        scheme = "https" if config.ssl_certfile else "http"
+                        where = f"{scheme}://{shown}:{port}"
                     logger.info("Listening on %s (press CTRL+C to quit)", where)
     if failure is not None:
         raise failure
