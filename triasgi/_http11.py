@@ -81,7 +81,11 @@ class _RequestCycle:
     """One request and its response: the ``receive``/``send`` pair of an app call."""
 
     def __init__(
-        self, conn: HTTP11Connection, scope: dict[str, Any], request: h11.Request
+        self,
+        conn: HTTP11Connection,
+        scope: dict[str, Any],
+        request: h11.Request,
+        head: _Head,
     ) -> None:
         self.conn = conn
         self.scope = scope
@@ -108,7 +112,7 @@ class _RequestCycle:
         self._writer = ResponseWriter(
             http_version=request.http_version,
             head_only=self.head_only,
-            keep_alive=_wants_keep_alive(request),
+            keep_alive=head.keep_alive,
         )
         self.sent_100 = False
 
@@ -572,11 +576,9 @@ class HTTP11Connection:
                 return
             if type(event) is not h11.Request:
                 return  # idle timeout, shutdown, or the client closed.
-            problem = _check_request(event, self._max_head) or _check_limits(
-                event, self.server.config
-            )
-            if problem is not None:
-                status, reason = problem
+            head = _scan_head(event, self.server.config, self._max_head)
+            if head.problem is not None:
+                status, reason = head.problem
                 logger.debug(
                     "Rejected request from %s: %s (%d)", self.client, reason, status
                 )
@@ -587,7 +589,7 @@ class HTTP11Connection:
                 self._websocket = WebSocketSession(self, event)
                 await self._websocket.run()
                 return
-            cycle = _RequestCycle(self, self._build_scope(event), event)
+            cycle = _RequestCycle(self, self._build_scope(event, head), event, head)
             self._cycle = cycle
             if not self.server.admit_request():
                 await self._send_error(503)
@@ -656,7 +658,7 @@ class HTTP11Connection:
                 discarded += len(event.data)
         return False
 
-    def _build_scope(self, request: h11.Request) -> dict[str, Any]:
+    def _build_scope(self, request: h11.Request, head: _Head) -> dict[str, Any]:
         raw_path, query_string = split_target(request.target)
         server = self.server
         return self.finish_scope(
@@ -670,12 +672,13 @@ class HTTP11Connection:
                 "raw_path": raw_path,
                 "query_string": query_string,
                 "root_path": server.config.root_path,
-                "headers": list(request.headers),
+                "headers": head.headers,
                 "client": self.client,
                 "server": self.sockname,
                 "state": server.state.copy(),
                 "extensions": {},
-            }
+            },
+            forwarded=head.forwarded,
         )
 
     def _adopt_forwarded(self, request: h11.Request) -> None:
@@ -699,15 +702,18 @@ class HTTP11Connection:
         self.sockname = scope["server"]
         self.scheme = "https" if scope["scheme"] == "wss" else "http"
 
-    def finish_scope(self, scope: dict[str, Any]) -> dict[str, Any]:
+    def finish_scope(
+        self, scope: dict[str, Any], *, forwarded: bool = True
+    ) -> dict[str, Any]:
         """Add what the edge knows to an HTTP or WebSocket scope.
 
         The ``tls`` extension on a TLS connection, and the client, scheme and
-        server a trusted proxy forwarded (``proxy_headers``).
+        server a trusted proxy forwarded (``proxy_headers``); ``forwarded``
+        False says the request has no forwarding header at all.
         """
         if self.tls is not None:
             scope["extensions"]["tls"] = self.tls
-        if self.server.trusted_proxies is not None:
+        if forwarded and self.server.trusted_proxies is not None:
             apply_proxy_headers(scope, self.server.trusted_proxies)
         return scope
 
@@ -739,51 +745,89 @@ def _request_line_too_long(pending: bytes, limit: int) -> bool:
     return end < 0 and len(pending) - start > limit + 1
 
 
-def _check_limits(request: h11.Request, config: Config) -> tuple[int, str] | None:
-    """The configured limits of a request head: 414 and 431 (RFC 6585 section 5)."""
-    line = len(request.method) + len(request.target) + len(request.http_version) + 7
-    if line > config.limit_request_line:
-        return 414, f"request line of {line} bytes"
-    if len(request.headers) > config.limit_request_fields:
-        return 431, f"{len(request.headers)} header fields"
-    limit = config.limit_request_field_size
-    for name, value in request.headers:
-        if len(name) + len(value) + 2 > limit:
-            return 431, f"header field {name!r} over {limit} bytes"
-    return None
+_FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+    }
+)
+_NOTABLE = _FORWARDING | {b"transfer-encoding", b"content-length", b"connection"}
 
 
-def _wants_keep_alive(request: h11.Request) -> bool:
-    """Whether the request allows another one on the connection after it."""
-    if request.http_version != b"1.1":
-        return False
-    for name, value in request.headers:
-        if name == b"connection" and b"close" in value.lower():
-            return False
-    return True
+class _Head:
+    """What one pass over a request head found."""
+
+    __slots__ = ("forwarded", "headers", "keep_alive", "problem")
+
+    def __init__(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        problem: tuple[int, str] | None,
+        keep_alive: bool,
+        forwarded: bool,
+    ) -> None:
+        self.headers = headers
+        self.problem = problem
+        self.keep_alive = keep_alive
+        self.forwarded = forwarded
 
 
-def _check_request(request: h11.Request, max_head: int) -> tuple[int, str] | None:
-    """Problems h11 lets through: ``(status, reason)``, or None if none.
+def _scan_head(request: h11.Request, config: Config, max_head: int) -> _Head:
+    """Check a request head and collect what the connection needs, in one pass.
 
-    RFC 9112 section 6.1: a server that receives an HTTP/1.0 message with
-    Transfer-Encoding must treat the framing as faulty.  Section 6.3: a
-    message with both Transfer-Encoding and Content-Length may be an attempt
-    at request smuggling; we reject it rather than guess.  h11 bounds only a
-    head that arrives in pieces, so the size of a whole one is checked here.
+    Problems h11 lets through, as ``(status, reason)``, first found first:
+
+    - h11 bounds only a head that arrives in pieces, so the size of a whole
+      one is checked here (431).
+    - RFC 9112 section 6.3: a message with both Transfer-Encoding and
+      Content-Length may be an attempt at request smuggling; we reject it
+      rather than guess (400).  Section 6.1: Transfer-Encoding in an HTTP/1.0
+      message means faulty framing (400).
+    - The configured limits: request line (414), number of header fields
+      and size of one field (431, RFC 6585 section 5).
     """
-    has_te = has_cl = False
+    # h11's Headers iterates through the generic Sequence protocol, one
+    # __getitem__ per item; its item list is read directly when present.
+    items = getattr(request.headers, "_full_items", None)
+    if items is not None:
+        headers = [(name, value) for _, name, value in items]
+    else:
+        headers = list(request.headers)
+    line = len(request.method) + len(request.target) + len(request.http_version) + 7
     size = len(request.method) + len(request.target) + 12
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4
-        if name == b"transfer-encoding":
-            has_te = True
-        elif name == b"content-length":
-            has_cl = True
+    field_limit = config.limit_request_field_size
+    too_large_field = b""
+    has_te = has_cl = forwarded = False
+    keep_alive = request.http_version == b"1.1"
+    for name, value in headers:
+        field = len(name) + len(value) + 2
+        size += field + 2
+        if field > field_limit and not too_large_field:
+            too_large_field = name
+        if name in _NOTABLE:
+            if name == b"transfer-encoding":
+                has_te = True
+            elif name == b"content-length":
+                has_cl = True
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+            else:
+                forwarded = True
+    problem: tuple[int, str] | None = None
     if size > max_head:
-        return 431, f"request head of {size} bytes"
-    if has_te and has_cl:
-        return 400, "both Transfer-Encoding and Content-Length"
-    if has_te and request.http_version == b"1.0":
-        return 400, "Transfer-Encoding in an HTTP/1.0 request"
-    return None
+        problem = 431, f"request head of {size} bytes"
+    elif has_te and has_cl:
+        problem = 400, "both Transfer-Encoding and Content-Length"
+    elif has_te and request.http_version == b"1.0":
+        problem = 400, "Transfer-Encoding in an HTTP/1.0 request"
+    elif line > config.limit_request_line:
+        problem = 414, f"request line of {line} bytes"
+    elif len(headers) > config.limit_request_fields:
+        problem = 431, f"{len(headers)} header fields"
+    elif too_large_field:
+        problem = 431, f"header field {too_large_field!r} over {field_limit} bytes"
+    return _Head(headers, problem, keep_alive, forwarded)
