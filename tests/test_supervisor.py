@@ -609,3 +609,21 @@ async def test_reload_waits_for_a_fix_when_the_app_is_broken_at_start(start, app
     await supervisor.wait_for_workers(1)
     status, body = await get(supervisor.port)
     assert (status, body.split()[0]) == (200, "v2")
+
+
+async def test_ctrl_c_to_the_process_group_is_one_graceful_stop(start):
+    supervisor = await start("--workers", "2")
+    await supervisor.wait_for_workers(2)
+    results: list[tuple[int, str]] = []
+
+    async def slow() -> None:
+        results.append(await get(supervisor.port, "/slow?0.5"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow)
+        await supervisor.wait_for_log("slow request started")
+        # What a terminal does on Ctrl+C: SIGINT to every process of the group.
+        os.killpg(supervisor.process.pid, signal.SIGINT)
+    assert [status for status, _ in results] == [200]
+    assert await supervisor.exit_code() == 0
+    assert "stopping at once" not in supervisor.log()
