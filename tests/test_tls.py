@@ -362,3 +362,13 @@ async def test_cli_serves_https_and_says_so(ca, tmp_path):
         process.terminate()
         await process.wait()
         await process.stderr.aclose()
+
+
+async def test_missing_ca_file_is_one_sentence(cert_files, tmp_path):
+    message = await start_error(**tls_settings(
+        cert_files, ssl_ca_certs=str(tmp_path / "ca.pem"), ssl_cert_reqs="required"
+    ))
+    assert message == (
+        f"Cannot load CA certificates from {tmp_path / 'ca.pem'}: it must be a readable "
+        "PEM file (--ssl-ca-certs)."
+    )

@@ -88,6 +88,7 @@ def _make_context(config: Config) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(["http/1.1"])
+    # OpenSSL's errors do not say which file is missing: look first.
     _check_readable(certfile, "certificate file")
     if config.ssl_keyfile is not None:
         _check_readable(config.ssl_keyfile, "key file")
@@ -95,15 +96,6 @@ def _make_context(config: Config) -> ssl.SSLContext:
         context.load_cert_chain(
             certfile, config.ssl_keyfile, config.ssl_keyfile_password
         )
-    except FileNotFoundError as exc:
-        raise TLSSetupError(
-            f"Cannot read the TLS {_which(exc, config)} {exc.filename}: no such file."
-        ) from None
-    except PermissionError as exc:
-        raise TLSSetupError(
-            f"Cannot read the TLS {_which(exc, config)} {exc.filename}: permission "
-            "denied."
-        ) from None
     except ssl.SSLError as exc:
         raise TLSSetupError(_load_error(exc, config)) from None
     except OSError as exc:
@@ -145,12 +137,6 @@ def _check_readable(path: str, what: str) -> None:
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         raise TLSSetupError(f"Cannot read the TLS {what} {path}: {reason}.") from None
-
-
-def _which(exc: OSError, config: Config) -> str:
-    if exc.filename is not None and exc.filename == config.ssl_keyfile:
-        return "key file"
-    return "certificate file"
 
 
 def _load_error(exc: ssl.SSLError, config: Config) -> str:
