@@ -108,7 +108,7 @@ class _RequestCycle:
         # then a failing app can still get a clean 500 instead.
         self.head_written = False
         self._start_headers: list[tuple[bytes, bytes]] = []
-        self._pending_body: h11.Data | None = None
+        self._pending_body: h11.Data | h11.EndOfMessage | None = None
         self._writer = ResponseWriter(
             http_version=request.http_version,
             head_only=self.head_only,
@@ -585,7 +585,6 @@ class HTTP11Connection:
                 await self._send_error(status)
                 return
             if is_websocket_upgrade(event):
-                self._adopt_forwarded(event)
                 self._websocket = WebSocketSession(self, event)
                 await self._websocket.run()
                 return
@@ -594,6 +593,15 @@ class HTTP11Connection:
             if not self.server.admit_request():
                 await self._send_error(503)
                 return
+            # A body already here (or its absence: a GET's end of message) is
+            # taken now, so the request is complete on our side as early as
+            # possible and nothing is left to discard after the response.
+            try:
+                first = self.next_event_nowait()
+            except h11.RemoteProtocolError:
+                first = None  # receive() meets the error again and reports it.
+            if type(first) is h11.Data or type(first) is h11.EndOfMessage:
+                cycle._pending_body = first
             assert self._nursery is not None
             self._nursery.start_soon(self._run_app, cycle)
             await cycle.finished.wait()
@@ -613,6 +621,8 @@ class HTTP11Connection:
                 return
             self._next_parser()
             self._cycle = None
+            # Let the finished request go while the connection waits idle.
+            del cycle, head, event, first
 
     async def _run_app(self, cycle: _RequestCycle) -> None:
         server = self.server

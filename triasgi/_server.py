@@ -27,6 +27,7 @@ from ._types import Address, ASGIApp
 logger = logging.getLogger("triasgi.error")
 
 # accept() errors that mean "out of resources for now", not "listener broken".
+_ACCEPT_BATCH = 63
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -365,6 +366,10 @@ class Server:
         nursery: trio.Nursery,
     ) -> None:
         sockname = _sockname(listener.socket)
+        # The plain socket under trio's, for non-blocking accepts in a batch.
+        raw = getattr(listener.socket, "_sock", None)
+        if not isinstance(raw, socket.socket):
+            raw = None
         warned_at = -float("inf")
         limit = self.config.limit_max_connections
         with scope:
@@ -397,6 +402,39 @@ class Server:
                 nursery.start_soon(
                     self._serve_socket, stream, _peername(stream.socket), sockname
                 )
+                self._accept_waiting(raw, nursery, sockname, limit)
+
+    def _accept_waiting(
+        self,
+        raw: socket.socket | None,
+        nursery: trio.Nursery,
+        sockname: Address,
+        limit: int | None,
+    ) -> None:
+        """Take connections already waiting, without a pass of the scheduler each.
+
+        One ``accept()`` per pass is slow when many connections keep the
+        scheduler busy: clients that connect together (a load balancer's
+        pool) would wait in the backlog for their first request.
+        """
+        if raw is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            if limit is not None and self._open_sockets >= limit:
+                return
+            try:
+                conn, _ = raw.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _CAPACITY_ERRNOS:
+                    return  # the accept loop reports it on its next call
+                raise
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            self._open_sockets += 1
+            nursery.start_soon(
+                self._serve_socket, stream, _peername(stream.socket), sockname
+            )
 
 
 async def serve(
