@@ -302,3 +302,44 @@ def test_version_text_and_help_list_every_setting():
                  "--no-date-header", "--log-level", "--no-access-log",
                  "--timeout-graceful-shutdown", "--app-dir", "--factory"):
         assert name in help_text
+
+
+def test_run_with_workers_needs_an_import_string():
+    async def app(scope, receive, send):
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="import string"):
+        triasgi.run(app, workers=2)
+
+
+async def test_run_with_workers_serves_from_worker_processes(app_dir):
+    (app_dir / "embedded_workers.py").write_text(textwrap.dedent(
+        """
+        import triasgi
+        triasgi.run("myapp:app", port=0, workers=2, root_path="/w")
+        """
+    ))
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "embedded_workers.py"], cwd=app_dir, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    running = Running(process)
+    try:
+        match = await running.read_stderr_until(rb"(http://127\.0\.0\.1:\d+)")
+        url = match.group(1).decode()
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        response = await client.get(url + "/")
+                        break
+                    except httpx.ConnectError:
+                        await trio.sleep(0.1)
+        assert response.text == "root_path=/w"
+        process.send_signal(signal.SIGTERM)
+        assert await running.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()

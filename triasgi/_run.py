@@ -24,17 +24,30 @@ def run(app: ASGIApp | str, config: Config | None = None, **settings: Any) -> No
         config: the settings; ``settings`` given as keywords override it.
 
     The first SIGINT or SIGTERM starts a graceful shutdown; a second one stops
-    at once.
+    at once.  With ``workers`` or ``reload`` set, a supervisor serves from
+    worker processes instead, as on the command line; each worker imports the
+    app, so it must then be given as an import string.
 
     Raises:
         StartupError: the server could not bind or lifespan startup failed.
         AppImportError: ``app`` is an import string that cannot be loaded.
+        ValueError: ``workers`` or ``reload`` with an app object.
     """
     config = config.replace(**settings) if config else Config(**settings)
+    if (config.workers is not None or config.reload) and not isinstance(app, str):
+        raise ValueError(
+            "workers and reload need the app as an import string "
+            "('module:attribute'), so that each worker process can import it."
+        )
     configure_logging(
         config.log_level, log_format=config.log_format, log_config=config.log_config
     )
-    if isinstance(app, str):
+    if config.workers is not None or config.reload:
+        from ._supervisor import run_supervisor
+
+        assert isinstance(app, str)
+        run_supervisor(config, app)
+    elif isinstance(app, str):
         from ._importer import load_app
 
         run_config(load_app(app), config)
@@ -53,7 +66,9 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             started = trio.Event()
-            nursery.start_soon(_watch_signals, signals, server, started, nursery.cancel_scope)
+            nursery.start_soon(
+                _watch_signals, signals, server, started, nursery.cancel_scope
+            )
             try:
                 await nursery.start(_serve_then_stop, server, nursery.cancel_scope)
             except StartupError as exc:
@@ -89,7 +104,11 @@ async def _watch_signals(
     async for signum in signals:
         name = signal.Signals(signum).name
         if started.is_set() and not server.shutting_down:
-            logger.info("%s received: shutting down gracefully (send it again to stop at once).", name)
+            logger.info(
+                "%s received: shutting down gracefully "
+                "(send it again to stop at once).",
+                name,
+            )
             server.shutdown()
         else:
             logger.warning("%s received: stopping at once.", name)
