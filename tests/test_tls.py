@@ -372,3 +372,31 @@ async def test_missing_ca_file_is_one_sentence(cert_files, tmp_path):
         f"Cannot load CA certificates from {tmp_path / 'ca.pem'}: it must be a readable "
         "PEM file (--ssl-ca-certs)."
     )
+
+
+async def test_websocket_over_tls_has_wss_and_the_tls_extension(ca, cert_files):
+    import wsproto
+    import wsproto.events
+
+    from triasgi.testing import open_memory_connection, open_memory_server
+
+    seen = {}
+
+    async def ws_app(scope, receive, send):
+        seen.update(scope)
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close"})
+
+    async with open_memory_server(ws_app, **tls_settings(cert_files)) as server:
+        async with open_memory_connection(server) as raw:
+            stream = trio.SSLStream(raw, client_context(ca), server_hostname="localhost")
+            ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await stream.send_all(ws.send(wsproto.events.Request(host="localhost", target="/")))
+            events = []
+            while not any(isinstance(e, wsproto.events.CloseConnection) for e in events):
+                ws.receive_data(await stream.receive_some(65536))
+                events.extend(ws.events())
+    assert isinstance(events[0], wsproto.events.AcceptConnection)
+    assert seen["scheme"] == "wss"
+    assert seen["extensions"]["tls"]["tls_version"] == 0x0304

@@ -691,27 +691,6 @@ class HTTP11Connection:
             forwarded=head.forwarded,
         )
 
-    def _adopt_forwarded(self, request: h11.Request) -> None:
-        """Before a WebSocket upgrade: take the client a trusted proxy names.
-
-        After the upgrade this connection serves that one request only, so
-        its own ``client``, ``scheme`` and ``sockname``, which the WebSocket
-        scope is built from, may as well be the forwarded ones.
-        """
-        trusted = self.server.trusted_proxies
-        if trusted is None:
-            return
-        scope: dict[str, Any] = {
-            "client": self.client,
-            "scheme": "wss" if self.scheme == "https" else "ws",
-            "server": self.sockname,
-            "headers": request.headers,
-        }
-        apply_proxy_headers(scope, trusted)
-        self.client = scope["client"]
-        self.sockname = scope["server"]
-        self.scheme = "https" if scope["scheme"] == "wss" else "http"
-
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True
     ) -> dict[str, Any]:
