@@ -300,7 +300,8 @@ class _Bridge:
         while self._receiving is not None:
             await self._receiving.wait()
         if self._kept:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # Handed over with no checkpoint in between, so nothing can take
+            # a later message first.
             return self._kept.popleft()
         done = self._receiving = trio.Event()
         try:
