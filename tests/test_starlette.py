@@ -34,7 +34,7 @@ def make_app(log):
         async def chunks():
             for i in range(5):
                 yield f"chunk{i};"
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         return StreamingResponse(chunks(), media_type="text/plain")
 

@@ -201,8 +201,7 @@ class Config:
     )
     ws_per_message_deflate: bool = _option(
         True,
-        "Offer WebSocket per-message deflate compression to clients that ask "
-        "for it.",
+        "Offer WebSocket per-message deflate compression to clients that ask for it.",
         flag=True,
     )
 
@@ -344,8 +343,12 @@ class Config:
         pairs = []
         for header in self.headers:
             name, _, value = header.partition(":")
-            pairs.append((name.strip().lower().encode("latin-1"),
-                          value.strip().encode("latin-1")))
+            pairs.append(
+                (
+                    name.strip().lower().encode("latin-1"),
+                    value.strip().encode("latin-1"),
+                )
+            )
         return pairs
 
     def replace(self, **changes: Any) -> Config:

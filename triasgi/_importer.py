@@ -31,8 +31,10 @@ def import_from_string(import_str: str) -> Any:
     except ModuleNotFoundError as exc:
         # Only the module we were asked for (or a parent package) missing is
         # "not found"; a missing import inside it is the module's own error.
-        if exc.name is not None and module_name.startswith(exc.name) and (
-            module_name == exc.name or module_name[len(exc.name)] == "."
+        if (
+            exc.name is not None
+            and module_name.startswith(exc.name)
+            and (module_name == exc.name or module_name[len(exc.name)] == ".")
         ):
             raise AppImportError(
                 f"Could not find module {module_name!r} (is it on the path? "

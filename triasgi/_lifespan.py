@@ -83,8 +83,7 @@ class Lifespan:
             await self._shutdown_done.wait()
         if not self._shutdown_done.is_set():
             logger.warning(
-                "Lifespan shutdown did not complete within %g seconds; "
-                "cancelling it.",
+                "Lifespan shutdown did not complete within %g seconds; cancelling it.",
                 self._shutdown_timeout,
             )
         self._scope.cancel()

@@ -478,7 +478,10 @@ def _bind(config: Config) -> list[trio.SocketListener]:
             what = f"{config.host}:{config.port}"
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             infos = socket.getaddrinfo(
-                config.host, config.port, family, socket.SOCK_STREAM,
+                config.host,
+                config.port,
+                family,
+                socket.SOCK_STREAM,
                 flags=socket.AI_PASSIVE,
             )
             family, kind, proto, _, address = infos[0]
@@ -535,4 +538,3 @@ def _peername(sock: trio.socket.SocketType) -> Address | None:
     if isinstance(name, tuple):
         return (str(name[0]), int(name[1]))
     return None
-
