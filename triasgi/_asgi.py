@@ -43,6 +43,15 @@ _HTTP_SEND: dict[ResponseState, frozenset[str]] = {
 }
 
 
+def _message_type(message: Message) -> str:
+    try:
+        return str(message["type"])
+    except (KeyError, TypeError):
+        raise ASGIProtocolError(
+            f"ASGI message without a 'type' key: {message!r}"
+        ) from None
+
+
 def next_response_state(state: ResponseState, message: Message) -> ResponseState:
     """Check one message the app sent and return the state it leads to.
 
@@ -53,12 +62,7 @@ def next_response_state(state: ResponseState, message: Message) -> ResponseState
         ASGIProtocolError: the message is not allowed in ``state`` or is
             malformed.
     """
-    try:
-        msg_type = message["type"]
-    except (KeyError, TypeError):
-        raise ASGIProtocolError(
-            f"ASGI message without a 'type' key: {message!r}"
-        ) from None
+    msg_type = _message_type(message)
     if state is ResponseState.DONE:
         return state
     if msg_type not in _HTTP_SEND[state]:
@@ -125,12 +129,7 @@ def next_websocket_state(state: WebSocketState, message: Message) -> WebSocketSt
         ASGIProtocolError: the message is not allowed in ``state`` or is
             malformed.
     """
-    try:
-        msg_type = message["type"]
-    except (KeyError, TypeError):
-        raise ASGIProtocolError(
-            f"ASGI message without a 'type' key: {message!r}"
-        ) from None
+    msg_type = _message_type(message)
     allowed = _WEBSOCKET_SEND[state]
     if msg_type not in allowed:
         expected = " or ".join(sorted(allowed)) or "nothing"

@@ -70,7 +70,7 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                 _watch_signals, signals, server, started, nursery.cancel_scope
             )
             try:
-                await nursery.start(_serve_then_stop, server, nursery.cancel_scope)
+                await nursery.start(serve_then_stop, server, nursery.cancel_scope)
             except StartupError as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
@@ -88,14 +88,15 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
         raise failure
 
 
-async def _serve_then_stop(
+async def serve_then_stop(
     server: Server,
     cancel_scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run ``server``, then cancel ``cancel_scope``: its watchers end with it."""
     await server.run(task_status=task_status)
-    cancel_scope.cancel()  # ends the signal watcher
+    cancel_scope.cancel()
 
 
 async def _watch_signals(

@@ -37,6 +37,7 @@ import trio
 from ._config import Config
 from ._importer import AppImportError, load_app
 from ._logging import LogConfigError, configure_logging
+from ._run import serve_then_stop
 from ._server import Server, StartupError
 
 logger = logging.getLogger("triasgi.error")
@@ -128,7 +129,7 @@ async def _serve_reporting(
                 _obey_signals, signals, server, started, nursery.cancel_scope
             )
             try:
-                await nursery.start(_serve_then_stop, server, nursery.cancel_scope)
+                await nursery.start(serve_then_stop, server, nursery.cancel_scope)
             except StartupError as exc:
                 await reports.send("fail", str(exc))
                 nursery.cancel_scope.cancel()
@@ -138,16 +139,6 @@ async def _serve_reporting(
             nursery.start_soon(_heartbeat, reports, server, heartbeat_interval(config))
             nursery.start_soon(_ask_to_retire, reports, retire)
     return 0
-
-
-async def _serve_then_stop(
-    server: Server,
-    cancel_scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await server.run(task_status=task_status)
-    cancel_scope.cancel()  # ends the heartbeat and the signal watcher
 
 
 async def _obey_signals(
