@@ -10,7 +10,7 @@ import trio
 
 from ._config import Config
 from ._logging import configure_logging
-from ._server import Server, StartupError
+from ._server import Server, StartupError, describe_address
 from ._types import ASGIApp
 
 logger = logging.getLogger("triasgi.error")
@@ -76,14 +76,11 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                 nursery.cancel_scope.cancel()
             else:
                 started.set()
-                for host, port in server.addresses:
-                    if port is None:
-                        where = f"unix socket {host}"
-                    else:
-                        shown = f"[{host}]" if ":" in host else host
-                        scheme = "https" if config.ssl_certfile else "http"
-                        where = f"{scheme}://{shown}:{port}"
-                    logger.info("Listening on %s (press CTRL+C to quit)", where)
+                for address in server.addresses:
+                    logger.info(
+                        "Listening on %s (press CTRL+C to quit)",
+                        describe_address(address, config),
+                    )
     if failure is not None:
         raise failure
 

@@ -127,12 +127,10 @@ class Server:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the first TCP address."""
-        for host, port in self.addresses:
-            if port is not None:
-                shown = f"[{host}]" if ":" in host else host
-                scheme = "https" if self.config.ssl_certfile else "http"
-                return f"{scheme}://{shown}:{port}"
+        """``http://host:port`` (or ``https``) of the first TCP address."""
+        for address in self.addresses:
+            if address[1] is not None:
+                return describe_address(address, self.config)
         raise LookupError("The server has no TCP address.")
 
     async def serve_stream(
@@ -511,6 +509,16 @@ def _max_requests(config: Config) -> int | None:
     return config.limit_max_requests + random.randint(
         0, config.limit_max_requests_jitter
     )
+
+
+def describe_address(address: Address, config: Config) -> str:
+    """A bound address as a user reads it: a URL, or the Unix socket's path."""
+    host, port = address
+    if port is None:
+        return f"unix socket {host}"
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if config.ssl_certfile else "http"
+    return f"{scheme}://{shown}:{port}"
 
 
 def _remove_socket_file(path: str) -> None:

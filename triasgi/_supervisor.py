@@ -36,7 +36,7 @@ from typing import Any, final
 import trio
 
 from ._config import Config
-from ._server import _bind, _remove_socket_file, _sockname
+from ._server import _bind, _remove_socket_file, _sockname, describe_address
 from ._worker import heartbeat_interval, use_pid_log_format
 
 logger = logging.getLogger("triasgi.error")
@@ -210,16 +210,10 @@ class Supervisor:
             self._worker_config = config.replace(
                 fd=sock.fileno(), uds=None, workers=None, reload=False
             )
-            host, port = _sockname(sock)
-            if port is None:
-                where = f"unix socket {host}"
-            else:
-                where = (
-                    f"http://[{host}]:{port}"
-                    if ":" in host
-                    else f"http://{host}:{port}"
-                )
-            logger.info("Listening on %s (press CTRL+C to quit)", where)
+            logger.info(
+                "Listening on %s (press CTRL+C to quit)",
+                describe_address(_sockname(sock), config),
+            )
             with trio.open_signal_receiver(*_SIGNALS) as signals:
                 async with trio.open_nursery() as root:
                     self._root = root
