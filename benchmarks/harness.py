@@ -71,6 +71,7 @@ _NEEDS = {
     "uvicorn-h11": ["uvicorn", "h11", "wsproto"],
     "uvicorn-httptools": ["uvicorn", "httptools", "uvloop"],
     "hypercorn-trio": ["hypercorn", "trio"],
+    "triasgi-asyncio": ["triasgi", "trio_asyncio"],
 }
 _WS_EXAMPLE = Path("examples", "ws_echo.py")
 
@@ -427,6 +428,7 @@ def _versions() -> str:
         "uvloop",
         "wsproto",
         "hypercorn",
+        "trio_asyncio",
     ]
     parts = []
     for name in names:

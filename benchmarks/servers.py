@@ -37,7 +37,10 @@ class ServerSpec:
     def command(self, port: int) -> list[str]:
         py = sys.executable
         host = "127.0.0.1"
-        if self.name == "triasgi":
+        if self.name in ("triasgi", "triasgi-asyncio"):
+            # triasgi-asyncio: the same app as asyncio code on a trio-asyncio
+            # loop (--loop asyncio), to measure what the bridge costs.
+            loop = ["--loop", "asyncio"] if self.name == "triasgi-asyncio" else []
             return [
                 py,
                 "-m",
@@ -54,6 +57,7 @@ class ServerSpec:
                 str(KEEP_ALIVE_SECONDS),
                 "--backlog",
                 str(BACKLOG),
+                *loop,
             ]
         if self.name.startswith("uvicorn-"):
             flavour = {
@@ -115,6 +119,7 @@ SERVERS = {
         ServerSpec("uvicorn-h11", websocket=True),
         ServerSpec("uvicorn-httptools", websocket=False),
         ServerSpec("hypercorn-trio", websocket=False),
+        ServerSpec("triasgi-asyncio", websocket=False),
     ]
 }
 
