@@ -52,6 +52,14 @@ def _message_type(message: Message) -> str:
         ) from None
 
 
+def _check_status(msg_type: str, message: Message) -> None:
+    status = message.get("status")
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ASGIProtocolError(
+            f"{msg_type} needs an int 'status' from 200 to 599, got {status!r}."
+        )
+
+
 def next_response_state(state: ResponseState, message: Message) -> ResponseState:
     """Check one message the app sent and return the state it leads to.
 
@@ -71,12 +79,7 @@ def next_response_state(state: ResponseState, message: Message) -> ResponseState
             f"Expected {expected} while {state.value}, got {msg_type!r}."
         )
     if msg_type == "http.response.start":
-        status = message.get("status")
-        if type(status) is not int or not 200 <= status <= 599:
-            raise ASGIProtocolError(
-                f"http.response.start needs an int 'status' from 200 to 599, "
-                f"got {status!r}."
-            )
+        _check_status(msg_type, message)
         return ResponseState.BODY
     body = message.get("body", b"")
     if not isinstance(body, (bytes, bytearray, memoryview)):
@@ -176,12 +179,7 @@ def next_websocket_state(state: WebSocketState, message: Message) -> WebSocketSt
                 f"websocket.close 'reason' must be a str or None, got {reason!r}."
             )
     elif msg_type == "websocket.http.response.start":
-        status = message.get("status")
-        if type(status) is not int or not 200 <= status <= 599:
-            raise ASGIProtocolError(
-                f"websocket.http.response.start needs an int 'status' from 200 "
-                f"to 599, got {status!r}."
-            )
+        _check_status(msg_type, message)
         check_headers(message.get("headers", ()))
     elif msg_type == "websocket.http.response.body":
         body = message.get("body", b"")
