@@ -542,3 +542,38 @@ async def test_limit_concurrency_answers_503_beyond_the_limit():
         release.set()
         assert (await first.response()).status == 200
         await first.stream.aclose()
+
+
+async def test_send_to_a_reset_connection_raises_client_disconnected():
+    import socket
+    import struct
+
+    import triasgi
+
+    outcome = []
+    streaming = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        streaming.set()
+        try:
+            with trio.fail_after(10):
+                while True:
+                    await send({"type": "http.response.body", "body": b"x" * 65536,
+                                "more_body": True})
+        except OSError as exc:
+            outcome.append(type(exc))
+
+    async with open_server(app) as server:
+        stream = await connect(server)
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        await streaming.wait()
+        # Close with a reset (SO_LINGER 0), as a crashed client would.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+    assert outcome == [triasgi.ClientDisconnected]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http
 import logging
+import socket
 import sys
 import time
 from math import inf
@@ -329,6 +330,14 @@ class HTTP11Connection:
         self._reader_lot = trio.lowlevel.ParkingLot()
         self._data_lot = trio.lowlevel.ParkingLot()
         self._reader_scope = trio.CancelScope()
+        # The plain socket under a plain trio SocketStream (not TLS, not an
+        # in-memory stream), for the fast path of write().
+        raw = getattr(getattr(stream, "socket", None), "_sock", None)
+        self._raw_socket = (
+            raw
+            if type(stream) is trio.SocketStream and isinstance(raw, socket.socket)
+            else None
+        )
         self._lingering = False
         self._nursery: trio.Nursery | None = None
         self._cancel_requested = False
@@ -521,6 +530,25 @@ class HTTP11Connection:
         backpressure that waits for a slow reader), so ``timeout_write``
         bounds HTTP responses only.
         """
+        raw = self._raw_socket
+        if raw is not None:
+            # The common case: the kernel takes it all at once.  This is
+            # what trio's socket send does (a cancellation point, the
+            # non-blocking call, a schedule point), without the stream
+            # layers and the timeout's cancel scope, which nothing needs
+            # when the write did not wait.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.client_gone()
+                raise ClientDisconnected("The client has disconnected.") from exc
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if sent == len(data):
+                return
+            data = data[sent:]
         timeout = self.server.config.timeout_write if self._websocket is None else inf
         try:
             with trio.move_on_after(timeout) as scope:
