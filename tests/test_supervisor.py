@@ -627,3 +627,40 @@ async def test_ctrl_c_to_the_process_group_is_one_graceful_stop(start):
     assert [status for status, _ in results] == [200]
     assert await supervisor.exit_code() == 0
     assert "stopping at once" not in supervisor.log()
+
+
+ASYNCIO_APP = '''
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    # asyncio-only: fails on plain trio, works on the trio-asyncio loop.
+    await asyncio.sleep(0)
+    loop = type(asyncio.get_running_loop()).__name__
+    body = ("v1 " + loop).encode()
+    await send({"type": "http.response.start", "status": 200})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+async def test_reload_with_loop_asyncio_serves_asyncio_code_after_a_change(
+    start, app_dir
+):
+    (app_dir / "aioapp.py").write_text(ASYNCIO_APP)
+    supervisor = await start(
+        "--reload", "--reload-dir", str(app_dir), "--loop", "asyncio", app="aioapp:app"
+    )
+    await supervisor.wait_for_log("Watching for changes")
+    await supervisor.wait_for_workers(1)
+    status, body = await get(supervisor.port)
+    assert status == 200
+    version, loop = body.split()
+    assert version == "v1"
+    assert "Trio" in loop  # trio-asyncio's event loop class
+
+    (app_dir / "aioapp.py").write_text(ASYNCIO_APP.replace('"v1 "', '"v2 "'))
+    await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)")
+    status, body = await get(supervisor.port)
+    assert (status, body.split()[0]) == (200, "v2")
