@@ -110,9 +110,13 @@ class Running:
 async def start_cli(app_dir):
     started = []
 
-    async def start(*args: str, env: dict[str, str] | None = None) -> Running:
+    async def start(
+        *args: str, env: dict[str, str] | None = None, script: str | None = None
+    ) -> Running:
+        """Run ``triasgi ARGS``, or with ``script`` a Python file in the app dir."""
+        command = [script] if script else ["-m", "triasgi", *args]
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "triasgi", *args],
+            [sys.executable, *command],
             cwd=app_dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -209,23 +213,13 @@ async def test_factory_from_another_app_dir(start_cli):
     assert await running.wait() == 0
 
 
-async def test_run_serves_an_import_string(app_dir):
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "embedded.py"], cwd=app_dir, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    running = Running(process)
-    try:
-        url = await running.url()
-        async with httpx.AsyncClient() as client:
-            assert (await client.get(url)).text == "root_path=/run"
-        process.send_signal(signal.SIGINT)
-        assert await running.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+async def test_run_serves_an_import_string(start_cli):
+    running = await start_cli(script="embedded.py")
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).text == "root_path=/run"
+    running.process.send_signal(signal.SIGINT)
+    assert await running.wait() == 0
 
 
 def one_line_error(stderr: str) -> str:
@@ -312,34 +306,24 @@ def test_run_with_workers_needs_an_import_string():
         triasgi.run(app, workers=2)
 
 
-async def test_run_with_workers_serves_from_worker_processes(app_dir):
+async def test_run_with_workers_serves_from_worker_processes(app_dir, start_cli):
     (app_dir / "embedded_workers.py").write_text(textwrap.dedent(
         """
         import triasgi
         triasgi.run("myapp:app", port=0, workers=2, root_path="/w")
         """
     ))
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "embedded_workers.py"], cwd=app_dir, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    running = Running(process)
-    try:
-        match = await running.read_stderr_until(rb"(http://127\.0\.0\.1:\d+)")
-        url = match.group(1).decode()
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        response = await client.get(url + "/")
-                        break
-                    except httpx.ConnectError:
-                        await trio.sleep(0.1)
-        assert response.text == "root_path=/w"
-        process.send_signal(signal.SIGTERM)
-        assert await running.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+    running = await start_cli(script="embedded_workers.py")
+    match = await running.read_stderr_until(rb"(http://127\.0\.0\.1:\d+)")
+    url = match.group(1).decode()
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    response = await client.get(url + "/")
+                    break
+                except httpx.ConnectError:
+                    await trio.sleep(0.1)
+    assert response.text == "root_path=/w"
+    running.process.send_signal(signal.SIGTERM)
+    assert await running.wait() == 0
