@@ -16,11 +16,21 @@ hot path and the rules are few (RFC 9112 section 6 and RFC 9110 section
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 # RFC 9110 section 5.1 (token) and 5.5 (field value: no CR, LF or NUL).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 _NO_BODY_STATUS = frozenset({204, 304})
+
+#: Reason phrases for status lines: Python's table, with the RFC 9110 names
+#: that older Pythons still spell the RFC 7231 way, so every version agrees.
+REASON_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus} | {
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    422: b"Unprocessable Content",
+}
 
 
 class ResponseError(Exception):

@@ -14,7 +14,6 @@ unparsed, which is the bound on what a client can make us buffer.
 
 from __future__ import annotations
 
-import http
 import logging
 import socket
 import sys
@@ -35,7 +34,7 @@ from ._asgi import (
     next_response_state,
     split_target,
 )
-from ._h1writer import ResponseError, ResponseWriter
+from ._h1writer import REASON_PHRASES, ResponseError, ResponseWriter
 from ._logging import AccessEntry, log_access
 from ._proxy import apply_proxy_headers
 from ._types import Address, Message
@@ -61,21 +60,7 @@ _LINGER_SECONDS = 1.0
 # connection open after the app has responded without reading it all.
 _MAX_DISCARD = 1024 * 1024
 
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-    505: b"HTTP Version Not Supported",
-}
-
-
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
-_REASON_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
 class _RequestCycle:
@@ -248,7 +233,7 @@ class _RequestCycle:
             self._writer.keep_alive = False
         return self._writer.head(
             self.status,
-            _REASON_PHRASES.get(self.status, b""),
+            REASON_PHRASES.get(self.status, b""),
             conn.server.response_headers(self._start_headers),
             final_body=final_body,
         )
@@ -564,7 +549,7 @@ class HTTP11Connection:
 
     async def _send_error(self, status: int, detail: str = "") -> None:
         """Answer with a plain-text error and mark the connection for closing."""
-        reason = _REASONS.get(status, b"Error")
+        reason = REASON_PHRASES.get(status, b"Error")
         body = reason + b"\n"
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason),

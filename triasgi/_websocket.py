@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
 import logging
 import sys
 import time
@@ -60,6 +59,7 @@ from ._asgi import (
     next_websocket_state,
     split_target,
 )
+from ._h1writer import REASON_PHRASES
 from ._logging import AccessEntry, log_access
 from ._types import Message
 
@@ -76,14 +76,6 @@ logger = logging.getLogger("triasgi.error")
 _CLOSE_TIMEOUT = 5.0
 # With per-message deflate, how much compressed data wsproto gets at a time.
 _DEFLATE_SLICE = 4096
-
-_REASON_PHRASES = {
-    400: b"Bad Request",
-    403: b"Forbidden",
-    426: b"Upgrade Required",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
 
 # RFC 6455 section 4.2.1, item 6, and section 4.4.
 _WEBSOCKET_VERSION = b"13"
@@ -482,7 +474,7 @@ class WebSocketSession:
                         h11.Response(
                             status_code=start["status"],
                             headers=headers,
-                            reason=_reason_phrase(start["status"]),
+                            reason=REASON_PHRASES.get(start["status"], b""),
                         )
                     )
                 )
@@ -507,7 +499,7 @@ class WebSocketSession:
     ) -> None:
         """A plain-text HTTP answer to the handshake, then the connection closes."""
         conn = self._conn
-        reason = _REASON_PHRASES[status]
+        reason = REASON_PHRASES[status]
         body = reason + b"\n"
         all_headers = conn.server.response_headers(
             [
@@ -770,13 +762,6 @@ class WebSocketSession:
             response_headers=headers,
         )
         log_access(conn.server.access_format, entry)
-
-
-def _reason_phrase(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
 
 
 def _is_disconnect(exc: BaseException) -> bool:
