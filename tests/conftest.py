@@ -7,6 +7,8 @@ import h11
 import pytest
 import trio
 
+import triasgi._server
+
 
 @dataclass
 class Reply:
@@ -38,7 +40,9 @@ class H11Client:
         body: bytes = b"",
     ) -> None:
         hdrs = [("host", "example.test"), *(headers or [])]
-        if body and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in hdrs):
+        if body and not any(
+            k.lower() in ("content-length", "transfer-encoding") for k, _ in hdrs
+        ):
             hdrs.append(("content-length", str(len(body))))
         await self.send(h11.Request(method=method, target=target, headers=hdrs))
         if body:
@@ -115,11 +119,35 @@ def _close_client_sockets():
 async def hello_app(scope, receive, send):
     if scope["type"] != "http":
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"hello"})
 
 
 @pytest.fixture
 def hello():
     return hello_app
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def http_backend(request, monkeypatch):
+    """Run the test once with each request parser backend (``--http``).
+
+    Every server the test starts uses the backend, whatever its config says:
+    in this process through the server's parser factory, and in a CLI
+    subprocess through ``TRIASGI_HTTP``.
+    """
+    backend = request.param
+    choose = triasgi._server.parser_factory
+    monkeypatch.setattr(
+        triasgi._server,
+        "parser_factory",
+        lambda _configured, max_head: choose(backend, max_head),
+    )
+    monkeypatch.setenv("TRIASGI_HTTP", backend)
+    return backend

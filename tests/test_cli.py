@@ -280,6 +280,38 @@ async def test_bad_option_values_are_usage_errors(start_cli, args, message):
     assert "Traceback" not in stderr
 
 
+@pytest.fixture
+def without_httptools(app_dir):
+    """An environment in which ``import httptools`` fails, as without the extra."""
+    blocker = app_dir / "no-httptools"
+    blocker.mkdir()
+    (blocker / "httptools.py").write_text("raise ImportError('not installed')\n")
+    return {"PYTHONPATH": str(blocker)}
+
+
+async def test_http_httptools_without_the_extra_is_a_usage_error(
+    start_cli, without_httptools
+):
+    code, stderr = await run_cli(
+        start_cli, "myapp:app", "--http", "httptools", env=without_httptools
+    )
+    assert code == 2
+    assert "--http httptools needs the httptools package" in stderr
+    assert "pip install 'triasgi[fast]'" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_http_auto_without_httptools_serves_with_h11(
+    start_cli, without_httptools
+):
+    running = await start_cli("myapp:app", "--port", "0", env=without_httptools)
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url + "/")).status_code == 200
+    running.process.send_signal(signal.SIGINT)
+    assert await running.wait() == 0
+
+
 def test_version_text_and_help_list_every_setting():
     out = subprocess.run(
         [sys.executable, "-m", "triasgi", "--version"], capture_output=True, text=True,

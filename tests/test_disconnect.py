@@ -9,6 +9,9 @@ import trio.testing
 import triasgi
 from triasgi.testing import open_memory_connection, open_memory_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 REQUEST = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
 
 

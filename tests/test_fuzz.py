@@ -15,12 +15,16 @@ import logging
 import os
 import re
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triasgi.testing import open_memory_connection, open_memory_server
+
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
 
 LONG_RUN = os.environ.get("TRIASGI_FUZZ_EXAMPLES")
 

@@ -12,6 +12,9 @@ from conftest import H11Client, connect, read_until_closed
 
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 
 def capture_scope(scopes):
     async def app(scope, receive, send):

@@ -9,6 +9,9 @@ from conftest import H11Client, connect, read_until_closed
 from triasgi import Config
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 
 async def hello(scope, receive, send):
     if scope["type"] != "http":

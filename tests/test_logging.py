@@ -16,6 +16,9 @@ from triasgi import Config
 from triasgi._logging import JSONFormatter, LogConfigError, configure_logging
 from triasgi.testing import open_memory_connection, open_memory_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 
 async def header_app(scope, receive, send):
     if scope["type"] != "http":

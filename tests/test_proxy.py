@@ -19,6 +19,9 @@ from triasgi._proxy import (
 )
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 
 def scope_for(headers, client=("10.0.0.1", 4000), scheme="http", server=("10.0.0.2", 80)):
     return {

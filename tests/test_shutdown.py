@@ -14,6 +14,9 @@ import triasgi
 from triasgi import Config, Server
 from triasgi.testing import open_memory_connection
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 REQUEST = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
 
 

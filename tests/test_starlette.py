@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import httpx
+import pytest
 import trio
 from conftest import connect
 from starlette.applications import Starlette
@@ -14,6 +15,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from triasgi.testing import open_server
+
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
 
 
 def make_app(log):

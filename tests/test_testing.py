@@ -24,6 +24,9 @@ from triasgi.testing import (
     open_websocket,
 )
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 pytest_plugins = ["pytester"]
 
 

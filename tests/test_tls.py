@@ -18,6 +18,9 @@ from conftest import H11Client, connect
 from triasgi import Config, StartupError, serve
 from triasgi.testing import open_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:

@@ -33,6 +33,9 @@ from wsproto.frame_protocol import CloseReason
 from triasgi._asgi import ASGIProtocolError, WebSocketState, next_websocket_state
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
 HANDSHAKE = (
     b"GET /chat HTTP/1.1\r\nhost: example.test\r\nupgrade: websocket\r\n"
     b"connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

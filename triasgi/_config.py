@@ -101,6 +101,13 @@ class Config:
         "Answer 503 to requests beyond this many in flight at once.",
         minimum=1,
     )
+    http: Literal["auto", "h11", "httptools"] = _option(
+        "auto",
+        "The HTTP/1.1 request parser: h11, or httptools (the triasgi[fast] "
+        "extra) with h11 for what it does not take; auto picks httptools when "
+        "it is installed.",
+        choices=("auto", "h11", "httptools"),
+    )
     h11_max_incomplete_event_size: int = _option(
         16 * 1024,
         "Largest request head, in bytes; a larger one gets 431.",
@@ -368,6 +375,7 @@ def env_name(field_name: str) -> str:
 
 def _check_edge_settings(config: Config) -> None:
     """Settings that need parsing: a bad one raises ValueError at once."""
+    from ._h1parse import HAVE_HTTPTOOLS, MISSING_HTTPTOOLS
     from ._logging import AccessLogFormat
     from ._proxy import TrustedProxies
 
@@ -384,5 +392,7 @@ def _check_edge_settings(config: Config) -> None:
         if given:
             raise ValueError(f"{given[0]} needs ssl_certfile, the server certificate.")
     TrustedProxies.parse(config.forwarded_allow_ips)
+    if config.http == "httptools" and not HAVE_HTTPTOOLS:
+        raise ValueError(MISSING_HTTPTOOLS)
     if config.access_log_format is not None:
         AccessLogFormat(config.access_log_format)

@@ -1,10 +1,13 @@
-"""One HTTP/1.1 connection: h11 on one side, the ASGI request cycle on the other.
+"""One HTTP/1.1 connection: a parser on one side, the ASGI request cycle on the other.
+
+The parser is h11 or the httptools backend (``--http``, see _h1parse.py);
+both give h11's events.
 
 Shape of a connection (see DESIGN.md)::
 
     connection nursery (its cancel scope gets the disconnect deadline)
     ├── reader: socket -> inbox, the only task that reads; notices EOF at once
-    ├── request loop: inbox -> h11 -> one request cycle at a time
+    ├── request loop: inbox -> parser -> one request cycle at a time
     └── the app call of each request cycle
 
 The reader keeps reading while a request runs, so a client that goes away is
@@ -34,6 +37,7 @@ from ._asgi import (
     next_response_state,
     split_target,
 )
+from ._h1parse import ParsedRequest, RequestHead
 from ._h1writer import REASON_PHRASES, ResponseError, ResponseWriter
 from ._logging import AccessEntry, log_access
 from ._proxy import apply_proxy_headers
@@ -70,7 +74,7 @@ class _RequestCycle:
         self,
         conn: HTTP11Connection,
         scope: dict[str, Any],
-        request: h11.Request,
+        request: RequestHead,
         head: _Head,
     ) -> None:
         self.conn = conn
@@ -118,7 +122,7 @@ class _RequestCycle:
     async def _receive_body(self) -> Message:
         conn = self.conn
         if (
-            conn.h11.they_are_waiting_for_100_continue
+            conn.parser.they_are_waiting_for_100_continue
             and not self.sent_100
             and not self._head_sent
         ):
@@ -303,10 +307,7 @@ class HTTP11Connection:
         self.sockname = sockname
         self.scheme = scheme
         self.tls = tls
-        self.h11 = h11.Connection(
-            h11.SERVER,
-            max_incomplete_event_size=server.config.h11_max_incomplete_event_size,
-        )
+        self.parser = server.new_parser()
         self.closing = False
         self._max_head = server.config.h11_max_incomplete_event_size
         self._inbox = bytearray()
@@ -390,12 +391,12 @@ class HTTP11Connection:
         # Lingering matters only when the client may still be sending: after
         # an error, or with a request (body) we did not read to the end.
         try:
-            while self.h11.their_state is h11.SEND_BODY:
+            while self.parser.their_state is h11.SEND_BODY:
                 if type(self.next_event_nowait()) not in (h11.Data, h11.EndOfMessage):
                     break
         except h11.RemoteProtocolError:
             pass
-        if self._eof or (not self._inbox and self.h11.their_state in _QUIET_STATES):
+        if self._eof or (not self._inbox and self.parser.their_state in _QUIET_STATES):
             return
         if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
             return  # a hard stop does not linger
@@ -437,21 +438,21 @@ class HTTP11Connection:
             self._inbox.clear()
             return False
         if self._inbox:
-            self.h11.receive_data(bytes(self._inbox))
+            self.parser.receive_data(bytes(self._inbox))
             self._inbox.clear()
             self._reader_lot.unpark_all()
             return True
         if self._eof and not self._eof_fed:
             self._eof_fed = True
-            self.h11.receive_data(b"")
+            self.parser.receive_data(b"")
             return True
         return False
 
     def next_event_nowait(self) -> Any:
         """The next h11 event from what has arrived so far (maybe NEED_DATA)."""
-        event = self.h11.next_event()
+        event = self.parser.next_event()
         if event is h11.NEED_DATA and self._feed():
-            event = self.h11.next_event()
+            event = self.parser.next_event()
         return event
 
     async def next_event(self) -> Any:
@@ -494,7 +495,7 @@ class HTTP11Connection:
                     return event
                 if self.closing:
                     return None
-                pending = self.h11.trailing_data[0]
+                pending = self.parser.trailing_data[0]
                 if pending:
                     if not head_started:
                         head_started = True
@@ -587,7 +588,7 @@ class HTTP11Connection:
                 logger.debug("Request head from %s: %d", self.client, event)
                 await self._send_error(event)
                 return
-            if type(event) is not h11.Request:
+            if type(event) is not ParsedRequest and type(event) is not h11.Request:
                 return  # idle timeout, shutdown, or the client closed.
             head = _scan_head(event, self.server.config, self._max_head)
             if head.problem is not None:
@@ -626,11 +627,12 @@ class HTTP11Connection:
                 return
             if self.closing or not cycle.keep_alive:
                 return
-            if self.h11.their_state is h11.SEND_BODY and not await self._discard_body(
-                cycle
+            if (
+                self.parser.their_state is h11.SEND_BODY
+                and not await self._discard_body(cycle)
             ):
                 return
-            if self.h11.their_state is not h11.DONE:
+            if self.parser.their_state is not h11.DONE:
                 return
             self._next_parser()
             self._cycle = None
@@ -650,22 +652,22 @@ class HTTP11Connection:
             cycle.finished.set()
 
     def _next_parser(self) -> None:
-        """A fresh h11 parser for the next request, holding what has arrived.
+        """A fresh parser for the next request, holding what has arrived.
 
         Responses are written by ResponseWriter, not through h11, so h11's
         side of the connection never reaches DONE: each request gets its own
         parser, and bytes already received (a pipelined request) move over.
         """
-        data, closed = self.h11.trailing_data
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        data, closed = self.parser.trailing_data
+        self.parser = self.server.new_parser()
         if data:
-            self.h11.receive_data(data)
+            self.parser.receive_data(data)
         if closed:
-            self.h11.receive_data(b"")
+            self.parser.receive_data(b"")
 
     async def _discard_body(self, cycle: _RequestCycle) -> bool:
         """Read and drop an unread request body; False if the connection must close."""
-        if self.h11.they_are_waiting_for_100_continue and not cycle.sent_100:
+        if self.parser.they_are_waiting_for_100_continue and not cycle.sent_100:
             return False  # they will not send it; we never asked for it.
         discarded = 0
         with trio.move_on_after(self.server.config.timeout_keep_alive):
@@ -681,7 +683,7 @@ class HTTP11Connection:
                 discarded += len(event.data)
         return False
 
-    def _build_scope(self, request: h11.Request, head: _Head) -> dict[str, Any]:
+    def _build_scope(self, request: RequestHead, head: _Head) -> dict[str, Any]:
         raw_path, query_string = split_target(request.target)
         server = self.server
         return self.finish_scope(
@@ -777,7 +779,7 @@ class _Head:
         self.forwarded = forwarded
 
 
-def _scan_head(request: h11.Request, config: Config, max_head: int) -> _Head:
+def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
     """Check a request head and collect what the connection needs, in one pass.
 
     Problems h11 lets through, as ``(status, reason)``, first found first:
@@ -793,11 +795,15 @@ def _scan_head(request: h11.Request, config: Config, max_head: int) -> _Head:
     """
     # h11's Headers iterates through the generic Sequence protocol, one
     # __getitem__ per item; its item list is read directly when present.
-    items = getattr(request.headers, "_full_items", None)
-    if items is not None:
-        headers = [(name, value) for _, name, value in items]
+    # The httptools backend's headers are a list already.
+    if type(request) is ParsedRequest:
+        headers = request.headers.copy()
     else:
-        headers = list(request.headers)
+        items = getattr(request.headers, "_full_items", None)
+        if items is not None:
+            headers = [(name, value) for _, name, value in items]
+        else:
+            headers = list(request.headers)
     line = len(request.method) + len(request.target) + len(request.http_version) + 7
     size = len(request.method) + len(request.target) + 12
     field_limit = config.limit_request_field_size

@@ -17,6 +17,7 @@ import trio
 
 from ._asyncio import open_app_loop, wrap_app
 from ._config import Config
+from ._h1parse import parser_factory
 from ._http11 import HTTP11Connection
 from ._lifespan import Lifespan, LifespanFailure
 from ._logging import AccessLogFormat
@@ -89,6 +90,9 @@ class Server:
         self._first_request_grace = first_request_grace
         self._connections_closing = False
         self._static_headers = self._make_static_headers()
+        self.new_parser = parser_factory(
+            self.config.http, self.config.h11_max_incomplete_event_size
+        )
         self._date_second = -1
         self._date_header: tuple[bytes, bytes] = (b"date", b"")
         self._edge_init()

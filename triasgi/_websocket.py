@@ -67,6 +67,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
+    from ._h1parse import RequestHead
     from ._http11 import HTTP11Connection
 
 logger = logging.getLogger("triasgi.error")
@@ -113,7 +114,7 @@ class Handshake:
     extension_offers: list[str]
 
 
-def _comma_list(request: h11.Request, header: bytes) -> list[str]:
+def _comma_list(request: RequestHead, header: bytes) -> list[str]:
     values = []
     for name, value in request.headers:
         if name == header:
@@ -121,12 +122,12 @@ def _comma_list(request: h11.Request, header: bytes) -> list[str]:
     return [v for v in values if v]
 
 
-def is_websocket_upgrade(request: h11.Request) -> bool:
+def is_websocket_upgrade(request: RequestHead) -> bool:
     """Whether ``request`` asks to become a WebSocket (its Upgrade header says so)."""
     return any(t.lower() == "websocket" for t in _comma_list(request, b"upgrade"))
 
 
-def check_handshake(request: h11.Request) -> Handshake:
+def check_handshake(request: RequestHead) -> Handshake:
     """Validate a WebSocket upgrade request (RFC 6455 section 4.2.1).
 
     h11 has already checked the HTTP framing and the Host header.
@@ -198,7 +199,7 @@ def negotiate_deflate(offers: list[str]) -> tuple[Extension, bytes] | None:
 class WebSocketSession:
     """One WebSocket, from the upgrade request to the end of the connection."""
 
-    def __init__(self, conn: HTTP11Connection, request: h11.Request) -> None:
+    def __init__(self, conn: HTTP11Connection, request: RequestHead) -> None:
         config = conn.server.config
         self._conn = conn
         self._request = request
@@ -282,7 +283,7 @@ class WebSocketSession:
             conn.server.release_request()
 
     def _build_scope(
-        self, request: h11.Request, handshake: Handshake
+        self, request: RequestHead, handshake: Handshake
     ) -> dict[str, Any]:
         conn = self._conn
         server = conn.server
@@ -436,12 +437,12 @@ class WebSocketSession:
                 headers.append((b"sec-websocket-extensions", deflate[1]))
         headers += check_headers(message.get("headers", ()))
         headers = conn.server.response_headers(headers)
-        data = conn.h11.send(
+        data = conn.parser.send(
             h11.InformationalResponse(
                 status_code=101, headers=headers, reason=b"Switching Protocols"
             )
         )
-        trailing, _ = conn.h11.trailing_data
+        trailing, _ = conn.parser.trailing_data
         self._ws = Connection(ConnectionType.SERVER, extensions, bytes(trailing))
         self.state = WebSocketState.CONNECTED
         self._handshake_done.set()
@@ -454,7 +455,7 @@ class WebSocketSession:
 
     async def _send_response_body(self, message: Message, final: bool) -> None:
         """A body message of a denial response (websocket.http.response)."""
-        h11_conn = self._conn.h11
+        h11_conn = self._conn.parser
         body = bytes(message.get("body", b""))
         chunks = []
         if not self._response_head_written:
@@ -510,11 +511,11 @@ class WebSocketSession:
             ]
         )
         try:
-            data = conn.h11.send(
+            data = conn.parser.send(
                 h11.Response(status_code=status, headers=all_headers, reason=reason)
             )
-            data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
-            data += conn.h11.send(h11.EndOfMessage()) or b""
+            data = (data or b"") + (conn.parser.send(h11.Data(data=body)) or b"")
+            data += conn.parser.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             # A response is already under way; nothing sane can be added.
             await trio.lowlevel.checkpoint()

@@ -1,0 +1,287 @@
+"""Request parser backends of an HTTP/1.1 connection (``--http``).
+
+Sans-io, like h11: bytes go in with ``receive_data``, events come out of
+``next_event``.  The connection speaks to one object with the part of
+``h11.Connection``'s interface it uses, so the two backends are:
+
+- ``h11``: an ``h11.Connection`` itself.
+- ``httptools``: :class:`HttptoolsParser`.  It parses a plain request, the
+  kind nearly every client sends, with httptools, and hands any other
+  request to an h11 connection, so that its verdict on anything unusual is
+  h11's own.
+
+Why the second one answers exactly as the first: the fast path takes a
+request only when its whole head is here and
+
+1. the head matches ``_PLAIN_HEAD``, a subset of h11's grammar (RFC 9112
+   sections 3 and 5): a token method, a target of visible characters,
+   ``HTTP/1.0`` or ``HTTP/1.1``, CRLF line ends, ``token:value`` fields whose
+   values hold visible characters, obs-text, spaces and tabs;
+2. httptools (llhttp) parses it without complaint;
+3. its framing is simple: no Transfer-Encoding, at most one Content-Length
+   made of digits, and none of the headers that change h11's state machine
+   (Upgrade, Expect), no CONNECT; and the Host rule h11 enforces holds
+   (RFC 9112 section 3.2: exactly one in HTTP/1.1, at most one in 1.0).
+
+Anything else, including a head that has not fully arrived yet, goes to an
+h11 connection that gets the same bytes: then h11 accepts it, answers with
+the same error status, or frames the chunked body.  For requests the fast
+path takes, h11 would produce the same request: tests/test_h1parse.py checks
+that on generated and hostile heads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import h11
+
+try:
+    import httptools
+except ImportError:  # the triasgi[fast] extra is not installed.
+    httptools = None  # type: ignore[assignment]
+
+HAVE_HTTPTOOLS = httptools is not None
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_PLAIN_HEAD = re.compile(
+    _TOKEN + rb" [\x21-\x7e]+ HTTP/1\.[01]\r\n"
+    rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*"
+    rb"\r\n"
+)
+# h11 refuses longer ones (a bad Content-Length).
+_MAX_LENGTH_DIGITS = 20
+# Requests with one of these headers go to h11, which gives them meaning.
+_H11_HEADERS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
+_END_OF_MESSAGE = h11.EndOfMessage()
+_CONNECTION_CLOSED = h11.ConnectionClosed()
+
+BACKENDS = ("auto", "h11", "httptools")
+MISSING_HTTPTOOLS = (
+    "--http httptools needs the httptools package: pip install 'triasgi[fast]'."
+)
+
+
+class ParsedRequest:
+    """A request head from the fast path, shaped like ``h11.Request``.
+
+    ``headers`` is a list of ``(lowercased name, value)`` pairs, which is
+    what iterating an ``h11.Request``'s headers gives.
+    """
+
+    __slots__ = ("headers", "http_version", "method", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        http_version: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+
+
+RequestHead = h11.Request | ParsedRequest
+"""A request head from either backend."""
+
+
+class _HeadCollector:
+    """The httptools callbacks for one request head."""
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+
+class HttptoolsParser:
+    """One request's parser: httptools for a plain request, h11 for the rest.
+
+    Implements what the connection uses of ``h11.Connection``:
+    ``receive_data``, ``next_event``, ``their_state``,
+    ``they_are_waiting_for_100_continue``, ``trailing_data`` and ``send``.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_h11",
+        "_keep_alive",
+        "_max_head",
+        "_remaining",
+        "_state",
+    )
+
+    def __init__(self, max_incomplete_event_size: int) -> None:
+        self._h11: h11.Connection | None = None
+        self._max_head = max_incomplete_event_size
+        self._buffer = b""
+        self._closed = False
+        self._state: Any = h11.IDLE
+        # Body bytes still to come, once the head is parsed.
+        self._remaining = 0
+        self._keep_alive = True
+
+    # -- the h11.Connection interface ----------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+        elif data:
+            self._buffer += data
+        else:
+            self._closed = True
+
+    def next_event(self) -> Any:
+        if self._h11 is not None:
+            return self._h11.next_event()
+        state = self._state
+        if state is h11.IDLE:
+            return self._next_head()
+        if state is h11.SEND_BODY:
+            return self._next_body_event()
+        # After the request, as h11 has it: the next request waits (PAUSED)
+        # for a new parser; after a request that ends the connection, more
+        # data is an error.
+        if state is h11.ERROR:
+            raise h11.RemoteProtocolError("Can't receive data when peer state is ERROR")
+        if self._buffer:
+            if state is h11.DONE:
+                return h11.PAUSED
+            self._state = h11.ERROR
+            raise h11.RemoteProtocolError("Got data when expecting EOF")
+        if self._closed:
+            self._state = h11.CLOSED
+            return _CONNECTION_CLOSED
+        return h11.NEED_DATA
+
+    @property
+    def their_state(self) -> Any:
+        if self._h11 is not None:
+            return self._h11.their_state
+        return self._state
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        # The fast path never takes a request with an Expect header.
+        if self._h11 is not None:
+            return self._h11.they_are_waiting_for_100_continue
+        return False
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        if self._h11 is not None:
+            return self._h11.trailing_data
+        return self._buffer, self._closed
+
+    def send(self, event: Any) -> bytes | None:
+        """Serialize a response event; only for requests h11 has parsed."""
+        if self._h11 is None:
+            raise h11.LocalProtocolError("The request was not parsed by h11.")
+        data: bytes | None = self._h11.send(event)
+        return data
+
+    # -- parsing -------------------------------------------------------------
+
+    def _fall_back(self) -> h11.Connection:
+        """Give the request, and all bytes from its first one on, to h11."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        if self._buffer:
+            conn.receive_data(self._buffer)
+        if self._closed:
+            conn.receive_data(b"")
+        self._buffer = b""
+        self._h11 = conn
+        return conn
+
+    def _next_head(self) -> Any:
+        buffer = self._buffer
+        if not buffer:
+            if self._closed:
+                self._state = h11.CLOSED
+                return _CONNECTION_CLOSED
+            return h11.NEED_DATA
+        end = buffer.find(b"\r\n\r\n") + 4
+        if end < 4 or _PLAIN_HEAD.fullmatch(buffer, 0, end) is None:
+            return self._fall_back().next_event()
+        collector = _HeadCollector()
+        parser = httptools.HttpRequestParser(collector)
+        try:
+            parser.feed_data(buffer[:end])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return self._fall_back().next_event()
+        headers = collector.headers
+        length = b"0"
+        lengths = hosts = 0
+        keep_alive = True
+        for name, value in headers:
+            if name == b"content-length":
+                lengths += 1
+                length = value
+            elif name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                if b"close" in [t.strip().lower() for t in value.split(b",")]:
+                    keep_alive = False
+            elif name in _H11_HEADERS:
+                return self._fall_back().next_event()
+        version = parser.get_http_version().encode("ascii")
+        method = parser.get_method()
+        if (
+            lengths > 1
+            or not (length.isdigit() and len(length) <= _MAX_LENGTH_DIGITS)
+            or hosts > 1
+            or (hosts == 0 and version == b"1.1")
+            or method == b"CONNECT"
+        ):
+            return self._fall_back().next_event()
+        self._buffer = buffer[end:]
+        self._remaining = int(length)
+        self._state = h11.SEND_BODY
+        self._keep_alive = keep_alive and version == b"1.1"
+        return ParsedRequest(method, collector.url, version, headers)
+
+    def _next_body_event(self) -> Any:
+        remaining = self._remaining
+        if not remaining:
+            self._state = h11.DONE if self._keep_alive else h11.MUST_CLOSE
+            return _END_OF_MESSAGE
+        buffer = self._buffer
+        if buffer:
+            data = buffer[:remaining]
+            self._buffer = buffer[remaining:]
+            self._remaining = remaining - len(data)
+            return h11.Data(data=data)
+        if self._closed:
+            self._state = h11.ERROR
+            raise h11.RemoteProtocolError(
+                "peer closed connection without sending complete message body: "
+                f"{remaining} bytes missing",
+                error_status_hint=400,
+            )
+        return h11.NEED_DATA
+
+
+def parser_factory(backend: str, max_head: int) -> Callable[[], Any]:
+    """A callable giving a fresh parser for each request, for ``--http``.
+
+    Raises:
+        ValueError: ``backend`` is ``"httptools"`` and httptools is missing.
+    """
+    if backend == "httptools" and httptools is None:
+        raise ValueError(MISSING_HTTPTOOLS)
+    if backend == "h11" or httptools is None:
+        return lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    return lambda: HttptoolsParser(max_head)
