@@ -244,6 +244,16 @@ def test_httptools_backend_reads_generated_requests_as_h11_does(
     _compare(pieces)
 
 
+@pytest.mark.parametrize(
+    "parser", [h11.Connection(h11.SERVER), HttptoolsParser(MAX_HEAD)]
+)
+def test_data_after_the_close_is_a_bug_for_both(parser: Any) -> None:
+    parser.receive_data(PLAIN)
+    parser.receive_data(b"")
+    with pytest.raises(RuntimeError, match="received close, then received more data"):
+        parser.receive_data(b"x")
+
+
 def test_backend_choice() -> None:
     factory = parser_factory("h11", MAX_HEAD)
     assert type(factory()) is h11.Connection

@@ -140,6 +140,8 @@ class HttptoolsParser:
         if self._h11 is not None:
             self._h11.receive_data(data)
         elif data:
+            if self._closed:
+                raise RuntimeError("received close, then received more data?")
             self._buffer += data
         else:
             self._closed = True
@@ -272,6 +274,29 @@ class HttptoolsParser:
                 error_status_hint=400,
             )
         return h11.NEED_DATA
+
+
+class _IdleParser:
+    """The parser of a connection waiting for its next request's first byte.
+
+    Shared by all idle connections, so that one holds no parser of its own;
+    the connection swaps in a real one before giving it data.
+    """
+
+    __slots__ = ()
+
+    their_state = h11.IDLE
+    they_are_waiting_for_100_continue = False
+    trailing_data = (b"", False)
+
+    def next_event(self) -> Any:
+        return h11.NEED_DATA
+
+    def receive_data(self, data: bytes) -> None:
+        raise RuntimeError("The idle parser takes no data.")
+
+
+IDLE_PARSER = _IdleParser()
 
 
 def parser_factory(backend: str, max_head: int) -> Callable[[], Any]:
