@@ -161,6 +161,54 @@ async def test_keep_alive_timeout_closes_an_idle_connection(autojump_clock):
         assert trio.current_time() - answered == pytest.approx(7)
 
 
+async def test_keep_alive_timeout_does_not_cancel_work_after_the_response(
+    autojump_clock,
+):
+    # A BackgroundTask runs after its response: the idle connection still
+    # closes at the keep-alive timeout, and the task still runs to its end.
+    log = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+        try:
+            await trio.sleep(20)
+            log.append(("finished", trio.current_time()))
+        except trio.Cancelled:
+            log.append(("cancelled", trio.current_time()))
+            raise
+
+    async with open_memory_server(app, timeout_keep_alive=7) as server:
+        async with open_memory_connection(server) as stream:
+            await stream.send_all(REQUEST)
+            assert (await stream.receive_some()).startswith(b"HTTP/1.1 204 ")
+            answered = trio.current_time()
+            assert await stream.receive_some() == b""
+            assert trio.current_time() - answered == pytest.approx(7)
+        await trio.sleep(30)
+    assert log == [("finished", pytest.approx(answered + 20))]
+
+
+async def test_each_request_restarts_the_keep_alive_timeout(autojump_clock):
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    async with open_memory_server(app, timeout_keep_alive=5) as server, \
+            open_memory_connection(server) as stream:
+        for _ in range(3):
+            await trio.sleep(4)
+            await stream.send_all(REQUEST)
+            assert (await stream.receive_some()).startswith(b"HTTP/1.1 204 ")
+        answered = trio.current_time()
+        assert await stream.receive_some() == b""
+        assert trio.current_time() - answered == pytest.approx(5)
+
+
 async def test_keep_alive_timeout_applies_before_the_first_request(autojump_clock):
     async with open_memory_server(None, lifespan="off", timeout_keep_alive=5) as server, \
             open_memory_connection(server) as stream:

@@ -7,7 +7,7 @@ import contextlib
 import httpx
 import pytest
 import trio
-from conftest import connect
+from conftest import connect, read_until_closed
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -107,3 +107,34 @@ async def test_starlette_is_disconnected_sees_the_client_leave():
             while "disconnect seen" not in log:
                 await trio.sleep(0.01)
     assert log == ["startup", "disconnect seen", "shutdown"]
+
+
+async def test_connection_closes_while_a_background_task_runs_on():
+    # The client of a response with Connection: close gets its EOF at once,
+    # not when the BackgroundTask ends; the task still runs to its end.
+    log = []
+    release = trio.Event()
+
+    async def slow(request: Request):
+        async def task():
+            await release.wait()
+            log.append("background done")
+
+        return PlainTextResponse("queued", background=BackgroundTask(task))
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    async with open_server(app) as server:
+        stream = await connect(server)
+        await stream.send_all(
+            b"GET /slow HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            response = await read_until_closed(stream)
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert response.endswith(b"\r\n\r\nqueued")
+        assert log == []
+        release.set()
+        with trio.fail_after(5):
+            while not log:
+                await trio.sleep(0.01)
+    assert log == ["background done"]

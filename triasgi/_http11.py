@@ -21,6 +21,8 @@ import logging
 import socket
 import sys
 import time
+from contextlib import nullcontext
+from functools import partial
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +39,7 @@ from ._asgi import (
     next_response_state,
     split_target,
 )
-from ._h1parse import ParsedRequest, RequestHead
+from ._h1parse import IDLE_PARSER, ParsedRequest, RequestHead
 from ._h1writer import REASON_PHRASES, ResponseError, ResponseWriter
 from ._logging import AccessEntry, log_access
 from ._proxy import apply_proxy_headers
@@ -65,6 +67,41 @@ _LINGER_SECONDS = 1.0
 _MAX_DISCARD = 1024 * 1024
 
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
+
+
+class _Waiters:
+    """Tasks waiting for a connection's state to change: a minimal ParkingLot.
+
+    A connection has two of these and rarely more than one task in either,
+    so a list stands in for ParkingLot's ordered dict; it is the difference
+    between under and over 10 KiB per idle connection (docs/performance.md).
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: list[trio.lowlevel.Task] | None = None
+
+    async def park(self) -> None:
+        """Wait until :meth:`unpark_all` is called (or the task is cancelled)."""
+        task = trio.lowlevel.current_task()
+        if self._tasks is None:
+            self._tasks = [task]
+        else:
+            self._tasks.append(task)
+        await trio.lowlevel.wait_task_rescheduled(partial(self._abort, task))
+
+    def _abort(self, task: trio.lowlevel.Task, _: Any) -> trio.lowlevel.Abort:
+        if self._tasks is not None:
+            self._tasks.remove(task)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def unpark_all(self) -> None:
+        tasks = self._tasks
+        if tasks is not None:
+            self._tasks = None
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
 
 
 class _RequestCycle:
@@ -307,15 +344,16 @@ class HTTP11Connection:
         self.sockname = sockname
         self.scheme = scheme
         self.tls = tls
-        self.parser = server.new_parser()
+        self.parser: Any = IDLE_PARSER
         self.closing = False
         self._max_head = server.config.h11_max_incomplete_event_size
         self._inbox = bytearray()
         self._eof = False
         self._eof_fed = False
-        self._reader_lot = trio.lowlevel.ParkingLot()
-        self._data_lot = trio.lowlevel.ParkingLot()
-        self._reader_scope = trio.CancelScope()
+        # The reader parks in one while the inbox is full; the tasks that take
+        # from the inbox park in the other until there is more or EOF.
+        self._reader_lot = _Waiters()
+        self._data_lot = _Waiters()
         # The plain socket under a plain trio SocketStream (not TLS, not an
         # in-memory stream), for the fast path of write().
         raw = getattr(getattr(stream, "socket", None), "_sock", None)
@@ -325,6 +363,8 @@ class HTTP11Connection:
             else None
         )
         self._lingering = False
+        self._apps_running = 0
+        self._apps_done = _Waiters()
         self._nursery: trio.Nursery | None = None
         self._cancel_requested = False
         self._cycle: _RequestCycle | None = None
@@ -345,7 +385,15 @@ class HTTP11Connection:
                     await self._request_loop()
                 finally:
                     await self._close()
-                    self._reader_scope.cancel()
+                if self._apps_running:
+                    # An app call outlives its response (a BackgroundTask):
+                    # the client is done with, so it is not kept waiting for
+                    # the connection to close; the task runs on.
+                    await trio.aclose_forcefully(self.stream)
+                    while self._apps_running:
+                        await self._apps_done.park()
+                # The reader is the only task left.
+                nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -417,26 +465,36 @@ class HTTP11Connection:
     # -- reading -------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        with self._reader_scope:
-            while True:
-                while len(self._inbox) >= _HIGH_WATER and not self._lingering:
-                    await self._reader_lot.park()
-                try:
-                    data = await self.stream.receive_some(_READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self.client_gone()
-                    return
-                if not self._lingering:
-                    self._inbox += data
-                    self._data_lot.unpark_all()
+        # On a plain socket, read from trio's socket directly: the stream's
+        # layers (a conflict detector, an error-translating context manager)
+        # cost time per read and memory per idle connection, for nothing
+        # here, where this is the only task that reads.
+        receive = (
+            self.stream.socket.recv  # type: ignore[attr-defined]
+            if self._raw_socket is not None
+            else self.stream.receive_some
+        )
+        while True:
+            while len(self._inbox) >= _HIGH_WATER and not self._lingering:
+                await self._reader_lot.park()
+            try:
+                data = await receive(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                self.client_gone()
+                return
+            if not self._lingering:
+                self._inbox += data
+                self._data_lot.unpark_all()
 
     def _feed(self) -> bool:
         """Move what the reader has into h11; False if there was nothing."""
         if self._eof_fed:
             self._inbox.clear()
             return False
+        if self.parser is IDLE_PARSER and (self._inbox or self._eof):
+            self.parser = self.server.new_parser()
         if self._inbox:
             self.parser.receive_data(bytes(self._inbox))
             self._inbox.clear()
@@ -487,25 +545,52 @@ class HTTP11Connection:
         never ends): those return the status to answer with, 408 or 414.
         """
         config = self.server.config
-        head_started = False
-        with trio.move_on_after(config.timeout_keep_alive) as scope:
+        event = self.next_event_nowait()
+        if event is not h11.NEED_DATA:
+            return event
+        if self.closing:
+            return None
+        if not self.parser.trailing_data[0]:
+            # Idle.  With no app call running, the keep-alive deadline is the
+            # connection nursery's own: when it passes the connection ends,
+            # and an idle connection holds no cancel scope of its own (see
+            # docs/performance.md on memory).  A BackgroundTask still running
+            # must not be cancelled by it, so then a scope of its own does.
+            assert self._nursery is not None
+            if self._apps_running:
+                scope = trio.move_on_after(config.timeout_keep_alive)
+                entered: Any = scope
+            else:
+                scope = self._nursery.cancel_scope
+                scope.deadline = trio.current_time() + config.timeout_keep_alive
+                entered = nullcontext()
+            try:
+                with entered:
+                    while not (self._inbox or self._eof or self.closing):
+                        await self._data_lot.park()
+            finally:
+                scope.deadline = inf
+            if scope.cancelled_caught:
+                return None
+            event = self.next_event_nowait()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.closing:
+                return None
+        # Part of a head is here; the common case, a head that arrives
+        # whole, never gets this far.
+        with trio.move_on_after(config.timeout_request_header):
             while True:
+                pending = self.parser.trailing_data[0]
+                if _request_line_too_long(pending, config.limit_request_line):
+                    return 414
+                await self._data_lot.park()
                 event = self.next_event_nowait()
                 if event is not h11.NEED_DATA:
                     return event
                 if self.closing:
                     return None
-                pending = self.parser.trailing_data[0]
-                if pending:
-                    if not head_started:
-                        head_started = True
-                        scope.deadline = (
-                            trio.current_time() + config.timeout_request_header
-                        )
-                    if _request_line_too_long(pending, config.limit_request_line):
-                        return 414
-                await self._data_lot.park()
-        return 408 if head_started else None
+        return 408
 
     # -- writing -------------------------------------------------------------
 
@@ -641,6 +726,7 @@ class HTTP11Connection:
 
     async def _run_app(self, cycle: _RequestCycle) -> None:
         server = self.server
+        self._apps_running += 1
         try:
             await server.app(cycle.scope, cycle.receive, cycle.send)
         except Exception as exc:
@@ -648,6 +734,9 @@ class HTTP11Connection:
         else:
             cycle.app_returned(None)
         finally:
+            self._apps_running -= 1
+            if not self._apps_running:
+                self._apps_done.unpark_all()
             server.release_request()
             cycle.finished.set()
 
@@ -659,6 +748,9 @@ class HTTP11Connection:
         parser, and bytes already received (a pipelined request) move over.
         """
         data, closed = self.parser.trailing_data
+        if not data and not closed:
+            self.parser = IDLE_PARSER
+            return
         self.parser = self.server.new_parser()
         if data:
             self.parser.receive_data(data)
