@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 #: The server every ratio is taken against.
 BASELINE = "uvicorn-h11"
 
-#: The goals of the issue: (hello GET req/s ratio, hello p99 ratio, KiB/conn).
+#: The goals of the issue: (hello GET req/s ratio, hello p99 ratio, KiB/conn),
+#: and the httptools parser's req/s ratio to uvicorn with httptools and uvloop.
 MIN_HELLO_RATIO = 1.0
+MIN_HTTPTOOLS_RATIO = 0.8
 MAX_HELLO_P99_RATIO = 1.0
 MAX_IDLE_KIB = 10.0
 
@@ -253,6 +255,20 @@ def goals(results: Results, server: str = "triasgi", hello: str = "hello") -> li
         lines.append(f"hello GET p99 no worse than {BASELINE}: {verdict} ({r99:.2f}x)")
     else:
         lines.append("hello GET against the baseline: not measured")
+    fast = results.http.get((hello, "triasgi-httptools"))
+    peer = results.http.get((hello, "uvicorn-httptools"))
+    if fast and peer:
+        f, p = summarize(fast), summarize(peer)
+        r = ratio(f.requests_per_s, p.requests_per_s)
+        cpu = ratio(f.cpu_us_per_request, p.cpu_us_per_request)
+        if r is not None:
+            verdict = "met" if r >= MIN_HTTPTOOLS_RATIO else "missed"
+            cpu_note = f"; server CPU per request {cpu:.2f}x" if cpu is not None else ""
+            lines.append(
+                f"triasgi-httptools hello GET req/s at least "
+                f"{MIN_HTTPTOOLS_RATIO:.1f}x uvicorn-httptools: {verdict} "
+                f"({r:.2f}x{cpu_note})"
+            )
     idle = _median(results.memory.get(server))
     if idle is not None:
         kib = idle / 1024

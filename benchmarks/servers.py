@@ -27,20 +27,30 @@ KEEP_ALIVE_SECONDS = 300
 BACKLOG = 4096
 
 
+# triasgi: the default h11 parser; triasgi-httptools: --http httptools;
+# triasgi-asyncio: the same app as asyncio code on a trio-asyncio loop
+# (--loop asyncio), to measure what the bridge costs.
+_TRIASGI_FLAVOURS = {
+    "triasgi": ["--http", "h11"],
+    "triasgi-httptools": ["--http", "httptools"],
+    "triasgi-asyncio": ["--http", "h11", "--loop", "asyncio"],
+}
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """A server and how to run the benchmark app under it."""
 
     name: str
     websocket: bool  # whether it takes part in the WebSocket scenario
+    # The HTTP scenarios it can serve, when not all of them.
+    only: tuple[str, ...] | None = None
 
     def command(self, port: int) -> list[str]:
         py = sys.executable
         host = "127.0.0.1"
-        if self.name in ("triasgi", "triasgi-asyncio"):
-            # triasgi-asyncio: the same app as asyncio code on a trio-asyncio
-            # loop (--loop asyncio), to measure what the bridge costs.
-            loop = ["--loop", "asyncio"] if self.name == "triasgi-asyncio" else []
+        if self.name in _TRIASGI_FLAVOURS:
+            flavour = _TRIASGI_FLAVOURS[self.name]
             return [
                 py,
                 "-m",
@@ -57,7 +67,7 @@ class ServerSpec:
                 str(KEEP_ALIVE_SECONDS),
                 "--backlog",
                 str(BACKLOG),
-                *loop,
+                *flavour,
             ]
         if self.name.startswith("uvicorn-"):
             flavour = {
@@ -89,6 +99,18 @@ class ServerSpec:
                 "--backlog",
                 str(BACKLOG),
             ]
+        if self.name == "trio-floor":
+            return [
+                py,
+                "-m",
+                "benchmarks.floor",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--backlog",
+                str(BACKLOG),
+            ]
         if self.name == "hypercorn-trio":
             # -w 0 serves in this process rather than in a spawned worker.
             return [
@@ -116,10 +138,13 @@ SERVERS = {
     spec.name: spec
     for spec in [
         ServerSpec("triasgi", websocket=True),
+        ServerSpec("triasgi-httptools", websocket=False),
         ServerSpec("uvicorn-h11", websocket=True),
         ServerSpec("uvicorn-httptools", websocket=False),
         ServerSpec("hypercorn-trio", websocket=False),
         ServerSpec("triasgi-asyncio", websocket=False),
+        # The bound on any trio server (benchmarks/floor.py).
+        ServerSpec("trio-floor", websocket=False, only=("hello",)),
     ]
 }
 

@@ -124,6 +124,30 @@ def test_goals_say_met_or_missed() -> None:
     ]
 
 
+def test_httptools_goal_compares_with_uvicorn_httptools() -> None:
+    results = Results(servers=["triasgi-httptools", "uvicorn-httptools"])
+    results.add_http(
+        "hello",
+        "triasgi-httptools",
+        HttpSample(700.0, 2.0, 9.0, requests=700, cpu_seconds=0.7),
+    )
+    results.add_http(
+        "hello",
+        "uvicorn-httptools",
+        HttpSample(1000.0, 1.0, 5.0, requests=1000, cpu_seconds=0.5),
+    )
+    assert (
+        "triasgi-httptools hello GET req/s at least 0.8x uvicorn-httptools: "
+        "missed (0.70x; server CPU per request 2.00x)"
+    ) in goals(results)
+    results.add_http("hello", "triasgi-httptools", HttpSample(900.0, 2.0, 9.0))
+    results.add_http("hello", "triasgi-httptools", HttpSample(900.0, 2.0, 9.0))
+    assert any(
+        line.startswith("triasgi-httptools") and ": met (0.90x" in line
+        for line in goals(results)
+    )
+
+
 def test_a_cell_without_responses_shows_no_latency() -> None:
     results = Results(servers=["triasgi", BASELINE])
     results.add_http("stream", BASELINE, HttpSample(100.0, 50.0, 90.0))
