@@ -151,3 +151,27 @@ def test_too_much_and_too_little_body_are_errors():
     with pytest.raises(ResponseError, match="shorter"):
         writer.end()
     assert not writer.keep_alive
+
+
+def test_server_defaults_go_out_unless_the_app_set_the_header():
+    defaults = [(b"server", b"server: triasgi\r\n"), (b"x-team", b"x-team: infra\r\n")]
+    headers = [(b"X-Team", b"app"), (b"content-type", b"text/plain")]
+    outputs = []
+    for _ in range(2):  # the second time from the checked-lines cache
+        writer = ResponseWriter(http_version=b"1.1", head_only=False, keep_alive=True)
+        outputs.append(writer.head(200, b"OK", headers, defaults=defaults))
+    assert outputs[0] == outputs[1]
+    response, _, _ = parse(b"GET 1.1", outputs[0] + b"0\r\n\r\n")
+    assert list(response.headers) == [
+        (b"x-team", b"app"),
+        (b"content-type", b"text/plain"),
+        (b"server", b"triasgi"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+
+
+def test_a_bad_header_is_refused_every_time():
+    for _ in range(2):
+        writer = ResponseWriter(http_version=b"1.1", head_only=False, keep_alive=True)
+        with pytest.raises(ResponseError):
+            writer.head(200, b"OK", [(b"x-a", b"one\r\ninjected: yes")])

@@ -16,12 +16,19 @@ hot path and the rules are few (RFC 9112 section 6 and RFC 9110 section
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from http import HTTPStatus
 
 # RFC 9110 section 5.1 (token) and 5.5 (field value: no CR, LF or NUL).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 _NO_BODY_STATUS = frozenset({204, 304})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# Header lines already checked, by (name, value) as the app gave them: apps
+# send the same content-type and the like with every response.  Framing
+# headers are never in it.  Cleared when full, so it stays small.
+_checked_lines: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_CHECKED_LINES_MAX = 512
 
 #: Reason phrases for status lines: Python's table, with the RFC 9110 names
 #: that older Pythons still spell the RFC 7231 way, so every version agrees.
@@ -72,11 +79,14 @@ class ResponseWriter:
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
         *,
+        defaults: Sequence[tuple[bytes, bytes]] = (),
         final_body: bytes | None = None,
     ) -> bytes:
         """The status line and headers.
 
         Args:
+            defaults: the server's own headers, as ``(lowercased name, whole
+                header line)``; each goes out unless the app set that header.
             final_body: the whole body, when it is known now: it gets a
                 ``content-length`` instead of chunked framing.
 
@@ -87,12 +97,27 @@ class ResponseWriter:
         no_body_status = status in _NO_BODY_STATUS or status < 200
         self._no_body = self._head_only or no_body_status
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        names = []
         length: bytes | None = None
         close = not self.keep_alive
-        for name, value in headers:
+        for header in headers:
+            known = _checked_lines.get(header)
+            if known is not None:
+                names.append(known[0])
+                lines.append(known[1])
+                continue
+            name, value = header
             if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise ResponseError(f"Invalid response header {name!r}: {value!r}")
             lower = name.lower()
+            names.append(lower)
+            if lower not in _FRAMING:
+                line = b"%s: %s\r\n" % (name, value)
+                lines.append(line)
+                if len(_checked_lines) >= _CHECKED_LINES_MAX:
+                    _checked_lines.clear()
+                _checked_lines[name, value] = (lower, line)
+                continue
             if lower == b"content-length":
                 value = value.strip()
                 if not value.isdigit() or (length is not None and value != length):
@@ -107,6 +132,9 @@ class ResponseWriter:
                     continue
                 # Hop-by-hop tokens other than close are kept as given.
             lines.append(b"%s: %s\r\n" % (name, value))
+        for name, line in defaults:
+            if name not in names:
+                lines.append(line)
         if no_body_status:
             # RFC 9110 section 8.6: a 304 may carry the length the GET would
             # have; 1xx and 204 carry none.

@@ -275,7 +275,8 @@ class _RequestCycle:
         return self._writer.head(
             self.status,
             REASON_PHRASES.get(self.status, b""),
-            conn.server.response_headers(self._start_headers),
+            self._start_headers,
+            defaults=conn.server.default_header_lines(),
             final_body=final_body,
         )
 

@@ -90,6 +90,12 @@ class Server:
         self._first_request_grace = first_request_grace
         self._connections_closing = False
         self._static_headers = self._make_static_headers()
+        self._static_lines = [
+            (name, b"%s: %s\r\n" % (name, value))
+            for name, value in self._static_headers
+        ]
+        self._default_lines = self._static_lines
+        self._lines_second = -1
         self.new_parser = parser_factory(
             self.config.http, self.config.h11_max_incomplete_event_size
         )
@@ -271,6 +277,23 @@ class Server:
             present = {name.lower() for name, _ in headers}
             defaults = [pair for pair in defaults if pair[0] not in present]
         return [*headers, *defaults]
+
+    def default_header_lines(self) -> list[tuple[bytes, bytes]]:
+        """The server's default headers for ResponseWriter.head: ``(name, line)``.
+
+        Serialized once (the date once a second), since they are the same
+        for every response.
+        """
+        if self.config.date_header:
+            now = int(time.time())
+            if now != self._lines_second:
+                self._lines_second = now
+                date = formatdate(now, usegmt=True).encode()
+                self._default_lines = [
+                    (b"date", b"date: %s\r\n" % date),
+                    *self._static_lines,
+                ]
+        return self._default_lines
 
     def _make_static_headers(self) -> list[tuple[bytes, bytes]]:
         headers = []
