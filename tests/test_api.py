@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import pytest
+import trio
 
 import triasgi
 import triasgi.testing
@@ -54,3 +56,16 @@ def test_bad_settings_raise_one_sentence(settings, message):
 def test_default_headers_are_parsed_once():
     config = Config(headers=["X-A: 1", "x-b:two words"])
     assert config.default_headers == [(b"x-a", b"1"), (b"x-b", b"two words")]
+
+
+async def test_serve_leaves_the_embedding_programs_collector_alone(hello):
+    # The CLI freezes startup objects out of garbage collection; serve() is
+    # a guest in someone else's process and does not.
+    before = gc.get_freeze_count()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            triasgi.serve, hello, Config(port=0, lifespan="off")
+        )
+        assert server.addresses
+        nursery.cancel_scope.cancel()
+    assert gc.get_freeze_count() == before == 0

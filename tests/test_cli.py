@@ -312,6 +312,32 @@ async def test_http_auto_without_httptools_serves_with_h11(
     assert await running.wait() == 0
 
 
+async def test_objects_from_startup_are_frozen_out_of_garbage_collection(
+    start_cli, app_dir
+):
+    # A full collection then scans only what serving allocates (the p99
+    # latency of docs/performance.md).
+    (app_dir / "gcapp.py").write_text(textwrap.dedent(
+        """
+        import gc
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body",
+                        "body": str(gc.get_freeze_count()).encode()})
+        """
+    ))
+    running = await start_cli("gcapp:app", "--port", "0")
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        frozen = int((await client.get(url)).text)
+    assert frozen > 1000
+    running.process.send_signal(signal.SIGINT)
+    assert await running.wait() == 0
+
+
 def test_version_text_and_help_list_every_setting():
     out = subprocess.run(
         [sys.executable, "-m", "triasgi", "--version"], capture_output=True, text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from typing import Any
@@ -76,6 +77,7 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                 nursery.cancel_scope.cancel()
             else:
                 started.set()
+                freeze_startup_objects()
                 for address in server.addresses:
                     logger.info(
                         "Listening on %s (press CTRL+C to quit)",
@@ -83,6 +85,18 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                     )
     if failure is not None:
         raise failure
+
+
+def freeze_startup_objects() -> None:
+    """Keep what startup created (modules, the app) out of garbage collections.
+
+    For a process the CLI owns, once the server listens.  A full collection
+    then scans only what serving allocates: on the hello benchmark its pause
+    drops from about 20 ms to about 1 ms, which was most of the p99 latency
+    (docs/performance.md).  ``serve()`` leaves the embedding program's
+    collector alone.
+    """
+    gc.freeze()
 
 
 async def serve_then_stop(

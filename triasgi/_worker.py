@@ -37,7 +37,7 @@ import trio
 from ._config import Config
 from ._importer import AppImportError, load_app
 from ._logging import LogConfigError, configure_logging
-from ._run import serve_then_stop
+from ._run import freeze_startup_objects, serve_then_stop
 from ._server import Server, StartupError
 
 logger = logging.getLogger("triasgi.error")
@@ -135,6 +135,7 @@ async def _serve_reporting(
                 nursery.cancel_scope.cancel()
                 return EXIT_STARTUP_FAILED
             started.set()
+            freeze_startup_objects()
             await reports.send("ready")
             nursery.start_soon(_heartbeat, reports, server, heartbeat_interval(config))
             nursery.start_soon(_ask_to_retire, reports, retire)
