@@ -21,6 +21,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from contextlib import nullcontext
 from functools import partial
 from math import inf
@@ -82,14 +83,21 @@ class _Waiters:
     def __init__(self) -> None:
         self._tasks: list[trio.lowlevel.Task] | None = None
 
-    async def park(self) -> None:
-        """Wait until :meth:`unpark_all` is called (or the task is cancelled)."""
+    def park(self) -> Awaitable[object]:
+        """Wait until :meth:`unpark_all` is called (or the task is cancelled).
+
+        Use as ``await waiters.park()``.  Not a coroutine function itself, so
+        that a parked task holds one frame fewer.
+        """
         task = trio.lowlevel.current_task()
         if self._tasks is None:
             self._tasks = [task]
         else:
             self._tasks.append(task)
-        await trio.lowlevel.wait_task_rescheduled(partial(self._abort, task))
+        # The caller awaits it at once: that is the contract of park().
+        return trio.lowlevel.wait_task_rescheduled(  # noqa: ASYNC105
+            partial(self._abort, task)
+        )
 
     def _abort(self, task: trio.lowlevel.Task, _: Any) -> trio.lowlevel.Abort:
         if self._tasks is not None:
@@ -329,6 +337,33 @@ def _is_disconnect(exc: BaseException) -> bool:
 class HTTP11Connection:
     """Serves HTTP/1.1 requests on one stream until either side closes it."""
 
+    # Slots: every idle connection holds one of these.
+    __slots__ = (
+        "_apps_done",
+        "_apps_running",
+        "_cancel_requested",
+        "_cycle",
+        "_data_lot",
+        "_eof",
+        "_eof_fed",
+        "_idle",
+        "_inbox",
+        "_lingering",
+        "_max_head",
+        "_nursery",
+        "_raw_socket",
+        "_reader_lot",
+        "_websocket",
+        "client",
+        "closing",
+        "parser",
+        "scheme",
+        "server",
+        "sockname",
+        "stream",
+        "tls",
+    )
+
     def __init__(
         self,
         server: Server,
@@ -348,7 +383,9 @@ class HTTP11Connection:
         self.parser: Any = IDLE_PARSER
         self.closing = False
         self._max_head = server.config.h11_max_incomplete_event_size
-        self._inbox = bytearray()
+        # What the reader has received and nobody has taken yet.  bytes, not
+        # a bytearray: the usual single read is then handed on without a copy.
+        self._inbox = b""
         self._eof = False
         self._eof_fed = False
         # The reader parks in one while the inbox is full; the tasks that take
@@ -458,7 +495,7 @@ class HTTP11Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                 return
             self._lingering = True
-            self._inbox.clear()
+            self._inbox = b""
             self._reader_lot.unpark_all()
             while not self._eof:
                 await self._data_lot.park()
@@ -492,13 +529,13 @@ class HTTP11Connection:
     def _feed(self) -> bool:
         """Move what the reader has into h11; False if there was nothing."""
         if self._eof_fed:
-            self._inbox.clear()
+            self._inbox = b""
             return False
         if self.parser is IDLE_PARSER and (self._inbox or self._eof):
             self.parser = self.server.new_parser()
         if self._inbox:
-            self.parser.receive_data(bytes(self._inbox))
-            self._inbox.clear()
+            self.parser.receive_data(self._inbox)
+            self._inbox = b""
             self._reader_lot.unpark_all()
             return True
         if self._eof and not self._eof_fed:
@@ -532,8 +569,8 @@ class HTTP11Connection:
         await trio.lowlevel.checkpoint()
         while not self._inbox and not self._eof:
             await self._data_lot.park()
-        data = bytes(self._inbox)
-        self._inbox.clear()
+        data = self._inbox
+        self._inbox = b""
         self._reader_lot.unpark_all()
         return data
 
