@@ -352,6 +352,7 @@ class HTTP11Connection:
         "_max_head",
         "_nursery",
         "_raw_socket",
+        "_reader_done",
         "_reader_lot",
         "_websocket",
         "client",
@@ -401,6 +402,8 @@ class HTTP11Connection:
             else None
         )
         self._lingering = False
+        # Set when the reader task has handed reading over (WebSocket).
+        self._reader_done = False
         self._apps_running = 0
         self._apps_done = _Waiters()
         self._nursery: trio.Nursery | None = None
@@ -494,8 +497,13 @@ class HTTP11Connection:
                 await self.stream.send_eof()  # type: ignore[attr-defined]
             except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                 return
-            self._lingering = True
             self._inbox = b""
+            if self._reader_done:
+                while await self._receive_directly():
+                    pass
+                self._eof = True
+                return
+            self._lingering = True
             self._reader_lot.unpark_all()
             while not self._eof:
                 await self._data_lot.park()
@@ -525,6 +533,10 @@ class HTTP11Connection:
             if not self._lingering:
                 self._inbox += data
                 self._data_lot.unpark_all()
+            if self._websocket is not None:
+                # The WebSocket session reads from here on (receive_bytes).
+                self._reader_done = True
+                return
 
     def _feed(self) -> bool:
         """Move what the reader has into h11; False if there was nothing."""
@@ -560,12 +572,19 @@ class HTTP11Connection:
             await self._data_lot.park()
 
     async def receive_bytes(self) -> bytes:
-        """Take what the reader has buffered, waiting for some; b"" at EOF.
+        """The next bytes from the client, waiting for some; b"" at EOF.
 
-        For a protocol that takes the connection over from h11 (WebSocket):
-        the reader stays the only task that reads the socket, so the EOF
-        check and the buffer bound stay in one place.
+        For a protocol that takes the connection over from h11 (WebSocket),
+        whose task reads all the time anyway and so notices a disconnect at
+        once.  The reader task hands over: it stops after its next read
+        (see ``_read_loop``), and from then on this reads the stream itself,
+        which saves a task switch per message.
         """
+        if self._reader_done and not self._inbox and not self._eof:
+            data = await self._receive_directly()
+            if not data:
+                self.client_gone()
+            return data
         await trio.lowlevel.checkpoint()
         while not self._inbox and not self._eof:
             await self._data_lot.park()
@@ -573,6 +592,17 @@ class HTTP11Connection:
         self._inbox = b""
         self._reader_lot.unpark_all()
         return data
+
+    async def _receive_directly(self) -> bytes:
+        """One read of the stream, for when the reader task has stopped."""
+        try:
+            if self._raw_socket is not None:
+                data = await self.stream.socket.recv(_READ_SIZE)  # type: ignore[attr-defined]
+            else:
+                data = await self.stream.receive_some(_READ_SIZE)
+            return bytes(data)  # no copy for bytes, which is what a socket gives
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
 
     async def _next_request(self) -> Any:
         """Wait for the next request head; None when the connection should end.
