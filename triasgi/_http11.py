@@ -112,6 +112,29 @@ class _Waiters:
                 trio.lowlevel.reschedule(task)
 
 
+class _Flag(_Waiters):
+    """A trio.Event for one connection's own tasks, without its ParkingLot.
+
+    Two of these are made for every request.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        self.unpark_all()
+
+    async def wait(self) -> None:
+        if self._set:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self.park()
+
+
 class _RequestCycle:
     """One request and its response: the ``receive``/``send`` pair of an app call."""
 
@@ -135,9 +158,9 @@ class _RequestCycle:
         self.started_at = time.perf_counter()
         # Set when the response is complete or the app has returned: the
         # request loop waits on it.
-        self.finished = trio.Event()
+        self.finished = _Flag()
         # Set when receive() should stop waiting: disconnect or response done.
-        self.released = trio.Event()
+        self.released = _Flag()
         self._head_sent = False
         # Whether any byte of the response may have reached the wire; until
         # then a failing app can still get a clean 500 instead.
