@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import trio
+import trio.testing
 
-from benchmarks import harness, wrk, wsload
+from benchmarks import floor, harness, wrk, wsload
 from benchmarks.report import (
     BASELINE,
     HttpSample,
@@ -223,3 +225,19 @@ def test_websocket_client_splits_server_frames() -> None:
     stream += wsload.server_frame(0x1, b"tail")[:3]  # incomplete
     assert wsload.take_frames(stream) == [(0x1, b"hi"), (0x9, big)]
     assert stream == wsload.server_frame(0x1, b"tail")[:3]
+
+
+async def test_floor_answers_every_request_head_on_a_keep_alive_connection():
+    client, server = trio.testing.memory_stream_pair()
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(floor._serve, server)
+        # Two pipelined heads, then a third one split across two writes.
+        await client.send_all(request * 2)
+        await client.send_all(request[:10])
+        await client.send_all(request[10:])
+        received = b""
+        while received.count(b"HTTP/1.1 200 OK") < 3:
+            received += await client.receive_some()
+        await client.aclose()
+    assert received == floor.RESPONSE * 3
