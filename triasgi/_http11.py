@@ -774,7 +774,7 @@ class HTTP11Connection:
                 )
                 await self._send_error(status)
                 return
-            if is_websocket_upgrade(event):
+            if head.upgrade and is_websocket_upgrade(event):
                 self._websocket = WebSocketSession(self, event)
                 await self._websocket.run()
                 return
@@ -941,13 +941,18 @@ _FORWARDING = frozenset(
         b"x-forwarded-port",
     }
 )
-_NOTABLE = _FORWARDING | {b"transfer-encoding", b"content-length", b"connection"}
+_NOTABLE = _FORWARDING | {
+    b"transfer-encoding",
+    b"content-length",
+    b"connection",
+    b"upgrade",
+}
 
 
 class _Head:
     """What one pass over a request head found."""
 
-    __slots__ = ("forwarded", "headers", "keep_alive", "problem")
+    __slots__ = ("forwarded", "headers", "keep_alive", "problem", "upgrade")
 
     def __init__(
         self,
@@ -955,11 +960,14 @@ class _Head:
         problem: tuple[int, str] | None,
         keep_alive: bool,
         forwarded: bool,
+        upgrade: bool,
     ) -> None:
         self.headers = headers
         self.problem = problem
         self.keep_alive = keep_alive
         self.forwarded = forwarded
+        # Whether it has an Upgrade header, which a WebSocket request has.
+        self.upgrade = upgrade
 
 
 def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
@@ -991,7 +999,7 @@ def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
     size = len(request.method) + len(request.target) + 12
     field_limit = config.limit_request_field_size
     too_large_field = b""
-    has_te = has_cl = forwarded = False
+    has_te = has_cl = forwarded = upgrade = False
     keep_alive = request.http_version == b"1.1"
     for name, value in headers:
         field = len(name) + len(value) + 2
@@ -1006,6 +1014,8 @@ def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
             elif name == b"connection":
                 if b"close" in value.lower():
                     keep_alive = False
+            elif name == b"upgrade":
+                upgrade = True
             else:
                 forwarded = True
     problem: tuple[int, str] | None = None
@@ -1021,4 +1031,4 @@ def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
         problem = 431, f"{len(headers)} header fields"
     elif too_large_field:
         problem = 431, f"header field {too_large_field!r} over {field_limit} bytes"
-    return _Head(headers, problem, keep_alive, forwarded)
+    return _Head(headers, problem, keep_alive, forwarded, upgrade)
