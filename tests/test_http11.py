@@ -580,3 +580,39 @@ async def test_send_to_a_reset_connection_raises_client_disconnected():
             while not outcome:
                 await trio.sleep(0.01)
     assert outcome == [triasgi.ClientDisconnected]
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+async def test_large_body_reaches_a_slow_reader_whole_and_in_order(chunks):
+    # Larger than the socket buffers: the kernel takes part of the head and
+    # body, and the rest follows as the client reads.
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    parts = [body[i::chunks] for i in range(chunks)] if chunks > 1 else [body]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"%d" % sum(map(len, parts)))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part,
+                        "more_body": i < len(parts) - 1})
+
+    async with open_server(app) as server:
+        client = H11Client(await connect(server))
+        await client.request()
+        await trio.sleep(0.2)  # let the server fill the socket buffers first
+        reply = await client.response()
+        await client.stream.aclose()
+    assert reply.status == 200
+    assert reply.body == b"".join(parts)
+
+
+def test_write_leftovers_are_views_of_what_was_not_sent():
+    from triasgi._http11 import _after
+
+    parts = (b"head", b"0123456789", b"end")
+    assert [bytes(v) for v in _after(parts, 0)] == [b"head", b"0123456789", b"end"]
+    assert [bytes(v) for v in _after(parts, 6)] == [b"23456789", b"end"]
+    assert [bytes(v) for v in _after(parts, 14)] == [b"end"]
+    assert [bytes(v) for v in _after(parts, 17)] == []

@@ -66,6 +66,9 @@ _LINGER_SECONDS = 1.0
 # Unread request body we are willing to read and discard to keep a keep-alive
 # connection open after the app has responded without reading it all.
 _MAX_DISCARD = 1024 * 1024
+# From this many bytes on, the parts of one write go to the kernel as they
+# are instead of being joined first.
+_VECTORED_WRITE_SIZE = 64 * 1024
 
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 
@@ -282,7 +285,7 @@ class _RequestCycle:
         self.state = new_state
         self.head_written = True
         if chunks:
-            await conn.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            await conn.write(*chunks)
         else:
             await trio.lowlevel.checkpoint()
         if new_state is ResponseState.DONE:
@@ -685,13 +688,22 @@ class HTTP11Connection:
 
     # -- writing -------------------------------------------------------------
 
-    async def write(self, data: bytes) -> None:
-        """Send ``data``; a client that does not take it in time is dropped.
+    async def write(self, *parts: bytes) -> None:
+        """Send ``parts`` in order; a client that does not take them in time
+        is dropped.
 
-        A WebSocket session is left to its own liveness rules (pings, and
-        backpressure that waits for a slow reader), so ``timeout_write``
-        bounds HTTP responses only.
+        Small parts are joined into one buffer; large ones go to the kernel
+        as they are (one ``sendmsg``), so a 1 MiB body is not copied to put
+        a response head in front of it.  A WebSocket session is left to its
+        own liveness rules (pings, and backpressure that waits for a slow
+        reader), so ``timeout_write`` bounds HTTP responses only.
         """
+        if len(parts) == 1:
+            data: bytes = parts[0]
+            size = len(data)
+        else:
+            size = sum(map(len, parts))
+            data = b"".join(parts) if size < _VECTORED_WRITE_SIZE else b""
         raw = self._raw_socket
         if raw is not None:
             # The common case: the kernel takes it all at once.  This is
@@ -701,25 +713,29 @@ class HTTP11Connection:
             # when the write did not wait.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                sent = raw.send(data)
+                sent = raw.send(data) if data else raw.sendmsg(parts)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 self.client_gone()
                 raise ClientDisconnected("The client has disconnected.") from exc
             await trio.lowlevel.cancel_shielded_checkpoint()
-            if sent == len(data):
+            if sent == size:
                 return
-            data = data[sent:]
+        else:
+            sent = 0
+        # What is left, as views: no copies of large buffers.
+        left = [memoryview(data)[sent:]] if data else _after(parts, sent)
         timeout = self.server.config.timeout_write if self._websocket is None else inf
         try:
             with trio.move_on_after(timeout) as scope:
-                await self.stream.send_all(data)
+                for view in left:
+                    await self.stream.send_all(view)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.client_gone()
             raise ClientDisconnected("The client has disconnected.") from exc
         if scope.cancelled_caught:
-            # Part of ``data`` may be on the wire: the stream is unusable now.
+            # Part of the data may be on the wire: the stream is unusable now.
             logger.debug("Dropping %s: no data taken in %gs.", self.client, timeout)
             self.client_gone()
             raise ClientDisconnected("The client stopped reading.")
@@ -919,6 +935,18 @@ class HTTP11Connection:
             response_headers=cycle._start_headers,
         )
         log_access(self.server.access_format, entry)
+
+
+def _after(parts: tuple[bytes, ...], sent: int) -> list[memoryview]:
+    """Views of what is left of ``parts`` once ``sent`` bytes have gone."""
+    left = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        left.append(memoryview(part)[sent:])
+        sent = 0
+    return left
 
 
 def _request_line_too_long(pending: bytes, limit: int) -> bool:
