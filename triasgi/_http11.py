@@ -5,14 +5,16 @@ both give h11's events.
 
 Shape of a connection (see DESIGN.md)::
 
-    connection nursery (its cancel scope gets the disconnect deadline)
+    connection nursery (its cancel scope gets the disconnect deadline, and
+    │                   the keep-alive deadline while the connection is idle)
     ├── reader: socket -> inbox, the only task that reads; notices EOF at once
     ├── request loop: inbox -> parser -> one request cycle at a time
     └── the app call of each request cycle
 
 The reader keeps reading while a request runs, so a client that goes away is
 noticed even while the app is busy; it stops once ``_HIGH_WATER`` bytes wait
-unparsed, which is the bound on what a client can make us buffer.
+unparsed, which is the bound on what a client can make us buffer.  A
+WebSocket session, whose own task reads all the time, takes reading over.
 """
 
 from __future__ import annotations
@@ -565,7 +567,7 @@ class HTTP11Connection:
                 return
 
     def _feed(self) -> bool:
-        """Move what the reader has into h11; False if there was nothing."""
+        """Move what the reader has into the parser; False if there was nothing."""
         if self._eof_fed:
             self._inbox = b""
             return False
