@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
 LIFESPAN_MODES = ("auto", "on", "off")
+HTTP_PARSERS = ("auto", "h11", "httptools")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 SSL_CERT_REQS = ("none", "optional", "required")
@@ -106,7 +107,7 @@ class Config:
         "The HTTP/1.1 request parser: h11, or httptools (the triasgi[fast] "
         "extra) with h11 for what it does not take; auto picks httptools when "
         "it is installed.",
-        choices=("auto", "h11", "httptools"),
+        choices=HTTP_PARSERS,
     )
     h11_max_incomplete_event_size: int = _option(
         16 * 1024,

@@ -58,7 +58,6 @@ _H11_HEADERS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
 _END_OF_MESSAGE = h11.EndOfMessage()
 _CONNECTION_CLOSED = h11.ConnectionClosed()
 
-BACKENDS = ("auto", "h11", "httptools")
 MISSING_HTTPTOOLS = (
     "--http httptools needs the httptools package: pip install 'triasgi[fast]'."
 )

@@ -23,8 +23,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Awaitable
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable
 from functools import partial
 from math import inf
 from typing import TYPE_CHECKING, Any
@@ -73,14 +72,17 @@ _MAX_DISCARD = 1024 * 1024
 _VECTORED_WRITE_SIZE = 64 * 1024
 
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
+# A read that fails like this is the client gone, as EOF is.
+_READ_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class _Waiters:
     """Tasks waiting for a connection's state to change: a minimal ParkingLot.
 
-    A connection has two of these and rarely more than one task in either,
-    so a list stands in for ParkingLot's ordered dict; it is the difference
-    between under and over 10 KiB per idle connection (docs/performance.md).
+    A connection has a few of these and rarely more than one task in any,
+    so a list stands in for ParkingLot's ordered dict; it is part of the
+    difference between under and over 10 KiB per idle connection
+    (docs/performance.md).
     """
 
     __slots__ = ("_tasks",)
@@ -539,21 +541,13 @@ class HTTP11Connection:
     # -- reading -------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        # On a plain socket, read from trio's socket directly: the stream's
-        # layers (a conflict detector, an error-translating context manager)
-        # cost time per read and memory per idle connection, for nothing
-        # here, where this is the only task that reads.
-        receive = (
-            self.stream.socket.recv  # type: ignore[attr-defined]
-            if self._raw_socket is not None
-            else self.stream.receive_some
-        )
+        receive = self._receive_some()
         while True:
             while len(self._inbox) >= _HIGH_WATER and not self._lingering:
                 await self._reader_lot.park()
             try:
                 data = await receive(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except _READ_ERRORS:
                 data = b""
             if not data:
                 self.client_gone()
@@ -621,16 +615,26 @@ class HTTP11Connection:
         self._reader_lot.unpark_all()
         return data
 
+    def _receive_some(self) -> Callable[[int], Awaitable[bytes | bytearray]]:
+        """How this connection reads: the one place that chooses.
+
+        On a plain socket, trio's socket directly: the stream's layers (a
+        conflict detector, an error-translating context manager) cost time
+        per read and memory per idle connection, for nothing here, where one
+        task at a time reads.
+        """
+        if self._raw_socket is not None:
+            recv: Callable[[int], Awaitable[bytes]] = self.stream.socket.recv  # type: ignore[attr-defined]
+            return recv
+        return self.stream.receive_some
+
     async def _receive_directly(self) -> bytes:
         """One read of the stream, for when the reader task has stopped."""
         try:
-            if self._raw_socket is not None:
-                data = await self.stream.socket.recv(_READ_SIZE)  # type: ignore[attr-defined]
-            else:
-                data = await self.stream.receive_some(_READ_SIZE)
-            return bytes(data)  # no copy for bytes, which is what a socket gives
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = await self._receive_some()(_READ_SIZE)
+        except _READ_ERRORS:
             return b""
+        return bytes(data)  # no copy for bytes, which is what a socket gives
 
     async def _next_request(self) -> Any:
         """Wait for the next request head; None when the connection should end.
@@ -652,22 +656,21 @@ class HTTP11Connection:
             # and an idle connection holds no cancel scope of its own (see
             # docs/performance.md on memory).  A BackgroundTask still running
             # must not be cancelled by it, so then a scope of its own does.
-            assert self._nursery is not None
             if self._apps_running:
-                scope = trio.move_on_after(config.timeout_keep_alive)
-                entered: Any = scope
-            else:
-                scope = self._nursery.cancel_scope
-                scope.deadline = trio.current_time() + config.timeout_keep_alive
-                entered = nullcontext()
-            try:
-                with entered:
+                with trio.move_on_after(config.timeout_keep_alive) as scope:
                     while not (self._inbox or self._eof or self.closing):
                         await self._data_lot.park()
-            finally:
-                scope.deadline = inf
-            if scope.cancelled_caught:
-                return None
+                if scope.cancelled_caught:
+                    return None
+            else:
+                assert self._nursery is not None
+                nursery_scope = self._nursery.cancel_scope
+                nursery_scope.deadline = trio.current_time() + config.timeout_keep_alive
+                try:
+                    while not (self._inbox or self._eof or self.closing):
+                        await self._data_lot.park()
+                finally:
+                    nursery_scope.deadline = inf
             event = self.next_event_nowait()
             if event is not h11.NEED_DATA:
                 return event
@@ -701,11 +704,11 @@ class HTTP11Connection:
         reader), so ``timeout_write`` bounds HTTP responses only.
         """
         if len(parts) == 1:
-            data: bytes = parts[0]
-            size = len(data)
+            size = len(parts[0])
         else:
             size = sum(map(len, parts))
-            data = b"".join(parts) if size < _VECTORED_WRITE_SIZE else b""
+            if size < _VECTORED_WRITE_SIZE:
+                parts = (b"".join(parts),)
         raw = self._raw_socket
         if raw is not None:
             # The common case: the kernel takes it all at once.  This is
@@ -715,7 +718,7 @@ class HTTP11Connection:
             # when the write did not wait.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                sent = raw.send(data) if data else raw.sendmsg(parts)
+                sent = raw.send(parts[0]) if len(parts) == 1 else raw.sendmsg(parts)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -727,7 +730,7 @@ class HTTP11Connection:
         else:
             sent = 0
         # What is left, as views: no copies of large buffers.
-        left = [memoryview(data)[sent:]] if data else _after(parts, sent)
+        left = _after(parts, sent)
         timeout = self.server.config.timeout_write if self._websocket is None else inf
         try:
             with trio.move_on_after(timeout) as scope:
@@ -752,8 +755,7 @@ class HTTP11Connection:
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
         ]
-        for name, value in self.server.response_headers([]):
-            lines.append(name + b": " + value + b"\r\n")
+        lines += [line for _, line in self.server.default_header_lines()]
         lines.append(b"\r\n")
         head_only = self._cycle is not None and self._cycle.head_only
         if not head_only:

@@ -94,13 +94,14 @@ class Server:
             (name, b"%s: %s\r\n" % (name, value))
             for name, value in self._static_headers
         ]
+        # The defaults with the current date, as pairs and as header lines;
+        # remade once a second.
+        self._default_pairs = self._static_headers
         self._default_lines = self._static_lines
-        self._lines_second = -1
+        self._defaults_second = -1
         self.new_parser = parser_factory(
             self.config.http, self.config.h11_max_incomplete_event_size
         )
-        self._date_second = -1
-        self._date_header: tuple[bytes, bytes] = (b"date", b"")
         self._edge_init()
 
     def _edge_init(self) -> None:
@@ -264,13 +265,8 @@ class Server:
         self, headers: list[tuple[bytes, bytes]]
     ) -> list[tuple[bytes, bytes]]:
         """The app's headers plus the server's defaults the app did not set."""
-        defaults = self._static_headers
-        if self.config.date_header:
-            now = int(time.time())
-            if now != self._date_second:
-                self._date_second = now
-                self._date_header = (b"date", formatdate(now, usegmt=True).encode())
-            defaults = [self._date_header, *defaults]
+        self._refresh_defaults()
+        defaults = self._default_pairs
         if not defaults:
             return headers
         if headers:
@@ -284,16 +280,22 @@ class Server:
         Serialized once (the date once a second), since they are the same
         for every response.
         """
-        if self.config.date_header:
-            now = int(time.time())
-            if now != self._lines_second:
-                self._lines_second = now
-                date = formatdate(now, usegmt=True).encode()
-                self._default_lines = [
-                    (b"date", b"date: %s\r\n" % date),
-                    *self._static_lines,
-                ]
+        self._refresh_defaults()
         return self._default_lines
+
+    def _refresh_defaults(self) -> None:
+        """Put the current date in the default headers, once a second."""
+        if not self.config.date_header:
+            return
+        now = int(time.time())
+        if now != self._defaults_second:
+            self._defaults_second = now
+            date = formatdate(now, usegmt=True).encode()
+            self._default_pairs = [(b"date", date), *self._static_headers]
+            self._default_lines = [
+                (b"date", b"date: %s\r\n" % date),
+                *self._static_lines,
+            ]
 
     def _make_static_headers(self) -> list[tuple[bytes, bytes]]:
         headers = []
