@@ -215,3 +215,29 @@ async def test_keep_alive_timeout_applies_before_the_first_request(autojump_cloc
         start = trio.current_time()
         assert await stream.receive_some() == b""
         assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_a_request_longer_than_the_keep_alive_timeout_is_answered(autojump_clock):
+    # The keep-alive deadline of the idle time before a request must not end
+    # the connection while the app works on that request.
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await trio.sleep(12)
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    slow = REQUEST.replace(b"GET / ", b"GET /slow ")
+    async with open_memory_server(app, timeout_keep_alive=5) as server, \
+            open_memory_connection(server) as stream:
+        await stream.send_all(REQUEST)
+        assert (await stream.receive_some()).startswith(b"HTTP/1.1 204 ")
+        await trio.sleep(3)
+        asked = trio.current_time()
+        await stream.send_all(slow)
+        assert (await stream.receive_some()).startswith(b"HTTP/1.1 204 ")
+        answered = trio.current_time()
+        assert answered - asked == pytest.approx(12)
+        assert await stream.receive_some() == b""
+        assert trio.current_time() - answered == pytest.approx(5)

@@ -5,16 +5,24 @@ both give h11's events.
 
 Shape of a connection (see DESIGN.md)::
 
-    connection nursery (its cancel scope gets the disconnect deadline, and
-    │                   the keep-alive deadline while the connection is idle)
-    ├── reader: socket -> inbox, the only task that reads; notices EOF at once
-    ├── request loop: inbox -> parser -> one request cycle at a time
-    └── the app call of each request cycle
+    connection nursery (its cancel scope gets the disconnect deadline)
+    ├── the connection task: reads the socket, starts each request cycle,
+    │   and does what lies between requests (error answers, an unread body
+    │   to discard, closing).  Its reads run in a cancel scope of its own,
+    │   which holds the keep-alive and request-header deadlines.
+    └── the app call of each request cycle, or the WebSocket session
 
-The reader keeps reading while a request runs, so a client that goes away is
-noticed even while the app is busy; it stops once ``_HIGH_WATER`` bytes wait
-unparsed, which is the bound on what a client can make us buffer.  A
-WebSocket session, whose own task reads all the time, takes reading over.
+The connection task keeps reading while an app runs, so a client that goes
+away is noticed even while the app is busy; it stops once ``_HIGH_WATER``
+bytes wait unparsed, which is the bound on what a client can make us buffer.
+A WebSocket session, whose own task reads all the time, takes reading over.
+
+When a response ends the common way (complete, keep-alive, the request read
+to its end), the app's task readies the connection for the next request
+itself, and the connection task, already waiting for the next bytes, is
+not woken.  Any other ending wakes it (``_wake``) by cancelling its read
+scope.  A keep-alive request then takes four task steps, not six
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -70,6 +78,13 @@ _MAX_DISCARD = 1024 * 1024
 # From this many bytes on, the parts of one write go to the kernel as they
 # are instead of being joined first.
 _VECTORED_WRITE_SIZE = 64 * 1024
+
+# What the connection task's reads return for it to act on (besides an
+# error status to answer with), and what it acts on when its read deadline
+# passes.
+_END = object()
+_WEBSOCKET = object()
+_TIMED_OUT = object()
 
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 # A read that fails like this is the client gone, as EOF is.
@@ -163,9 +178,9 @@ class _RequestCycle:
         self.status = 0
         self.bytes_sent = 0
         self.started_at = time.perf_counter()
-        # Set when the response is complete or the app has returned: the
-        # request loop waits on it.
-        self.finished = _Flag()
+        # Whether the response is complete or the app has returned: see
+        # HTTP11Connection.cycle_finished.
+        self.finished = False
         # Set when receive() should stop waiting: disconnect or response done.
         self.released = _Flag()
         self._head_sent = False
@@ -289,11 +304,15 @@ class _RequestCycle:
         self.state = new_state
         self.head_written = True
         if chunks:
-            await conn.write(*chunks)
+            # The response is complete once the kernel has its last byte,
+            # before the write's schedule point: by then the client may have
+            # sent its next request, which is best met by a connection that
+            # is ready for it (cycle_finished).
+            await conn.write(*chunks, then=self._response_complete if final else None)
         else:
+            if final:
+                self._response_complete()
             await trio.lowlevel.checkpoint()
-        if new_state is ResponseState.DONE:
-            self._response_complete()
 
     def _start_response(self, message: Message) -> None:
         status = message["status"]
@@ -325,9 +344,9 @@ class _RequestCycle:
 
     def _response_complete(self) -> None:
         self.released.set()
-        self.finished.set()
         if self.conn.server.access_log:
             self.conn.log_access(self)
+        self.conn.cycle_finished(self)
 
     # -- outcome of the app call --------------------------------------------
 
@@ -374,17 +393,21 @@ class HTTP11Connection:
         "_cancel_requested",
         "_cycle",
         "_data_lot",
+        "_drained",
         "_eof",
         "_eof_fed",
-        "_idle",
+        "_head_deadline",
+        "_idle_since",
         "_inbox",
-        "_lingering",
         "_max_head",
         "_nursery",
         "_raw_socket",
         "_reader_done",
         "_reader_lot",
+        "_scope",
+        "_session_over",
         "_websocket",
+        "_woken",
         "client",
         "closing",
         "parser",
@@ -419,8 +442,8 @@ class HTTP11Connection:
         self._inbox = b""
         self._eof = False
         self._eof_fed = False
-        # The reader parks in one while the inbox is full; the tasks that take
-        # from the inbox park in the other until there is more or EOF.
+        # The connection task parks in one while the inbox is full; the tasks
+        # that take from the inbox park in the other until there is more or EOF.
         self._reader_lot = _Waiters()
         self._data_lot = _Waiters()
         # The plain socket under a plain trio SocketStream (not TLS, not an
@@ -431,16 +454,26 @@ class HTTP11Connection:
             if type(stream) is trio.SocketStream and isinstance(raw, socket.socket)
             else None
         )
-        self._lingering = False
-        # Set when the reader task has handed reading over (WebSocket).
+        # Whether the last read of the plain socket emptied it (_recv_raw).
+        self._drained = False
+        # Set when the connection task has handed reading over (WebSocket).
         self._reader_done = False
         self._apps_running = 0
         self._apps_done = _Waiters()
         self._nursery: trio.Nursery | None = None
         self._cancel_requested = False
         self._cycle: _RequestCycle | None = None
-        self._idle = True
         self._websocket: WebSocketSession | None = None
+        self._session_over = False
+        # The cancel scope the connection task reads in, and whether it was
+        # cancelled to wake the task rather than by its deadline.
+        self._scope: trio.CancelScope | None = None
+        self._woken = False
+        # The deadline of the head now arriving; inf when none is arriving.
+        self._head_deadline = inf
+        # When the connection last became idle: the keep-alive timeout counts
+        # from here (see _await_head).
+        self._idle_since = trio.current_time()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -451,9 +484,8 @@ class HTTP11Connection:
                 self._nursery = nursery
                 if self._cancel_requested:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._read_loop)
                 try:
-                    await self._request_loop()
+                    await self._drive()
                 finally:
                     await self._close()
                 if self._apps_running:
@@ -463,8 +495,6 @@ class HTTP11Connection:
                     await trio.aclose_forcefully(self.stream)
                     while self._apps_running:
                         await self._apps_done.park()
-                # The reader is the only task left.
-                nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -479,8 +509,8 @@ class HTTP11Connection:
         self.closing = True
         if self._websocket is not None:
             self._websocket.begin_shutdown()
-        if self._idle:
-            self._data_lot.unpark_all()
+        elif self._cycle is None:
+            self._wake()
 
     def client_gone(self) -> None:
         """The client closed or reset the connection."""
@@ -506,6 +536,12 @@ class HTTP11Connection:
             trio.current_time() + self.server.config.disconnect_grace_period,
         )
 
+    def _wake(self) -> None:
+        """Make the connection task leave its reads and look at the connection."""
+        if self._scope is not None:
+            self._woken = True
+            self._scope.cancel()
+
     async def _close(self) -> None:
         # Lingering matters only when the client may still be sending: after
         # an error, or with a request (body) we did not read to the end.
@@ -519,8 +555,8 @@ class HTTP11Connection:
             return
         if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
             return  # a hard stop does not linger
-        # Send our EOF, then let the reader (the only task that reads) drop
-        # what the client still sends until its EOF, within a bound.
+        # Send our EOF, then drop what the client still sends until its EOF,
+        # within a bound.
         with trio.move_on_after(_LINGER_SECONDS) as scope:
             scope.shield = True
             try:
@@ -528,40 +564,14 @@ class HTTP11Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                 return
             self._inbox = b""
-            if self._reader_done:
-                while await self._receive_directly():
-                    pass
-                self._eof = True
-                return
-            self._lingering = True
-            self._reader_lot.unpark_all()
-            while not self._eof:
-                await self._data_lot.park()
+            while await self._receive_directly():
+                pass
+            self._eof = True
 
     # -- reading -------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        receive = self._receive_some()
-        while True:
-            while len(self._inbox) >= _HIGH_WATER and not self._lingering:
-                await self._reader_lot.park()
-            try:
-                data = await receive(_READ_SIZE)
-            except _READ_ERRORS:
-                data = b""
-            if not data:
-                self.client_gone()
-                return
-            if not self._lingering:
-                self._inbox += data
-                self._data_lot.unpark_all()
-            if self._websocket is not None:
-                # The WebSocket session reads from here on (receive_bytes).
-                self._reader_done = True
-                return
-
     def _feed(self) -> bool:
-        """Move what the reader has into the parser; False if there was nothing."""
+        """Move what has been read into the parser; False if there was nothing."""
         if self._eof_fed:
             self._inbox = b""
             return False
@@ -586,21 +596,37 @@ class HTTP11Connection:
         return event
 
     async def next_event(self) -> Any:
-        """The next h11 event, waiting for the client as needed."""
+        """The next h11 event, waiting for the connection task to read more.
+
+        For the app call's task; the connection task itself uses
+        :meth:`_read_event`.
+        """
         while True:
             event = self.next_event_nowait()
             if event is not h11.NEED_DATA:
                 return event
             await self._data_lot.park()
 
+    async def _read_event(self) -> Any:
+        """The next h11 event, reading the stream: for the connection task."""
+        while True:
+            event = self.next_event_nowait()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self._receive_directly()
+            if data:
+                self._inbox += data
+            else:
+                self.client_gone()
+
     async def receive_bytes(self) -> bytes:
         """The next bytes from the client, waiting for some; b"" at EOF.
 
         For a protocol that takes the connection over from h11 (WebSocket),
         whose task reads all the time anyway and so notices a disconnect at
-        once.  The reader task hands over: it stops after its next read
-        (see ``_read_loop``), and from then on this reads the stream itself,
-        which saves a task switch per message.
+        once.  The connection task hands over: it stops after its next read
+        (see ``_serve_websocket``), and from then on this reads the stream
+        itself.
         """
         if self._reader_done and not self._inbox and not self._eof:
             data = await self._receive_directly()
@@ -624,78 +650,55 @@ class HTTP11Connection:
         task at a time reads.
         """
         if self._raw_socket is not None:
-            recv: Callable[[int], Awaitable[bytes]] = self.stream.socket.recv  # type: ignore[attr-defined]
-            return recv
+            return self._recv_raw
         return self.stream.receive_some
 
+    async def _recv_raw(self, size: int) -> bytes:
+        """One read of the plain socket: trio's socket recv, minus one guess.
+
+        trio tries the read before waiting for the socket to be readable.
+        After a read that drained the socket (it returned less than asked
+        for), that try fails nearly always, at the cost of a system call and
+        an exception: so then this waits first.
+        """
+        raw = self._raw_socket
+        assert raw is not None
+        if self._drained:
+            await trio.lowlevel.wait_readable(raw)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+            else:
+                self._drained = len(data) < size
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        while True:
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            self._drained = len(data) < size
+            return data
+
     async def _receive_directly(self) -> bytes:
-        """One read of the stream, for when the reader task has stopped."""
+        """One read of the stream; b"" at EOF or when the read fails."""
         try:
             data = await self._receive_some()(_READ_SIZE)
         except _READ_ERRORS:
             return b""
         return bytes(data)  # no copy for bytes, which is what a socket gives
 
-    async def _next_request(self) -> Any:
-        """Wait for the next request head; None when the connection should end.
-
-        An idle connection gets ``timeout_keep_alive``; once the first byte of
-        a head is here, the whole head gets ``timeout_request_header`` and the
-        request line ``limit_request_line`` bytes (slowloris, or a line that
-        never ends): those return the status to answer with, 408 or 414.
-        """
-        config = self.server.config
-        event = self.next_event_nowait()
-        if event is not h11.NEED_DATA:
-            return event
-        if self.closing:
-            return None
-        if not self.parser.trailing_data[0]:
-            # Idle.  With no app call running, the keep-alive deadline is the
-            # connection nursery's own: when it passes the connection ends,
-            # and an idle connection holds no cancel scope of its own (see
-            # docs/performance.md on memory).  A BackgroundTask still running
-            # must not be cancelled by it, so then a scope of its own does.
-            if self._apps_running:
-                with trio.move_on_after(config.timeout_keep_alive) as scope:
-                    while not (self._inbox or self._eof or self.closing):
-                        await self._data_lot.park()
-                if scope.cancelled_caught:
-                    return None
-            else:
-                assert self._nursery is not None
-                nursery_scope = self._nursery.cancel_scope
-                nursery_scope.deadline = trio.current_time() + config.timeout_keep_alive
-                try:
-                    while not (self._inbox or self._eof or self.closing):
-                        await self._data_lot.park()
-                finally:
-                    nursery_scope.deadline = inf
-            event = self.next_event_nowait()
-            if event is not h11.NEED_DATA:
-                return event
-            if self.closing:
-                return None
-        # Part of a head is here; the common case, a head that arrives
-        # whole, never gets this far.
-        with trio.move_on_after(config.timeout_request_header):
-            while True:
-                pending = self.parser.trailing_data[0]
-                if _request_line_too_long(pending, config.limit_request_line):
-                    return 414
-                await self._data_lot.park()
-                event = self.next_event_nowait()
-                if event is not h11.NEED_DATA:
-                    return event
-                if self.closing:
-                    return None
-        return 408
-
     # -- writing -------------------------------------------------------------
 
-    async def write(self, *parts: bytes) -> None:
+    async def write(
+        self, *parts: bytes, then: Callable[[], None] | None = None
+    ) -> None:
         """Send ``parts`` in order; a client that does not take them in time
-        is dropped.
+        is dropped.  ``then`` is called once the kernel has taken them all.
 
         Small parts are joined into one buffer; large ones go to the kernel
         as they are (one ``sendmsg``), so a 1 MiB body is not copied to put
@@ -724,9 +727,12 @@ class HTTP11Connection:
             except OSError as exc:
                 self.client_gone()
                 raise ClientDisconnected("The client has disconnected.") from exc
-            await trio.lowlevel.cancel_shielded_checkpoint()
             if sent == size:
+                if then is not None:
+                    then()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             sent = 0
         # What is left, as views: no copies of large buffers.
@@ -744,6 +750,8 @@ class HTTP11Connection:
             logger.debug("Dropping %s: no data taken in %gs.", self.client, timeout)
             self.client_gone()
             raise ClientDisconnected("The client stopped reading.")
+        if then is not None:
+            then()
 
     async def _send_error(self, status: int, detail: str = "") -> None:
         """Answer with a plain-text error and mark the connection for closing."""
@@ -765,75 +773,206 @@ class HTTP11Connection:
         except ClientDisconnected:
             pass
 
-    # -- the request loop ----------------------------------------------------
+    # -- the connection task ------------------------------------------------
 
-    async def _request_loop(self) -> None:
+    async def _drive(self) -> None:
+        """The connection task: read, start each request cycle, act between them."""
         while True:
-            self._idle = True
+            scope = self._scope = trio.CancelScope()
+            self._woken = False
+            action: object = _TIMED_OUT
+            with scope:
+                action = await self._read_and_dispatch()
+            if scope.cancelled_caught and self._woken:
+                # A request cycle ended off the common path, a pipelined
+                # request is waiting, or the server is shutting down.
+                cycle = self._cycle
+                if cycle is not None:
+                    if not await self._after_response(cycle):
+                        return
+                elif self.closing or self._eof:
+                    return
+                continue
+            if action is _TIMED_OUT:
+                now = trio.current_time()
+                if now >= self._head_deadline:
+                    logger.debug("Request head from %s: %d", self.client, 408)
+                    await self._send_error(408)
+                    return
+                if self._cycle is None and now >= (
+                    self._idle_since + self.server.config.timeout_keep_alive
+                ):
+                    return  # idle for the keep-alive timeout: the connection ends
+                # An early deadline, set for an earlier idle time (see
+                # _await_head): the next scope gets the right one.
+                continue
+            if action is _WEBSOCKET:
+                await self._serve_websocket()
+                return
+            if type(action) is int:
+                await self._send_error(action)
+            return
+
+    async def _read_and_dispatch(self) -> object:
+        """Start each request as its head arrives, and read; return what needs more.
+
+        This runs in the connection task's read scope, which one keep-alive
+        request after another need not leave.  What it returns is for
+        :meth:`_drive`: an error status to answer with, ``_WEBSOCKET`` or
+        ``_END``.
+        """
+        receive = self._receive_some()
+        while True:
+            if self._cycle is None:
+                action = self._dispatch()
+                if action is not None:
+                    return action
+            elif self._eof:
+                await trio.sleep_forever()  # the app call's end wakes this task
+            while len(self._inbox) >= _HIGH_WATER:
+                await self._reader_lot.park()
             try:
-                event = await self._next_request()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                logger.debug(
-                    "Malformed request from %s: %s (%d)", self.client, exc, status
-                )
-                await self._send_error(status)
-                return
-            self._idle = False
-            if type(event) is int:
-                logger.debug("Request head from %s: %d", self.client, event)
-                await self._send_error(event)
-                return
-            if type(event) is not ParsedRequest and type(event) is not h11.Request:
-                return  # idle timeout, shutdown, or the client closed.
-            head = _scan_head(event, self.server.config, self._max_head)
-            if head.problem is not None:
-                status, reason = head.problem
-                logger.debug(
-                    "Rejected request from %s: %s (%d)", self.client, reason, status
-                )
-                await self._send_error(status)
-                return
-            if head.upgrade and is_websocket_upgrade(event):
-                self._websocket = WebSocketSession(self, event)
-                await self._websocket.run()
-                return
-            cycle = _RequestCycle(self, self._build_scope(event, head), event, head)
-            self._cycle = cycle
-            if not self.server.admit_request():
-                await self._send_error(503)
-                return
-            # A body already here (or its absence: a GET's end of message) is
-            # taken now, so the request is complete on our side as early as
-            # possible and nothing is left to discard after the response.
-            try:
-                first = self.next_event_nowait()
-            except h11.RemoteProtocolError:
-                first = None  # receive() meets the error again and reports it.
-            if type(first) is h11.Data or type(first) is h11.EndOfMessage:
-                cycle._pending_body = first
-            assert self._nursery is not None
-            self._nursery.start_soon(self._run_app, cycle)
-            await cycle.finished.wait()
-            if cycle.disconnected or self._eof:
-                return
-            if cycle.must_close or cycle.state is not ResponseState.DONE:
-                if not cycle.head_written and not cycle.disconnected:
-                    await self._send_error(500)
-                return
-            if self.closing or not cycle.keep_alive:
-                return
-            if (
-                self.parser.their_state is h11.SEND_BODY
-                and not await self._discard_body(cycle)
-            ):
-                return
-            if self.parser.their_state is not h11.DONE:
-                return
+                data = await receive(_READ_SIZE)
+            except _READ_ERRORS:
+                data = b""
+            if not data:
+                self.client_gone()
+                if self._cycle is None:
+                    return _END
+                # The app call runs on, within its disconnect grace period;
+                # its end wakes this task.
+                await trio.sleep_forever()
+            self._inbox += data
+            self._data_lot.unpark_all()
+
+    def _dispatch(self) -> object:
+        """Start the next request cycle if its head is here.
+
+        None when a cycle has started or more bytes are needed; otherwise
+        what the connection task must do (see :meth:`_read_and_dispatch`).
+        """
+        try:
+            event = self.next_event_nowait()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            logger.debug("Malformed request from %s: %s (%d)", self.client, exc, status)
+            return status
+        if event is h11.NEED_DATA:
+            return self._await_head()
+        if type(event) is not ParsedRequest and type(event) is not h11.Request:
+            return _END  # the client closed
+        head = _scan_head(event, self.server.config, self._max_head)
+        if head.problem is not None:
+            status, reason = head.problem
+            logger.debug(
+                "Rejected request from %s: %s (%d)", self.client, reason, status
+            )
+            return status
+        if head.upgrade and is_websocket_upgrade(event):
+            self._websocket = WebSocketSession(self, event)
+            return _WEBSOCKET
+        cycle = _RequestCycle(self, self._build_scope(event, head), event, head)
+        self._cycle = cycle
+        if not self.server.admit_request():
+            return 503
+        assert self._nursery is not None
+        self._head_deadline = inf
+        # A body already here (or its absence: a GET's end of message) is
+        # taken now, so the request is complete on our side as early as
+        # possible and nothing is left to discard after the response.
+        try:
+            first = self.next_event_nowait()
+        except h11.RemoteProtocolError:
+            first = None  # receive() meets the error again and reports it.
+        if type(first) is h11.Data or type(first) is h11.EndOfMessage:
+            cycle._pending_body = first
+        self._nursery.start_soon(self._run_app, cycle)
+        return None
+
+    def _await_head(self) -> object:
+        """Deadlines and limits for a head still to come; None to read on.
+
+        An idle connection gets ``timeout_keep_alive``; once the first byte of
+        a head is here, the whole head gets ``timeout_request_header`` and the
+        request line ``limit_request_line`` bytes (slowloris, or a line that
+        never ends: 408 from :meth:`_drive`, or 414 here).
+        """
+        if self.closing:
+            return _END
+        config = self.server.config
+        scope = self._scope
+        assert scope is not None
+        pending = self.parser.trailing_data[0]
+        if not pending:
+            # The keep-alive deadline.  It is set once and left in place while
+            # requests come and go: moving a deadline for every request costs
+            # more than the occasional early one, which _drive recognizes
+            # (``_idle_since``) and follows with the right one.
+            if scope.deadline == inf:
+                scope.deadline = self._idle_since + config.timeout_keep_alive
+            return None
+        # Part of a head is here; the common case, a head that arrives
+        # whole, never gets this far.
+        if self._head_deadline == inf:
+            self._head_deadline = trio.current_time() + config.timeout_request_header
+        if scope.deadline != self._head_deadline:
+            scope.deadline = self._head_deadline
+        if _request_line_too_long(pending, config.limit_request_line):
+            logger.debug("Request head from %s: %d", self.client, 414)
+            return 414
+        return None
+
+    def cycle_finished(self, cycle: _RequestCycle) -> None:
+        """A request cycle's response is complete, or its app call has returned.
+
+        The common ending (a complete response on a keep-alive connection
+        whose request was read to its end) readies the connection for the
+        next request here, in the app's task: the connection task, already
+        waiting for the next bytes, goes on waiting, now with a keep-alive
+        deadline (see :meth:`_await_head`).  Any other ending wakes it, and
+        :meth:`_after_response` decides.
+        """
+        if cycle.finished:
+            return
+        cycle.finished = True
+        if (
+            cycle.state is ResponseState.DONE
+            and cycle.keep_alive
+            and not (cycle.must_close or cycle.disconnected)
+            and not (self._eof or self.closing)
+            and self.parser.their_state is h11.DONE
+        ):
             self._next_parser()
             self._cycle = None
-            # Let the finished request go while the connection waits idle.
-            del cycle, head, event, first
+            self._idle_since = now = trio.current_time()
+            if self.parser is IDLE_PARSER and not self._inbox:
+                scope = self._scope
+                assert scope is not None
+                if scope.deadline == inf:
+                    scope.deadline = now + self.server.config.timeout_keep_alive
+                return
+        self._wake()
+
+    async def _after_response(self, cycle: _RequestCycle) -> bool:
+        """A request cycle that ended off the common path; False to close."""
+        if cycle.disconnected or self._eof:
+            return False
+        if cycle.must_close or cycle.state is not ResponseState.DONE:
+            if not cycle.head_written:
+                await self._send_error(500)
+            return False
+        if self.closing or not cycle.keep_alive:
+            return False
+        if self.parser.their_state is h11.SEND_BODY and not await self._discard_body(
+            cycle
+        ):
+            return False
+        if self.parser.their_state is not h11.DONE:
+            return False
+        self._next_parser()
+        self._cycle = None
+        self._idle_since = trio.current_time()
+        return True
 
     async def _run_app(self, cycle: _RequestCycle) -> None:
         server = self.server
@@ -849,7 +988,36 @@ class HTTP11Connection:
             if not self._apps_running:
                 self._apps_done.unpark_all()
             server.release_request()
-            cycle.finished.set()
+            self.cycle_finished(cycle)
+
+    async def _serve_websocket(self) -> None:
+        """Run the WebSocket session; read for it until its frame task reads."""
+        assert self._nursery is not None
+        assert self._websocket is not None
+        self._nursery.start_soon(self._run_session, self._websocket)
+        scope = self._scope = trio.CancelScope()
+        with scope:
+            # A client that goes away while the app decides on the handshake
+            # is noticed here; bytes read go to the session (receive_bytes).
+            try:
+                data = await self._receive_some()(_READ_SIZE)
+            except _READ_ERRORS:
+                data = b""
+            if data:
+                self._inbox += data
+                self._data_lot.unpark_all()
+                self._reader_done = True
+            else:
+                self.client_gone()
+            if not self._session_over:
+                await trio.sleep_forever()  # until the session ends: _run_session
+
+    async def _run_session(self, session: WebSocketSession) -> None:
+        try:
+            await session.run()
+        finally:
+            self._session_over = True
+            self._wake()
 
     def _next_parser(self) -> None:
         """A fresh parser for the next request, holding what has arrived.
@@ -876,7 +1044,7 @@ class HTTP11Connection:
         with trio.move_on_after(self.server.config.timeout_keep_alive):
             while discarded <= _MAX_DISCARD:
                 try:
-                    event = await self.next_event()
+                    event = await self._read_event()
                 except h11.RemoteProtocolError:
                     return False
                 if type(event) is h11.EndOfMessage:
