@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from conftest import H11Client, connect
+from conftest import H11Client, connect, read_until_closed
 
 from triasgi import Config, StartupError, serve
 from triasgi.testing import open_server
@@ -219,6 +219,31 @@ async def test_tls_over_memory_stream_then_keepalive(ca, cert_files):
             for _ in range(2):
                 reply = await client.request_response("GET", "/")
                 assert reply.body == b"('https', 772, None)"
+
+
+
+async def test_tls_keep_alive_survives_early_deadlines_and_pipelining(
+    ca, cert_files, autojump_clock
+):
+    # The connection task's reads are cancelled when an early keep-alive
+    # deadline fires and when a pipelined request wakes it: neither may
+    # break the TLS stream.
+    from triasgi.testing import open_memory_connection, open_memory_server
+
+    settings = tls_settings(cert_files, timeout_keep_alive=5)
+    async with open_memory_server(scope_app, **settings) as server:
+        async with open_memory_connection(server) as raw:
+            stream = trio.SSLStream(raw, client_context(ca), server_hostname="localhost")
+            client = H11Client(stream)
+            for _ in range(3):
+                reply = await client.request_response("GET", "/")
+                assert reply.body == b"('https', 772, None)"
+                await trio.sleep(4)
+            request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
+            await stream.send_all(request * 2 + request.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+            data = await read_until_closed(stream)
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert data.count(b"('https', 772, None)") == 3
 
 
 # -- startup errors --------------------------------------------------------------

@@ -437,7 +437,7 @@ class HTTP11Connection:
         self.parser: Any = IDLE_PARSER
         self.closing = False
         self._max_head = server.config.h11_max_incomplete_event_size
-        # What the reader has received and nobody has taken yet.  bytes, not
+        # What has been read and nobody has taken yet.  bytes, not
         # a bytearray: the usual single read is then handed on without a copy.
         self._inbox = b""
         self._eof = False

@@ -5,18 +5,19 @@ upgrade.  h11 keeps the handshake (the 101 answer, or a 403, 500 or denial
 response); wsproto's frame layer takes the connection once it is accepted::
 
     connection nursery (its cancel scope gets the disconnect deadline)
-    ├── reader: socket -> inbox, still the only task that reads
-    └── request loop -> WebSocketSession.run(), which runs the app, and in
-        the session nursery:
+    ├── connection task: reads once more (a client that leaves during the
+    │   handshake), then waits for the session to end
+    └── WebSocketSession.run(), which runs the app, and in the session
+        nursery:
         ├── shutdown watcher: close 1012 on graceful shutdown
-        ├── frames: inbox -> wsproto -> receive queue     (once accepted)
+        ├── frames: socket -> wsproto -> receive queue    (once accepted;
+        │   from then on the only task that reads)
         └── keepalive: ping, close 1011 if no pong        (once accepted)
 
 Every frame is produced and written under one lock, so frames leave in the
 order wsproto (and its compressor) made them, whichever task sends.  The
 frame task waits while ``ws_max_queue`` messages are queued for the app;
-meanwhile the reader stops at its buffer bound, and TCP pushes back on the
-client.
+meanwhile nothing reads the socket, and TCP pushes back on the client.
 
 Which close code the app sees in ``websocket.disconnect``: that of the side
 that closed first.  The client's code (1005 if its close frame had none),
