@@ -14,7 +14,8 @@ Shape of a connection (see DESIGN.md)::
 
 The connection task keeps reading while an app runs, so a client that goes
 away is noticed even while the app is busy; it stops once ``_HIGH_WATER``
-bytes wait unparsed, which is the bound on what a client can make us buffer.
+bytes wait unparsed, so a client can make us buffer at most that and one
+read (``_LARGE_READ_SIZE``).
 A WebSocket session, whose own task reads all the time, takes reading over.
 
 When a response ends the common way (complete, keep-alive, the request read
@@ -67,6 +68,9 @@ logger = logging.getLogger("triasgi.error")
 access_logger = logging.getLogger("triasgi.access")
 
 _READ_SIZE = 64 * 1024
+# A plain socket whose last read filled its buffer has more waiting (a large
+# body, say): it is read in bigger steps, four reads fewer per MiB each.
+_LARGE_READ_SIZE = 256 * 1024
 _HIGH_WATER = 64 * 1024
 # How long a closing connection waits for the client's EOF after ours, so that
 # unread bytes from the client do not turn our close into a reset that could
@@ -159,6 +163,29 @@ class _Flag(_Waiters):
 
 class _RequestCycle:
     """One request and its response: the ``receive``/``send`` pair of an app call."""
+
+    # Slots: one of these is made for every request.
+    __slots__ = (
+        "_head_sent",
+        "_pending_body",
+        "_start_headers",
+        "_writer",
+        "body_complete",
+        "bytes_sent",
+        "conn",
+        "disconnected",
+        "finished",
+        "head_only",
+        "head_written",
+        "must_close",
+        "released",
+        "request",
+        "scope",
+        "sent_100",
+        "started_at",
+        "state",
+        "status",
+    )
 
     def __init__(
         self,
@@ -454,8 +481,9 @@ class HTTP11Connection:
             if type(stream) is trio.SocketStream and isinstance(raw, socket.socket)
             else None
         )
-        # Whether the last read of the plain socket emptied it (_recv_raw).
-        self._drained = False
+        # Whether the last read of the plain socket emptied it (_recv_raw);
+        # a new connection is taken to have nothing waiting yet.
+        self._drained = True
         # Set when the connection task has handed reading over (WebSocket).
         self._reader_done = False
         self._apps_running = 0
@@ -666,6 +694,7 @@ class HTTP11Connection:
         if self._drained:
             await trio.lowlevel.wait_readable(raw)
         else:
+            size = max(size, _LARGE_READ_SIZE)
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = raw.recv(size)
