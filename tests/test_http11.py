@@ -616,3 +616,22 @@ def test_write_leftovers_are_views_of_what_was_not_sent():
     assert [bytes(v) for v in _after(parts, 6)] == [b"23456789", b"end"]
     assert [bytes(v) for v in _after(parts, 14)] == [b"end"]
     assert [bytes(v) for v in _after(parts, 17)] == []
+
+
+async def test_half_a_head_then_eof_is_answered_with_400():
+    # A client that shuts its sending side down in the middle of a head
+    # learns that its request was incomplete.
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    async with open_server(app) as server:
+        stream = await connect(server)
+        client = H11Client(stream)
+        assert (await client.request_response("GET", "/")).status == 204
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost")
+        await stream.send_eof()
+        data = await read_until_closed(stream)
+    assert data.startswith(b"HTTP/1.1 400 ")

@@ -867,7 +867,14 @@ class HTTP11Connection:
             if not data:
                 self.client_gone()
                 if self._cycle is None:
-                    return _END
+                    # What came before the EOF may be half a head: the parser
+                    # sees the EOF and says so (400), or the connection ends.
+                    action = self._dispatch()
+                    if action is not None:
+                        return action
+                    if self._cycle is None:
+                        return _END
+                    self.client_gone()  # a request with the EOF: gone, too
                 # The app call runs on, within its disconnect grace period;
                 # its end wakes this task.
                 await trio.sleep_forever()
