@@ -817,7 +817,10 @@ class HTTP11Connection:
                 # request is waiting, or the server is shutting down.
                 cycle = self._cycle
                 if cycle is not None:
-                    if not await self._after_response(cycle):
+                    # Not finished: the wake was for a pipelined request,
+                    # which this task started in the meantime (bytes that
+                    # came in the same pass of the scheduler as the wake).
+                    if cycle.finished and not await self._after_response(cycle):
                         return
                 elif self.closing or self._eof:
                     return
