@@ -635,3 +635,32 @@ async def test_half_a_head_then_eof_is_answered_with_400():
         await stream.send_eof()
         data = await read_until_closed(stream)
     assert data.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_pipelined_requests_sent_while_responses_are_written():
+    # Requests keep arriving while earlier ones are answered, so a response
+    # often ends in the same pass of the scheduler in which the next bytes
+    # arrive: every request must still get its own answer, in order.
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    count = 400
+    async with open_server(app) as server:
+        stream = await connect(server)
+
+        async def send_requests():
+            for i in range(count):
+                close = b"connection: close\r\n" if i == count - 1 else b""
+                await stream.send_all(b"GET /%d HTTP/1.1\r\nhost: a\r\n%s\r\n" % (i, close))
+                if i % 3 == 0:
+                    await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_requests)
+            data = await read_until_closed(stream)
+    assert data.count(b"HTTP/1.1 200 OK") == count
+    bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"/%d" % i for i in range(count)]
