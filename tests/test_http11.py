@@ -656,7 +656,7 @@ async def test_pipelined_requests_sent_while_responses_are_written():
                 close = b"connection: close\r\n" if i == count - 1 else b""
                 await stream.send_all(b"GET /%d HTTP/1.1\r\nhost: a\r\n%s\r\n" % (i, close))
                 if i % 3 == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_requests)
