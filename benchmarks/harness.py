@@ -39,6 +39,11 @@ from . import apps, wrk, wsload
 from .report import BASELINE, HttpSample, Results, format_report
 from .servers import REPO_ROOT, SERVERS, RunningServer, ServerError, ServerSpec, running
 
+Serve = Callable[[ServerSpec], contextlib.AbstractContextManager[RunningServer]]
+
+
+PACED = "paced"
+
 
 @dataclass(frozen=True)
 class HttpScenario:
@@ -47,10 +52,15 @@ class HttpScenario:
     path: str
     connections: int
     post_bytes: int = 0
+    # Paced: each connection waits a random think time between a response and
+    # its next request, so that every server is offered the same request rate
+    # (--pace) instead of as many requests as it can answer.
+    paced: bool = False
 
 
 HTTP_SCENARIOS = [
     HttpScenario("hello", "hello GET", "/", 64),
+    HttpScenario(PACED, "hello GET, paced", "/", 64, paced=True),
     HttpScenario("64k", "64 KiB response", "/64k", 64),
     HttpScenario("echo-1m", "1 MiB body echoed", "/echo", 16, post_bytes=1 << 20),
     HttpScenario(
@@ -95,6 +105,11 @@ class Options:
     output: Path | None
     json: Path | None
     revision: str | None = None
+    # The paced scenario's offered rate: requests per second, or, while
+    # pace_share is set, that share of the baseline's hello GET rate, which
+    # a calibration run measures at the start (calibrated() resolves it).
+    pace: float = 0.0
+    pace_share: float | None = 0.5
 
 
 def _names(choices: list[str]) -> Callable[[str], list[str]]:
@@ -108,6 +123,25 @@ def _names(choices: list[str]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def _pace(text: str) -> tuple[float, float | None]:
+    """``--pace``: (requests per second, None) or (0, share of the baseline)."""
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if 0 < share <= 1:
+                return 0.0, share
+        else:
+            rate = float(text)
+            if rate > 0 and math.isfinite(rate):
+                return rate, None
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        "give requests per second (e.g. 2000) or a share of the baseline "
+        "above 0% and up to 100% (e.g. 50%)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=50,
         help="connections of the WebSocket echo (default 50)",
     )
+    parser.add_argument(
+        "--pace",
+        type=_pace,
+        default=(0.0, 0.5),
+        help=(
+            "what the paced scenario offers every server: requests per second "
+            f"(e.g. 2000), or a share of {BASELINE}'s hello GET requests per "
+            "second, measured in a calibration run at the start (e.g. 70%%; "
+            "default 50%%)"
+        ),
+    )
     parser.add_argument("--server-core", type=int, default=0, help="core for servers")
     parser.add_argument(
         "--load-core", type=int, default=1, help="core for load clients"
@@ -195,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         output=ns.output,
         json=ns.json,
         revision=ns.revision,
+        pace=ns.pace[0],
+        pace_share=ns.pace[1],
     )
     for name in ("rounds", "idle_connections", "ws_connections"):
         if getattr(options, name) < 1:
@@ -273,12 +320,58 @@ def verify(server: RunningServer, only: tuple[str, ...] | None = None) -> None:
 # -- the scenarios -------------------------------------------------------------
 
 
+def think_time_ms(scenario: HttpScenario, options: Options) -> float:
+    """The mean think time that offers ``options.pace`` requests per second."""
+    if options.pace_share is not None:
+        raise ValueError("the pace is a share of the baseline: calibrate first")
+    return scenario.connections / options.pace * 1000.0
+
+
+def calibrated(options: Options, results: Results, serve: Serve) -> Options:
+    """Options whose pace is in requests per second.
+
+    A pace given as a share of the baseline's capacity is resolved here: the
+    baseline serves the hello GET scenario once (warm-up, then a measured
+    run), and the pace is that share of its requests per second, the same
+    for every server and round.
+    """
+    if options.pace_share is None or PACED not in options.scenarios:
+        return options
+    hello = next(s for s in HTTP_SCENARIOS if s.key == "hello")
+    with serve(SERVERS[BASELINE]) as server:
+        capacity = run_http(server, hello, options, Path()).requests_per_s
+    if not capacity > 0:
+        raise ServerError(f"{BASELINE} answered no request in the calibration run")
+    pace = capacity * options.pace_share
+    results.notes.append(
+        f"Paced scenario: {pace:,.0f} requests/s offered, "
+        f"{options.pace_share:.0%} of the {capacity:,.0f} requests/s that "
+        f"{BASELINE} answered on hello GET in a calibration run at the start."
+    )
+    _log(f"calibration: {BASELINE} hello GET {capacity:,.0f} req/s; pace {pace:,.0f}")
+    return dataclasses.replace(options, pace=pace, pace_share=None)
+
+
+def measured_seconds(scenario: HttpScenario, options: Options) -> float:
+    """How long a scenario's measured run lasts.
+
+    A paced run lasts twice as long: wrk sends the first request of every
+    connection at once when it connects, and over a longer run that burst
+    stays a smaller part of the samples behind p99.
+    """
+    return options.seconds * 2 if scenario.paced else options.seconds
+
+
 def run_http(
     server: RunningServer, scenario: HttpScenario, options: Options, scripts: Path
 ) -> HttpSample:
     script = None
     if scenario.post_bytes:
         script = wrk.post_script(scripts / f"{scenario.key}.lua", scenario.post_bytes)
+    elif scenario.paced:
+        script = wrk.paced_script(
+            scripts / f"{scenario.key}.lua", think_time_ms(scenario, options)
+        )
     url = server.url + scenario.path
     if options.warmup > 0:
         wrk.run(
@@ -291,7 +384,7 @@ def run_http(
     cpu_before = server.cpu_seconds()
     sample = wrk.run(
         url,
-        seconds=options.seconds,
+        seconds=measured_seconds(scenario, options),
         connections=scenario.connections,
         core=options.load_core,
         script=script,
@@ -513,9 +606,16 @@ def _scenario_lines(options: Options) -> list[str]:
                 if sc.post_bytes
                 else (f"GET {sc.path}")
             )
-            lines.append(
-                f"- {sc.title}: wrk -t1 -c{sc.connections} --latency, {method}"
-            )
+            line = f"- {sc.title}: wrk -t1 -c{sc.connections} --latency, {method}"
+            if sc.paced and options.pace_share is None:
+                line += (
+                    f", each connection waiting a random think time (exponential, "
+                    f"mean {think_time_ms(sc, options):.1f} ms) between a response "
+                    f"and its next request: about {options.pace:,.0f} requests/s "
+                    "offered to every server, measured for "
+                    f"{measured_seconds(sc, options):g} s"
+                )
+            lines.append(line)
     if MEMORY in options.scenarios:
         lines.append(
             f"- idle memory: a fresh server, {options.idle_connections} connections "
@@ -577,7 +677,8 @@ def export_revision(revision: str, into: Path) -> Path:
     return into
 
 
-def run(options: Options, results: Results, workdir: Path) -> None:
+def run(options: Options, results: Results, workdir: Path) -> Options:
+    """Run every round; returns the options with the pace calibrated."""
     source = REPO_ROOT
     if options.revision is not None:
         source = export_revision(options.revision, workdir / "source")
@@ -604,6 +705,7 @@ def run(options: Options, results: Results, workdir: Path) -> None:
     serve = functools.partial(
         running, core=options.server_core, log_dir=workdir, source=source
     )
+    options = calibrated(options, results, serve)
     verified: set[str] = set()
     for round_index in range(options.rounds):
         for name in rotated(options.servers, round_index):
@@ -628,6 +730,7 @@ def run(options: Options, results: Results, workdir: Path) -> None:
                     per_conn = measure_idle_memory(server, options)
                 results.memory.setdefault(name, []).append(per_conn)
                 _log(f"{tag} idle memory: {per_conn / 1024:.1f} KiB per connection")
+    return options
 
 
 def _describe(sample: HttpSample) -> str:
@@ -663,6 +766,13 @@ def _websocket_cell(
     _log(f"{tag} websocket: {rate:,.0f} messages/s, {cpu:,.0f} µs CPU per message")
 
 
+def titles(options: Options) -> dict[str, str]:
+    """The scenario titles of the report; the paced one names its rate."""
+    if options.pace_share is not None:
+        return TITLES
+    return {**TITLES, PACED: f"hello GET, {options.pace:,.0f} req/s offered"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the harness; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -693,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             _terminate_as_interrupt(),
             tempfile.TemporaryDirectory(prefix="triasgi-bench-") as tmp,
         ):
-            run(options, results, Path(tmp))
+            options = run(options, results, Path(tmp))
     except KeyboardInterrupt:
         _log("Interrupted; every server was stopped.")
         return 130
@@ -701,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"The benchmark failed: {exc}")
         return 1
     _log(f"Done in {time.monotonic() - started:.0f} s.")
-    report = header(options, argv) + format_report(results, TITLES)
+    report = header(options, argv) + format_report(results, titles(options))
     print(report, end="")
     if options.output is not None:
         options.output.write_text(report)

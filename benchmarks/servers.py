@@ -144,7 +144,7 @@ SERVERS = {
         ServerSpec("hypercorn-trio", websocket=False),
         ServerSpec("triasgi-asyncio", websocket=False),
         # The bound on any trio server (benchmarks/floor.py).
-        ServerSpec("trio-floor", websocket=False, only=("hello",)),
+        ServerSpec("trio-floor", websocket=False, only=("hello", "paced")),
     ]
 }
 

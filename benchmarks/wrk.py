@@ -68,6 +68,25 @@ def post_script(path: Path, body_size: int) -> Path:
     return path
 
 
+def paced_script(path: Path, mean_think_ms: float) -> Path:
+    """Write a wrk Lua script that paces each connection; returns its path.
+
+    Between a response and the next request on the same connection, wrk
+    waits a think time drawn from an exponential distribution with mean
+    ``mean_think_ms``, so that the requests of many connections arrive
+    close to a Poisson stream of ``connections / mean_think_ms`` per
+    millisecond, whatever the server.  wrk takes whole milliseconds; half a
+    millisecond is added so that the truncation keeps the mean.
+    """
+    path.write_text(
+        f"local mean = {mean_think_ms!r}\n"
+        "function delay()\n"
+        "  return 0.5 - mean * math.log(1 - math.random())\n"
+        "end\n"
+    )
+    return path
+
+
 def run(
     url: str,
     *,

@@ -112,7 +112,8 @@ def test_goals_say_met_or_missed() -> None:
     assert goals(_results()) == [
         "hello GET req/s at least 1.0x uvicorn-h11: met (1.25x; "
         "server CPU per request 0.50x)",
-        "hello GET p99 no worse than uvicorn-h11: met (0.50x)",
+        "hello GET p99 no worse than uvicorn-h11, each server as fast as it "
+        "answers: met (0.50x)",
         "memory per idle connection under 10 KiB: met (8.5 KiB)",
     ]
     slow = Results(servers=["triasgi", BASELINE])
@@ -121,9 +122,51 @@ def test_goals_say_met_or_missed() -> None:
     slow.memory = {"triasgi": [12 * 1024.0]}
     assert goals(slow) == [
         "hello GET req/s at least 1.0x uvicorn-h11: missed (0.50x)",
-        "hello GET p99 no worse than uvicorn-h11: missed (1.50x)",
+        "hello GET p99 no worse than uvicorn-h11, each server as fast as it "
+        "answers: missed (1.50x)",
         "memory per idle connection under 10 KiB: missed (12.0 KiB)",
     ]
+
+
+def test_paced_p99_goal_compares_at_the_same_offered_rate() -> None:
+    results = _results()
+    results.add_http("paced", "triasgi", HttpSample(2000.0, 0.3, 0.9))
+    results.add_http("paced", BASELINE, HttpSample(2000.0, 0.4, 1.2))
+    assert (
+        "hello GET p99 no worse than uvicorn-h11 at the same offered rate "
+        "(paced): met (0.75x)"
+    ) in goals(results)
+    results.add_http("paced", "triasgi", HttpSample(2000.0, 0.3, 1.8))
+    results.add_http("paced", "triasgi", HttpSample(2000.0, 0.3, 1.5))
+    assert (
+        "hello GET p99 no worse than uvicorn-h11 at the same offered rate "
+        "(paced): missed (1.25x)"
+    ) in goals(results)
+    # Without a paced run there is no paced verdict.
+    assert not any("paced" in line for line in goals(_results()))
+
+
+def test_paced_scenario_offers_the_pace_to_every_connection(tmp_path) -> None:
+    options = harness.parse_args(["--pace", "4000"])
+    paced = next(s for s in harness.HTTP_SCENARIOS if s.key == "paced")
+    hello = next(s for s in harness.HTTP_SCENARIOS if s.key == "hello")
+    # 64 connections, each waiting 16 ms on average: 4,000 requests/s.
+    assert harness.think_time_ms(paced, options) == pytest.approx(16.0)
+    assert harness.measured_seconds(paced, options) == 2 * options.seconds
+    assert harness.measured_seconds(hello, options) == options.seconds
+    assert harness.titles(options)["paced"] == "hello GET, 4,000 req/s offered"
+    # By default, and with a percentage, the pace is a share of the baseline's
+    # capacity, known only after the calibration run.
+    default = harness.parse_args([])
+    assert (default.pace, default.pace_share) == (0.0, 0.5)
+    assert harness.parse_args(["--pace", "70%"]).pace_share == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        harness.think_time_ms(paced, default)
+    assert harness.titles(default)["paced"] == "hello GET, paced"
+    script = wrk.paced_script(tmp_path / "paced.lua", 16.0).read_text()
+    assert "local mean = 16.0\n" in script
+    assert "function delay()" in script
+    assert "math.log(1 - math.random())" in script
 
 
 def test_httptools_goal_compares_with_uvicorn_httptools() -> None:
@@ -200,6 +243,10 @@ def test_the_baseline_is_always_run() -> None:
         ["--servers", "nginx"],
         ["--scenarios", "hello,nope"],
         ["--rounds", "0"],
+        ["--pace", "0"],
+        ["--pace", "fast"],
+        ["--pace", "0%"],
+        ["--pace", "150%"],
         ["--server-core", "1", "--load-core", "1"],
     ],
 )
