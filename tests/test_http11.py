@@ -97,6 +97,32 @@ async def test_keep_alive_serves_several_requests_on_one_connection():
     assert bodies == [b"/0", b"/1", b"/2"]
 
 
+@pytest.mark.parametrize(
+    ("connection", "kept"),
+    [
+        ("keep-alive, closed-captions", True),
+        ("x-close-notify", True),
+        ("Keep-Alive, CLOSE", False),
+        ("x-a ,\tclose", False),
+    ],
+)
+async def test_only_a_close_token_in_connection_ends_the_connection(connection, kept):
+    async with open_server(echo_path_app()) as server:
+        stream = await connect(server)
+        client = H11Client(stream)
+        first = await client.request_response(
+            "GET", "/1", headers=[("connection", connection)]
+        )
+        if kept:
+            second = await client.request_response("GET", "/2")
+            assert second.body == b"/2"
+        else:
+            assert await read_until_closed(stream) == b""
+        await stream.aclose()
+    assert first.body == b"/1"
+    assert (first.headers.get(b"connection") == b"close") is not kept
+
+
 async def test_pipelined_requests_are_answered_in_order():
     async def app(scope, receive, send):
         if scope["type"] != "http":

@@ -1251,7 +1251,11 @@ def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
             elif name == b"content-length":
                 has_cl = True
             elif name == b"connection":
-                if b"close" in value.lower():
+                # A list of tokens (RFC 9110 section 7.6.1), as h11 reads it.
+                lowered = value.lower()
+                if b"close" in lowered and b"close" in [
+                    token.strip(b" \t") for token in lowered.split(b",")
+                ]:
                     keep_alive = False
             elif name == b"upgrade":
                 upgrade = True
