@@ -6,6 +6,12 @@ connection and no parsing beyond finding where each head ends.  No ASGI
 call, no request object, no checks.  What it serves per CPU second bounds
 what any server on trio (triasgi included) could serve, so the harness runs
 it beside the others in the hello GET and idle-memory scenarios.
+
+``--app-task`` adds what any ASGI server on trio that keeps reading while
+the app runs must add, and nothing else: each request is answered from a
+task of its own, started in the connection's nursery, which checkpoints
+once for the response start and once more in writing the body, as an ASGI
+``send`` of each does.  The harness runs it as ``trio-floor-task``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,51 @@ RESPONSE = (
     b"content-length: %d\r\n"
     b"\r\n" % len(HELLO)
 ) + HELLO
+
+
+class _Answers:
+    """Requests of one connection waiting for the answering task."""
+
+    __slots__ = ("pending", "running")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.running = False
+
+
+async def _answer(stream: trio.SocketStream, answers: _Answers) -> None:
+    # One task at a time per connection, so that pipelined requests are
+    # answered in order and never by two writers at once.
+    try:
+        while answers.pending:
+            heads, answers.pending = answers.pending, 0
+            await trio.lowlevel.checkpoint()  # send() of the response start
+            await stream.send_all(RESPONSE * heads)  # send() of the body
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        answers.running = False
+
+
+async def _serve_with_app_task(stream: trio.SocketStream) -> None:
+    pending = b""
+    answers = _Answers()
+    async with stream, trio.open_nursery() as nursery:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            pending += data
+            heads = pending.count(b"\r\n\r\n")
+            if heads:
+                pending = pending[pending.rfind(b"\r\n\r\n") + 4 :]
+                answers.pending += heads
+                if not answers.running:
+                    answers.running = True
+                    nursery.start_soon(_answer, stream, answers)
 
 
 async def _serve(stream: trio.SocketStream) -> None:
@@ -50,10 +101,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backlog", type=int, default=4096)
+    parser.add_argument(
+        "--app-task",
+        action="store_true",
+        help="answer each request from a task of its own, as an ASGI server does",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    handler = _serve_with_app_task if args.app_task else _serve
 
     async def serve() -> None:
-        await trio.serve_tcp(_serve, args.port, host=args.host, backlog=args.backlog)
+        await trio.serve_tcp(handler, args.port, host=args.host, backlog=args.backlog)
 
     trio.run(serve)
 

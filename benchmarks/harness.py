@@ -84,6 +84,7 @@ _NEEDS = {
     "hypercorn-trio": ["hypercorn", "trio"],
     "triasgi-asyncio": ["triasgi", "trio_asyncio"],
     "trio-floor": ["trio"],
+    "trio-floor-task": ["trio"],
 }
 _WS_EXAMPLE = Path("examples", "ws_echo.py")
 

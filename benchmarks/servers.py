@@ -99,7 +99,7 @@ class ServerSpec:
                 "--backlog",
                 str(BACKLOG),
             ]
-        if self.name == "trio-floor":
+        if self.name in ("trio-floor", "trio-floor-task"):
             return [
                 py,
                 "-m",
@@ -110,6 +110,7 @@ class ServerSpec:
                 str(port),
                 "--backlog",
                 str(BACKLOG),
+                *(["--app-task"] if self.name == "trio-floor-task" else []),
             ]
         if self.name == "hypercorn-trio":
             # -w 0 serves in this process rather than in a spawned worker.
@@ -145,6 +146,8 @@ SERVERS = {
         ServerSpec("triasgi-asyncio", websocket=False),
         # The bound on any trio server (benchmarks/floor.py).
         ServerSpec("trio-floor", websocket=False, only=("hello", "paced")),
+        # The same with a task per request that checkpoints as ASGI send() does.
+        ServerSpec("trio-floor-task", websocket=False, only=("hello", "paced")),
     ]
 }
 

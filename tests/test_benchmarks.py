@@ -274,11 +274,12 @@ def test_websocket_client_splits_server_frames() -> None:
     assert stream == wsload.server_frame(0x1, b"tail")[:3]
 
 
-async def test_floor_answers_every_request_head_on_a_keep_alive_connection():
+@pytest.mark.parametrize("serve", [floor._serve, floor._serve_with_app_task])
+async def test_floor_answers_every_request_head_on_a_keep_alive_connection(serve):
     client, server = trio.testing.memory_stream_pair()
     request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(floor._serve, server)
+        nursery.start_soon(serve, server)
         # Two pipelined heads, then a third one split across two writes.
         await client.send_all(request * 2)
         await client.send_all(request[:10])
