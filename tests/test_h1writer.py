@@ -113,6 +113,26 @@ def test_connection_close_from_the_app_ends_keep_alive():
     assert not writer.keep_alive
 
 
+@pytest.mark.parametrize(
+    ("value", "closes"),
+    [
+        (b"Upgrade, CLOSE", True),
+        (b"close ,x", True),
+        (b"keep-alive, closed-captions", False),
+        (b"x-close", False),
+    ],
+)
+def test_only_a_close_token_from_the_app_ends_keep_alive(value, closes):
+    writer, out = write(headers=[(b"connection", value)])
+    assert writer.keep_alive is not closes
+    if closes:
+        assert out.count(b"connection: close") == 1
+        assert value not in out
+    else:
+        assert b"connection: %s\r\n" % value in out
+        assert b"connection: close" not in out
+
+
 def test_connection_close_when_the_request_asked_for_it():
     _writer, out = write(keep_alive=False)
     assert b"connection: close\r\n" in out

@@ -40,6 +40,18 @@ REASON_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 }
 
 
+def has_close_token(value: bytes) -> bool:
+    """Whether a Connection header value holds the ``close`` option.
+
+    The value is a list of tokens (RFC 9110 section 7.6.1), read as h11
+    reads it: "keep-alive, closed-captions" holds no ``close``.
+    """
+    lowered = value.lower()
+    return b"close" in lowered and b"close" in [
+        token.strip(b" \t") for token in lowered.split(b",")
+    ]
+
+
 class ResponseError(Exception):
     """The app's response cannot be sent as given (bad header, wrong length)."""
 
@@ -127,7 +139,7 @@ class ResponseWriter:
             elif lower == b"transfer-encoding":
                 continue
             elif lower == b"connection":
-                if b"close" in value.lower():
+                if has_close_token(value):
                     close = True
                     continue
                 # Hop-by-hop tokens other than close are kept as given.

@@ -51,7 +51,12 @@ from ._asgi import (
     split_target,
 )
 from ._h1parse import IDLE_PARSER, ParsedRequest, RequestHead
-from ._h1writer import REASON_PHRASES, ResponseError, ResponseWriter
+from ._h1writer import (
+    REASON_PHRASES,
+    ResponseError,
+    ResponseWriter,
+    has_close_token,
+)
 from ._logging import AccessEntry, log_access
 from ._proxy import apply_proxy_headers
 from ._types import Address, Message
@@ -1251,11 +1256,7 @@ def _scan_head(request: RequestHead, config: Config, max_head: int) -> _Head:
             elif name == b"content-length":
                 has_cl = True
             elif name == b"connection":
-                # A list of tokens (RFC 9110 section 7.6.1), as h11 reads it.
-                lowered = value.lower()
-                if b"close" in lowered and b"close" in [
-                    token.strip(b" \t") for token in lowered.split(b",")
-                ]:
+                if has_close_token(value):
                     keep_alive = False
             elif name == b"upgrade":
                 upgrade = True
