@@ -12,6 +12,9 @@ the app runs must add, and nothing else: each request is answered from a
 task of its own, started in the connection's nursery, which checkpoints
 once for the response start and once more in writing the body, as an ASGI
 ``send`` of each does.  The harness runs it as ``trio-floor-task``.
+Requests that a client pipelines are answered together, by one task and
+one write, and nothing bounds how many it may pipeline without reading:
+wrk sends one request at a time per connection.
 """
 
 from __future__ import annotations

@@ -43,6 +43,11 @@ Serve = Callable[[ServerSpec], contextlib.AbstractContextManager[RunningServer]]
 
 
 PACED = "paced"
+PACED_CONNECTIONS = 64
+# wrk waits whole milliseconds between requests: the mean think time of the
+# paced scenario stays between 1 ms and 10 s, hence these bounds on the pace.
+MIN_PACE = PACED_CONNECTIONS / 10.0
+MAX_PACE = PACED_CONNECTIONS * 1000
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class HttpScenario:
 
 HTTP_SCENARIOS = [
     HttpScenario("hello", "hello GET", "/", 64),
-    HttpScenario(PACED, "hello GET, paced", "/", 64, paced=True),
+    HttpScenario(PACED, "hello GET, paced", "/", PACED_CONNECTIONS, paced=True),
     HttpScenario("64k", "64 KiB response", "/64k", 64),
     HttpScenario("echo-1m", "1 MiB body echoed", "/echo", 16, post_bytes=1 << 20),
     HttpScenario(
@@ -131,17 +136,17 @@ def _pace(text: str) -> tuple[float, float | None]:
     try:
         if text.endswith("%"):
             share = float(text[:-1]) / 100
-            if 0 < share <= 1:
+            if 0.01 <= share <= 1:
                 return 0.0, share
         else:
             rate = float(text)
-            if rate > 0 and math.isfinite(rate):
+            if MIN_PACE <= rate <= MAX_PACE:
                 return rate, None
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(
-        "give requests per second (e.g. 2000) or a share of the baseline "
-        "above 0% and up to 100% (e.g. 50%)"
+        f"give requests per second from {MIN_PACE:g} to {MAX_PACE:,} (e.g. 2000) "
+        "or a share of the baseline from 1% to 100% (e.g. 50%)"
     )
 
 
@@ -340,25 +345,41 @@ def calibrated(options: Options, results: Results, serve: Serve) -> Options:
         return options
     hello = next(s for s in HTTP_SCENARIOS if s.key == "hello")
     with serve(SERVERS[BASELINE]) as server:
-        capacity = run_http(server, hello, options, Path()).requests_per_s
-    if not capacity > 0:
-        raise ServerError(f"{BASELINE} answered no request in the calibration run")
+        verify(server, ("hello",))
+        sample = run_http(server, hello, options, Path())
+    if sample.errors:
+        raise ServerError(
+            f"{BASELINE} gave {sample.errors} errors in the calibration run"
+        )
+    _log(f"calibration: {BASELINE} hello GET {sample.requests_per_s:,.0f} req/s")
+    return paced_at(options, results, sample.requests_per_s)
+
+
+def paced_at(options: Options, results: Results, capacity: float) -> Options:
+    """``options`` with the pace set to its share of ``capacity`` (req/s)."""
+    assert options.pace_share is not None
     pace = capacity * options.pace_share
+    if not MIN_PACE <= pace <= MAX_PACE:
+        raise ServerError(
+            f"{options.pace_share:.0%} of the {capacity:,.0f} requests/s that "
+            f"{BASELINE} answered in the calibration run is outside what the "
+            f"paced scenario can offer ({MIN_PACE:g} to {MAX_PACE:,} requests/s); "
+            "give --pace in requests per second"
+        )
     results.notes.append(
         f"Paced scenario: {pace:,.0f} requests/s offered, "
         f"{options.pace_share:.0%} of the {capacity:,.0f} requests/s that "
         f"{BASELINE} answered on hello GET in a calibration run at the start."
     )
-    _log(f"calibration: {BASELINE} hello GET {capacity:,.0f} req/s; pace {pace:,.0f}")
+    results.calibration = capacity
     return dataclasses.replace(options, pace=pace, pace_share=None)
 
 
 def measured_seconds(scenario: HttpScenario, options: Options) -> float:
     """How long a scenario's measured run lasts.
 
-    A paced run lasts twice as long: wrk sends the first request of every
-    connection at once when it connects, and over a longer run that burst
-    stays a smaller part of the samples behind p99.
+    A paced run lasts twice as long: a paced server answers fewer requests
+    per second than in the closed loop, and p99 needs samples.
     """
     return options.seconds * 2 if scenario.paced else options.seconds
 
@@ -825,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "memory_bytes_per_connection": results.memory,
             "websocket_messages_per_second": results.websocket,
+            "paced_requests_per_second_offered": (
+                options.pace if PACED in options.scenarios else None
+            ),
+            "calibration_requests_per_second": results.calibration,
             "notes": results.notes,
         }
         options.json.write_text(json.dumps(raw, indent=2) + "\n")

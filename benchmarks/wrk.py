@@ -75,8 +75,12 @@ def paced_script(path: Path, mean_think_ms: float) -> Path:
     waits a think time drawn from an exponential distribution with mean
     ``mean_think_ms``, so that the requests of many connections arrive
     close to a Poisson stream of ``connections / mean_think_ms`` per
-    millisecond, whatever the server.  wrk takes whole milliseconds; half a
-    millisecond is added so that the truncation keeps the mean.
+    millisecond, whatever the server.  wrk waits before the first request of
+    each connection too, so the run starts without a burst.  wrk takes whole
+    milliseconds; half a millisecond is added so that the truncation keeps
+    the mean (its timers fire on a millisecond clock, so a wait may still
+    end up to a millisecond early).  LuaJIT's generator starts from a fixed
+    seed: every server gets the same sequence of think times.
     """
     path.write_text(
         f"local mean = {mean_think_ms!r}\n"

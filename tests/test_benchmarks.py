@@ -144,6 +144,14 @@ def test_paced_p99_goal_compares_at_the_same_offered_rate() -> None:
     ) in goals(results)
     # Without a paced run there is no paced verdict.
     assert not any("paced" in line for line in goals(_results()))
+    # A server that fell behind the pace was not at the same load.
+    behind = _results()
+    behind.add_http("paced", "triasgi", HttpSample(2000.0, 0.3, 0.9))
+    behind.add_http("paced", BASELINE, HttpSample(1800.0, 0.4, 9.0))
+    assert (
+        "hello GET p99 no worse than uvicorn-h11 at the same offered rate "
+        "(paced): not comparable, the two answered 2,000 and 1,800 requests/s"
+    ) in goals(behind)
 
 
 def test_paced_scenario_offers_the_pace_to_every_connection(tmp_path) -> None:
@@ -164,9 +172,28 @@ def test_paced_scenario_offers_the_pace_to_every_connection(tmp_path) -> None:
         harness.think_time_ms(paced, default)
     assert harness.titles(default)["paced"] == "hello GET, paced"
     script = wrk.paced_script(tmp_path / "paced.lua", 16.0).read_text()
-    assert "local mean = 16.0\n" in script
-    assert "function delay()" in script
-    assert "math.log(1 - math.random())" in script
+    assert script == (
+        "local mean = 16.0\n"
+        "function delay()\n"
+        "  return 0.5 - mean * math.log(1 - math.random())\n"
+        "end\n"
+    )
+
+
+def test_a_calibrated_pace_is_its_share_of_the_baseline() -> None:
+    options = harness.parse_args(["--pace", "75%"])
+    results = Results(servers=options.servers)
+    paced = harness.paced_at(options, results, 8000.0)
+    assert (paced.pace, paced.pace_share) == (6000.0, None)
+    assert results.calibration == 8000.0
+    assert results.notes == [
+        "Paced scenario: 6,000 requests/s offered, 75% of the 8,000 requests/s "
+        "that uvicorn-h11 answered on hello GET in a calibration run at the start."
+    ]
+    assert harness.titles(paced)["paced"] == "hello GET, 6,000 req/s offered"
+    # A baseline so slow that the pace cannot be paced is a clear error.
+    with pytest.raises(harness.ServerError, match="give --pace in requests"):
+        harness.paced_at(options, Results(servers=[]), 1.0)
 
 
 def test_httptools_goal_compares_with_uvicorn_httptools() -> None:
@@ -246,7 +273,12 @@ def test_the_baseline_is_always_run() -> None:
         ["--pace", "0"],
         ["--pace", "fast"],
         ["--pace", "0%"],
+        ["--pace", "0.5%"],
         ["--pace", "150%"],
+        ["--pace", "nan"],
+        ["--pace", "inf"],
+        ["--pace", "1e9"],
+        ["--pace", "-5"],
         ["--server-core", "1", "--load-core", "1"],
     ],
 )
@@ -285,7 +317,13 @@ async def test_floor_answers_every_request_head_on_a_keep_alive_connection(serve
         await client.send_all(request[:10])
         await client.send_all(request[10:])
         received = b""
-        while received.count(b"HTTP/1.1 200 OK") < 3:
-            received += await client.receive_some()
+        with trio.fail_after(5):
+            while received.count(b"HTTP/1.1 200 OK") < 3:
+                received += await client.receive_some()
+        # The answering task has ended: a new head must start another one.
+        await client.send_all(request)
+        with trio.fail_after(5):
+            while received.count(b"HTTP/1.1 200 OK") < 4:
+                received += await client.receive_some()
         await client.aclose()
-    assert received == floor.RESPONSE * 3
+    assert received == floor.RESPONSE * 4
