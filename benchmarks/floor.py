@@ -58,21 +58,29 @@ async def _answer(stream: trio.SocketStream, answers: _Answers) -> None:
         answers.running = False
 
 
+async def _receive(stream: trio.SocketStream) -> bytes:
+    """The next bytes from the client; b"" once it has gone."""
+    try:
+        return await stream.receive_some(65536)
+    except trio.BrokenResourceError:
+        return b""
+
+
+def _complete_heads(pending: bytes) -> tuple[int, bytes]:
+    """How many request heads ``pending`` completes, and what follows the last."""
+    heads = pending.count(b"\r\n\r\n")
+    if heads:
+        pending = pending[pending.rfind(b"\r\n\r\n") + 4 :]
+    return heads, pending
+
+
 async def _serve_with_app_task(stream: trio.SocketStream) -> None:
     pending = b""
     answers = _Answers()
     async with stream, trio.open_nursery() as nursery:
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return
-            if not data:
-                return
-            pending += data
-            heads = pending.count(b"\r\n\r\n")
+        while data := await _receive(stream):
+            heads, pending = _complete_heads(pending + data)
             if heads:
-                pending = pending[pending.rfind(b"\r\n\r\n") + 4 :]
                 answers.pending += heads
                 if not answers.running:
                     answers.running = True
@@ -82,17 +90,9 @@ async def _serve_with_app_task(stream: trio.SocketStream) -> None:
 async def _serve(stream: trio.SocketStream) -> None:
     pending = b""
     async with stream:
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return
-            if not data:
-                return
-            pending += data
-            heads = pending.count(b"\r\n\r\n")
+        while data := await _receive(stream):
+            heads, pending = _complete_heads(pending + data)
             if heads:
-                pending = pending[pending.rfind(b"\r\n\r\n") + 4 :]
                 try:
                     await stream.send_all(RESPONSE * heads)
                 except trio.BrokenResourceError:

@@ -48,6 +48,8 @@ PACED_CONNECTIONS = 64
 # paced scenario stays between 1 ms and 10 s, hence these bounds on the pace.
 MIN_PACE = PACED_CONNECTIONS / 10.0
 MAX_PACE = PACED_CONNECTIONS * 1000
+# The default pace: this share of the baseline's hello GET rate.
+DEFAULT_PACE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Options:
     # pace_share is set, that share of the baseline's hello GET rate, which
     # a calibration run measures at the start (calibrated() resolves it).
     pace: float = 0.0
-    pace_share: float | None = 0.5
+    pace_share: float | None = DEFAULT_PACE_SHARE
 
 
 def _names(choices: list[str]) -> Callable[[str], list[str]]:
@@ -196,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pace",
         type=_pace,
-        default=(0.0, 0.5),
+        default=(0.0, DEFAULT_PACE_SHARE),
         help=(
             "what the paced scenario offers every server: requests per second "
             f"(e.g. 2000), or a share of {BASELINE}'s hello GET requests per "
             "second, measured in a calibration run at the start (e.g. 70%%; "
-            "default 50%%)"
+            f"default {DEFAULT_PACE_SHARE * 100:.0f}%%)"
         ),
     )
     parser.add_argument("--server-core", type=int, default=0, help="core for servers")

@@ -274,17 +274,17 @@ def goals(
         r99 = ratio(m.p99_ms, b.p99_ms) if m.requests_per_s else None
         rates = ratio(m.requests_per_s, b.requests_per_s)
         what = f"hello GET p99 no worse than {BASELINE} at the same offered rate"
-        if r99 is None or rates is None:
-            pass
-        elif abs(rates - 1) > PACED_RATE_TOLERANCE:
-            # One of them fell behind the pace: not the same load any more.
-            lines.append(
-                f"{what} (paced): not comparable, the two answered "
-                f"{m.requests_per_s:,.0f} and {b.requests_per_s:,.0f} requests/s"
-            )
-        else:
-            verdict = "met" if r99 <= MAX_HELLO_P99_RATIO else "missed"
-            lines.append(f"{what} (paced): {verdict} ({r99:.2f}x)")
+        if r99 is not None and rates is not None:
+            if abs(rates - 1) > PACED_RATE_TOLERANCE:
+                # One of them fell behind the pace: not the same load any more.
+                lines.append(
+                    f"{what} (paced): not comparable, the two answered "
+                    f"{m.requests_per_s:,.0f} and {b.requests_per_s:,.0f} "
+                    "requests/s"
+                )
+            else:
+                verdict = "met" if r99 <= MAX_HELLO_P99_RATIO else "missed"
+                lines.append(f"{what} (paced): {verdict} ({r99:.2f}x)")
     fast = results.http.get((hello, "triasgi-httptools"))
     peer = results.http.get((hello, "uvicorn-httptools"))
     if fast and peer:
