@@ -7,7 +7,7 @@ import h11
 import pytest
 import trio
 
-import triasgi._server
+import triasgi._serve._server
 
 
 @dataclass
@@ -143,9 +143,9 @@ def http_backend(request, monkeypatch):
     subprocess through ``TRIASGI_HTTP``.
     """
     backend = request.param
-    choose = triasgi._server.parser_factory
+    choose = triasgi._serve._server.parser_factory
     monkeypatch.setattr(
-        triasgi._server,
+        triasgi._serve._server,
         "parser_factory",
         lambda _configured, max_head: choose(backend, max_head),
     )

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from triasgi import Config
-from triasgi._h1parse import HttptoolsParser, ParsedRequest, parser_factory
+from triasgi._protocol._h1parse import HttptoolsParser, ParsedRequest, parser_factory
 
 MAX_HEAD = 16 * 1024
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h11
 import pytest
 
-from triasgi._h1writer import ResponseError, ResponseWriter
+from triasgi._protocol._h1writer import ResponseError, ResponseWriter
 
 
 def parse(request: bytes, response: bytes) -> tuple[h11.Response, bytes, bool]:

@@ -11,12 +11,8 @@ import trio
 from conftest import H11Client, connect, read_until_closed
 
 from triasgi import Config
-from triasgi._proxy import (
-    ProxyProtocolError,
-    TrustedProxies,
-    apply_proxy_headers,
-    parse_proxy_preamble,
-)
+from triasgi._asgi._proxy_headers import TrustedProxies, apply_proxy_headers
+from triasgi._protocol._proxy import ProxyProtocolError, parse_proxy_preamble
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
 # The whole module runs against both request parsers (--http).

@@ -30,7 +30,8 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 
-from triasgi._asgi import ASGIProtocolError, WebSocketState, next_websocket_state
+from triasgi._asgi._messages import WebSocketState, next_websocket_state
+from triasgi._errors import ASGIProtocolError
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
 # The whole module runs against both request parsers (--http).
@@ -1079,7 +1080,7 @@ def test_websocket_message_table_refuses(state, message):
 
 
 def test_deflate_negotiation_takes_the_first_acceptable_offer():
-    from triasgi._websocket import negotiate_deflate
+    from triasgi._serve._websocket import negotiate_deflate
 
     result = negotiate_deflate(
         ["x-unknown", "permessage-deflate; client_max_window_bits"]

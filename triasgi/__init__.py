@@ -1,13 +1,13 @@
 """triasgi: a trio-native ASGI server built on structured concurrency."""
 
-from ._asgi import ASGIProtocolError as ASGIProtocolError
-from ._asgi import ClientDisconnected as ClientDisconnected
 from ._config import Config as Config
+from ._errors import ASGIProtocolError as ASGIProtocolError
+from ._errors import ClientDisconnected as ClientDisconnected
+from ._errors import StartupError as StartupError
 from ._importer import AppImportError as AppImportError
 from ._run import run as run
-from ._server import Server as Server
-from ._server import StartupError as StartupError
-from ._server import serve as serve
+from ._serve._server import Server as Server
+from ._serve._server import serve as serve
 from ._version import __version__ as __version__
 
 # Show public names as living here, not in the private modules.

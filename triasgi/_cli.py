@@ -10,10 +10,10 @@ import click
 
 from . import _config
 from ._config import Config, config_fields, env_name
+from ._errors import StartupError
 from ._importer import AppImportError, load_app
 from ._logging import LogConfigError, configure_logging
-from ._run import run_config
-from ._server import StartupError
+from ._process._single import run_config
 from ._version import __version__
 
 
@@ -94,7 +94,7 @@ def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> No
 
 def _supervise(config: Config, app: str, app_dir: str, factory: bool) -> None:
     """Serve from worker processes: --workers, or --reload for development."""
-    from ._supervisor import SupervisorError, run_supervisor
+    from ._process._supervisor import SupervisorError, run_supervisor
 
     if config.reload and config.workers not in (None, 1):
         raise click.UsageError(

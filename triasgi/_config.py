@@ -376,9 +376,9 @@ def env_name(field_name: str) -> str:
 
 def _check_edge_settings(config: Config) -> None:
     """Settings that need parsing: a bad one raises ValueError at once."""
-    from ._h1parse import HAVE_HTTPTOOLS, MISSING_HTTPTOOLS
+    from ._asgi._proxy_headers import TrustedProxies
     from ._logging import AccessLogFormat
-    from ._proxy import TrustedProxies
+    from ._protocol._h1parse import HAVE_HTTPTOOLS, MISSING_HTTPTOOLS
 
     if config.ssl_certfile is None:
         given = [

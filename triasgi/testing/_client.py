@@ -27,7 +27,7 @@ import httpx
 import trio
 import trio.testing
 
-from .._server import Server
+from .._serve._server import Server
 from .._types import ASGIApp
 from ._server import open_memory_server, open_nursery_unwrapped
 from ._wsclient import MemoryWebSocket, open_websocket

@@ -9,14 +9,14 @@ from typing import Any, final
 
 import trio
 
-from .._asgi import (
-    ASGI_VERSION,
-    ASGIProtocolError,
+from .._asgi._messages import (
     ResponseState,
     WebSocketState,
     next_response_state,
     next_websocket_state,
 )
+from .._asgi._scope import ASGI_VERSION
+from .._errors import ASGIProtocolError
 from .._types import ASGIApp, Message, Scope
 from ._server import open_nursery_unwrapped
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from .._config import Config
-from .._server import Server
+from .._serve._server import Server
 from .._types import Address, ASGIApp
 
 

@@ -24,7 +24,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from .._server import Server
+from .._serve._server import Server
 from ._server import open_memory_connection, open_nursery_unwrapped
 
 _READ_SIZE = 64 * 1024

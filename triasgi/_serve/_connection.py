@@ -40,33 +40,26 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
-from ._asgi import (
-    ASGI_VERSION,
-    ASGIProtocolError,
-    ClientDisconnected,
-    ResponseState,
-    check_headers,
-    decode_path,
-    next_response_state,
-    split_target,
-)
-from ._h1parse import IDLE_PARSER, ParsedRequest, RequestHead
-from ._h1writer import (
+from .._asgi._messages import ResponseState, check_headers, next_response_state
+from .._asgi._proxy_headers import apply_proxy_headers
+from .._asgi._scope import ASGI_VERSION, decode_path, split_target
+from .._errors import ASGIProtocolError, ClientDisconnected
+from .._logging import AccessEntry, log_access
+from .._protocol._h1parse import IDLE_PARSER, ParsedRequest, RequestHead
+from .._protocol._h1writer import (
     REASON_PHRASES,
     ResponseError,
     ResponseWriter,
     has_close_token,
 )
-from ._logging import AccessEntry, log_access
-from ._proxy import apply_proxy_headers
-from ._types import Address, Message
+from .._types import Address, Message
 from ._websocket import WebSocketSession, is_websocket_upgrade
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._config import Config
     from ._server import Server
 
 logger = logging.getLogger("triasgi.error")

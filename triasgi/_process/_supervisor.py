@@ -2,9 +2,9 @@
 
 ``triasgi app:app --workers N`` (or ``--reload``) runs this program instead of
 serving in-process.  It binds the socket once and starts each worker as
-``python -m triasgi._worker`` with :func:`trio.run_process`, passing the
+``python -m triasgi._process._worker`` with :func:`trio.run_process`, passing the
 socket by descriptor inheritance and the settings as JSON on the worker's
-stdin.  Each worker reports on a pipe (see :mod:`triasgi._worker`):
+stdin.  Each worker reports on a pipe (see :mod:`triasgi._process._worker`):
 ``ready``, a ``beat`` every so often, ``retire`` and ``fail <sentence>``.
 
 Everything runs under one nursery::
@@ -35,8 +35,8 @@ from typing import Any, final
 
 import trio
 
-from ._config import Config
-from ._server import _bind, _remove_socket_file, _sockname, describe_address
+from .._config import Config
+from .._serve._listeners import bind, describe_address, remove_socket_file, sockname
 from ._worker import heartbeat_interval, use_pid_log_format
 
 logger = logging.getLogger("triasgi.error")
@@ -203,7 +203,7 @@ class Supervisor:
         if activated is not None and config.fd is None and not config.uds:
             logger.info("Using the socket passed by systemd (fd %d).", activated)
             config = config.replace(fd=activated)
-        listeners = self._listeners = _bind(config)
+        listeners = self._listeners = bind(config)
         try:
             sock = listeners[0].socket
             self._fds = (sock.fileno(),)
@@ -212,7 +212,7 @@ class Supervisor:
             )
             logger.info(
                 "Listening on %s (press CTRL+C to quit)",
-                describe_address(_sockname(sock), config),
+                describe_address(sockname(sock), config),
             )
             with trio.open_signal_receiver(*_SIGNALS) as signals:
                 async with trio.open_nursery() as root:
@@ -223,7 +223,7 @@ class Supervisor:
             for listener in listeners:
                 listener.socket.close()
             if config.uds and config.fd is None:
-                _remove_socket_file(config.uds)
+                remove_socket_file(config.uds)
         if self._failure is not None:
             raise SupervisorError(self._failure)
         logger.info("Supervisor stopped.")
@@ -334,7 +334,7 @@ class Supervisor:
                     process: trio.Process = await nursery.start(
                         functools.partial(
                             trio.run_process,
-                            [sys.executable, "-m", "triasgi._worker"],
+                            [sys.executable, "-m", "triasgi._process._worker"],
                             stdin=json.dumps(spec).encode(),
                             pass_fds=(*self._fds, write_fd),
                             check=False,

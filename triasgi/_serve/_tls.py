@@ -8,7 +8,7 @@ from typing import Any, final
 
 import trio
 
-from ._config import Config
+from .._config import Config
 
 logger = logging.getLogger("triasgi.error")
 

@@ -50,26 +50,19 @@ from wsproto.events import (
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import generate_accept_token
 
-from ._asgi import (
-    ASGI_VERSION,
-    ASGIProtocolError,
-    ClientDisconnected,
-    WebSocketState,
-    check_headers,
-    decode_path,
-    next_websocket_state,
-    split_target,
-)
-from ._h1writer import REASON_PHRASES
-from ._logging import AccessEntry, log_access
-from ._types import Message
+from .._asgi._messages import WebSocketState, check_headers, next_websocket_state
+from .._asgi._scope import ASGI_VERSION, decode_path, split_target
+from .._errors import ASGIProtocolError, ClientDisconnected
+from .._logging import AccessEntry, log_access
+from .._protocol._h1writer import REASON_PHRASES
+from .._types import Message
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._h1parse import RequestHead
-    from ._http11 import HTTP11Connection
+    from .._protocol._h1parse import RequestHead
+    from ._connection import HTTP11Connection
 
 logger = logging.getLogger("triasgi.error")
 

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, final
 import sniffio
 import trio
 
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from .._errors import StartupError
+from .._types import ASGIApp, Message, Receive, Scope, Send
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -124,8 +125,6 @@ class AsyncioApp:
         try:
             trio_asyncio = importlib.import_module("trio_asyncio")
         except ImportError:
-            from ._server import StartupError  # _server imports this module.
-
             raise StartupError(MISSING_EXTRA) from None
         loop: Any = None
         try:

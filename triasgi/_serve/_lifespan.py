@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import trio
 
-from ._asgi import ASGIProtocolError
-from ._types import ASGIApp, Message
+from .._errors import ASGIProtocolError
+from .._types import ASGIApp, Message
 
 logger = logging.getLogger("triasgi.error")
 

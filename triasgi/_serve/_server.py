@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import random
 import socket
-import stat
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -15,28 +13,25 @@ from typing import Any, final
 
 import trio
 
+from .._asgi._proxy_headers import TrustedProxies
+from .._config import Config
+from .._errors import StartupError
+from .._logging import AccessLogFormat
+from .._protocol._h1parse import parser_factory
+from .._protocol._proxy import ProxyProtocolError
+from .._types import Address, ASGIApp
 from ._asyncio import open_app_loop, wrap_app
-from ._config import Config
-from ._h1parse import parser_factory
-from ._http11 import HTTP11Connection
+from ._connection import HTTP11Connection
+from ._edge import read_proxy_preamble
 from ._lifespan import Lifespan, LifespanFailure
-from ._logging import AccessLogFormat
-from ._proxy import ProxyProtocolError, TrustedProxies, read_proxy_preamble
+from ._listeners import bind, describe_address, peername, remove_socket_file, sockname
 from ._tls import TLS, TLSSetupError
-from ._types import Address, ASGIApp
 
 logger = logging.getLogger("triasgi.error")
 
 # accept() errors that mean "out of resources for now", not "listener broken".
 _ACCEPT_BATCH = 63
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-class StartupError(Exception):
-    """The server could not start: a bind failure or a failed lifespan startup.
-
-    The message is one sentence fit to show a user.
-    """
 
 
 @final
@@ -324,10 +319,10 @@ class Server:
                 self._tls = TLS(self.config)
             except TLSSetupError as exc:
                 raise StartupError(str(exc)) from None
-        listeners = _bind(self.config) if listen else []
+        listeners = bind(self.config) if listen else []
         failure: LifespanFailure | None = None
         try:
-            self.addresses = [_sockname(ln.socket) for ln in listeners]
+            self.addresses = [sockname(ln.socket) for ln in listeners]
             lifespan = Lifespan(
                 self.app,
                 self.config.lifespan,
@@ -348,7 +343,7 @@ class Server:
             for listener in listeners:
                 listener.socket.close()
             if listen and self.config.uds and self.config.fd is None:
-                _remove_socket_file(self.config.uds)
+                remove_socket_file(self.config.uds)
         if failure is not None:
             raise StartupError(str(failure))
 
@@ -402,7 +397,7 @@ class Server:
         scope: trio.CancelScope,
         nursery: trio.Nursery,
     ) -> None:
-        sockname = _sockname(listener.socket)
+        listener_name = sockname(listener.socket)
         # The plain socket under trio's, for non-blocking accepts in a batch.
         raw = getattr(listener.socket, "_sock", None)
         if not isinstance(raw, socket.socket):
@@ -437,15 +432,15 @@ class Server:
                     continue
                 self._open_sockets += 1
                 nursery.start_soon(
-                    self._serve, stream, _peername(stream.socket), sockname, True
+                    self._serve, stream, peername(stream.socket), listener_name, True
                 )
-                self._accept_waiting(raw, nursery, sockname, limit)
+                self._accept_waiting(raw, nursery, listener_name, limit)
 
     def _accept_waiting(
         self,
         raw: socket.socket | None,
         nursery: trio.Nursery,
-        sockname: Address,
+        listener_name: Address,
         limit: int | None,
     ) -> None:
         """Take connections already waiting, without a pass of the scheduler each.
@@ -470,7 +465,7 @@ class Server:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             self._open_sockets += 1
             nursery.start_soon(
-                self._serve, stream, _peername(stream.socket), sockname, True
+                self._serve, stream, peername(stream.socket), listener_name, True
             )
 
 
@@ -500,47 +495,6 @@ async def serve(
     await Server(app, config).run(task_status=task_status)
 
 
-def _bind(config: Config) -> list[trio.SocketListener]:
-    try:
-        if config.fd is not None:
-            sock = socket.socket(fileno=config.fd)
-            what = f"file descriptor {config.fd}"
-        elif config.uds:
-            what = f"unix socket {config.uds}"
-            _remove_socket_file(config.uds)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(config.uds)
-            os.chmod(config.uds, 0o666)
-        else:
-            what = f"{config.host}:{config.port}"
-            family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-            infos = socket.getaddrinfo(
-                config.host,
-                config.port,
-                family,
-                socket.SOCK_STREAM,
-                flags=socket.AI_PASSIVE,
-            )
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError:
-                sock.close()
-                raise
-        sock.listen(config.backlog)
-        sock.setblocking(False)
-    except socket.gaierror as exc:
-        raise StartupError(
-            f"Cannot resolve host {config.host!r}: {exc.strerror}."
-        ) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise StartupError(f"Cannot listen on {what}: {reason.lower()}.") from None
-    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
-
-
 def _max_requests(config: Config) -> int | None:
     """The request count after which to leave, jitter included, or None."""
     if config.limit_max_requests is None:
@@ -548,40 +502,3 @@ def _max_requests(config: Config) -> int | None:
     return config.limit_max_requests + random.randint(
         0, config.limit_max_requests_jitter
     )
-
-
-def describe_address(address: Address, config: Config) -> str:
-    """A bound address as a user reads it: a URL, or the Unix socket's path."""
-    host, port = address
-    if port is None:
-        return f"unix socket {host}"
-    shown = f"[{host}]" if ":" in host else host
-    scheme = "https" if config.ssl_certfile else "http"
-    return f"{scheme}://{shown}:{port}"
-
-
-def _remove_socket_file(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _sockname(sock: trio.socket.SocketType) -> Address:
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        return (str(name[0]), int(name[1]))
-    if isinstance(name, bytes):
-        name = name.decode()
-    return (str(name), None)
-
-
-def _peername(sock: trio.socket.SocketType) -> Address | None:
-    try:
-        name = sock.getpeername()
-    except OSError:
-        return None
-    if isinstance(name, tuple):
-        return (str(name[0]), int(name[1]))
-    return None

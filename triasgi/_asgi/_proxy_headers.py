@@ -1,31 +1,20 @@
-"""Behind a proxy: forwarded headers and the PROXY protocol, sans-io.
+"""Forwarded headers from a trusted proxy (sans-io).
 
-Two ways a proxy tells us who the client really is:
-
-* Headers on each request: ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port``
-  or the standard ``Forwarded`` (RFC 7239).  Any client can send them, so
-  they count only when the direct peer is a trusted proxy
-  (``forwarded_allow_ips``); :func:`apply_proxy_headers` rewrites a scope.
-* A preamble before the first byte of the connection: the PROXY protocol
-  of HAProxy, versions 1 (text) and 2 (binary), which cloud load balancers
-  speak too.  :func:`parse_proxy_preamble` reads it from bytes.
-
-The parsing does no I/O; only the last section, which reads a preamble
-from a stream for the server, touches trio.
+A proxy tells us who the client really is in headers on each request:
+``X-Forwarded-For``/``-Proto``/``-Host``/``-Port`` or the standard
+``Forwarded`` (RFC 7239).  Any client can send them, so they count only when
+the direct peer is a trusted proxy (``forwarded_allow_ips``);
+:func:`apply_proxy_headers` rewrites a scope.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
-import trio
-
-from ._types import Address
+from .._types import Address
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -272,184 +261,3 @@ def _split_host(host: str) -> tuple[str, int | None]:
     else:
         name, _, port = host.partition(":")
     return name, _port(port)
-
-
-# -- the PROXY protocol --------------------------------------------------------
-
-# https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
-_V1_PREFIX = b"PROXY "
-_V1_MAX = 107  # section 2.1: the longest possible v1 line, CRLF included
-_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-_V2_HEADER = 16
-_V2_MAX = 16 + 65535
-
-
-class ProxyProtocolError(Exception):
-    """A malformed PROXY protocol preamble; the connection must be closed."""
-
-
-@final
-@dataclass(frozen=True)
-class ProxyPreamble:
-    """A parsed PROXY preamble.
-
-    Attributes:
-        length: how many bytes it took; what follows belongs to HTTP.
-        client: the original client address, or None to keep the socket's
-            (``UNKNOWN`` and ``LOCAL`` preambles, used for health checks).
-        server: the address the client connected to, or None likewise.
-    """
-
-    length: int
-    client: Address | None
-    server: Address | None
-
-
-def parse_proxy_preamble(data: bytes) -> ProxyPreamble | None:
-    """Parse a PROXY v1 or v2 preamble at the start of ``data``.
-
-    Returns:
-        The preamble, or None if ``data`` is a valid beginning that needs
-        more bytes.
-
-    Raises:
-        ProxyProtocolError: ``data`` does not start with a valid preamble.
-    """
-    if data[:1] == b"P":
-        return _parse_v1(data)
-    if data[:1] == b"\r":
-        return _parse_v2(data)
-    if not data:
-        return None
-    raise ProxyProtocolError("the connection did not start with a PROXY preamble")
-
-
-def _parse_v1(data: bytes) -> ProxyPreamble | None:
-    if not data.startswith(_V1_PREFIX[: len(data)]):
-        raise ProxyProtocolError("the connection did not start with a PROXY preamble")
-    end = data.find(b"\r\n", 0, _V1_MAX)
-    if end < 0:
-        if len(data) >= _V1_MAX:
-            raise ProxyProtocolError("PROXY v1 line longer than 107 bytes")
-        return None
-    line = data[:end]
-    fields = line.split(b" ")
-    length = end + 2
-    if len(fields) >= 2 and fields[1] == b"UNKNOWN":
-        return ProxyPreamble(length, None, None)
-    if len(fields) != 6 or fields[1] not in (b"TCP4", b"TCP6"):
-        raise ProxyProtocolError(f"malformed PROXY v1 line {line[:_V1_MAX]!r}")
-    family = socket.AF_INET if fields[1] == b"TCP4" else socket.AF_INET6
-    try:
-        src, dst = (_v1_address(f.decode("ascii"), family) for f in fields[2:4])
-        sport, dport = (_v1_port(f) for f in fields[4:6])
-    except (ValueError, OSError):
-        raise ProxyProtocolError(f"malformed PROXY v1 line {line!r}") from None
-    return ProxyPreamble(length, (src, sport), (dst, dport))
-
-
-def _v1_address(text: str, family: int) -> str:
-    return socket.inet_ntop(family, socket.inet_pton(family, text))
-
-
-def _v1_port(field: bytes) -> int:
-    if not field.isdigit() or len(field) > 5 or int(field) > 65535:
-        raise ValueError("bad port")
-    return int(field)
-
-
-def _parse_v2(data: bytes) -> ProxyPreamble | None:
-    if not data.startswith(_V2_SIGNATURE[: len(data)]):
-        raise ProxyProtocolError("the connection did not start with a PROXY preamble")
-    if len(data) < _V2_HEADER:
-        return None
-    version, command = data[12] >> 4, data[12] & 0x0F
-    family, transport = data[13] >> 4, data[13] & 0x0F
-    (size,) = struct.unpack_from("!H", data, 14)
-    if version != 2 or command > 1:
-        raise ProxyProtocolError(
-            f"unsupported PROXY v2 version/command 0x{data[12]:02x}"
-        )
-    length = _V2_HEADER + size
-    if len(data) < length:
-        return None
-    if command == 0 or family == 0 or transport != 1:
-        # LOCAL (the proxy's own health check), or an address we do not use.
-        return ProxyPreamble(length, None, None)
-    body = data[_V2_HEADER:length]
-    if family == 1 and size >= 12:
-        src, dst = (
-            socket.inet_ntop(socket.AF_INET, body[0:4]),
-            socket.inet_ntop(socket.AF_INET, body[4:8]),
-        )
-        sport, dport = struct.unpack_from("!HH", body, 8)
-    elif family == 2 and size >= 36:
-        src, dst = (
-            socket.inet_ntop(socket.AF_INET6, body[0:16]),
-            socket.inet_ntop(socket.AF_INET6, body[16:32]),
-        )
-        sport, dport = struct.unpack_from("!HH", body, 32)
-    elif family == 3:
-        return ProxyPreamble(length, None, None)
-    else:
-        raise ProxyProtocolError(f"PROXY v2 address block too short ({size} bytes)")
-    return ProxyPreamble(length, (src, sport), (dst, dport))
-
-
-# -- on a stream ----------------------------------------------------------------
-
-
-@final
-class PrefixedStream(trio.abc.Stream):
-    """A stream that first gives back bytes already read from it."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
-
-    def __getattr__(self, name: str) -> Any:
-        # ``socket`` and ``send_eof`` of the wrapped stream, where it has them.
-        return getattr(self.stream, name)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()  # type: ignore[attr-defined]
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-async def read_proxy_preamble(
-    stream: trio.abc.Stream,
-) -> tuple[ProxyPreamble, trio.abc.Stream]:
-    """Read a PROXY preamble from ``stream``; the caller bounds the time.
-
-    Returns:
-        The preamble, and a stream that gives the bytes after it.
-
-    Raises:
-        ProxyProtocolError: the preamble is malformed or the peer closed first.
-    """
-    data = b""
-    while True:
-        chunk = await stream.receive_some(_V2_MAX)
-        if not chunk:
-            raise ProxyProtocolError("the peer closed before a full PROXY preamble")
-        data += chunk
-        preamble = parse_proxy_preamble(data)
-        if preamble is not None:
-            rest = data[preamble.length :]
-            return preamble, PrefixedStream(stream, rest) if rest else stream

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m triasgi._worker``, started by the supervisor.
+"""A worker process (``python -m triasgi._process._worker``) of the supervisor.
 
 The supervisor writes the worker's settings as one JSON object on its stdin
 and passes two file descriptors: the listening socket (named by the
@@ -34,11 +34,12 @@ from typing import Any
 
 import trio
 
-from ._config import Config
-from ._importer import AppImportError, load_app
-from ._logging import LogConfigError, configure_logging
-from ._run import freeze_startup_objects, serve_then_stop
-from ._server import Server, StartupError
+from .._config import Config
+from .._errors import StartupError
+from .._importer import AppImportError, load_app
+from .._logging import LogConfigError, configure_logging
+from .._serve._server import Server
+from ._single import freeze_startup_objects, serve_then_stop
 
 logger = logging.getLogger("triasgi.error")
 

@@ -1,30 +1,16 @@
-"""ASGI rules that do not depend on the transport (sans-io).
+"""Which ASGI message the app may send next, as tables (sans-io).
 
-Which message the app may send next, what a malformed message is, and how a
-request target becomes ``path``/``raw_path``/``query_string``: written once
-here, driven by the HTTP/1.1 connection (and any later protocol).
+What a malformed message is, and the state each message leads to, for HTTP
+responses and WebSocket sessions: written once here, driven by every
+protocol.
 """
 
 from __future__ import annotations
 
 import enum
-from urllib.parse import unquote_to_bytes
 
-from ._types import Message
-
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send()`` once the client has gone away.
-
-    ASGI HTTP spec 2.4: sending on a closed connection raises a server-specific
-    subclass of :class:`OSError`.  Apps may catch it to clean up.
-    """
-
-
-class ASGIProtocolError(RuntimeError):
-    """The app broke the ASGI message rules (wrong order, missing or bad key)."""
+from .._errors import ASGIProtocolError
+from .._types import Message
 
 
 class ResponseState(enum.Enum):
@@ -211,28 +197,3 @@ def check_headers(headers: object) -> list[tuple[bytes, bytes]]:
             f"byte strings, got {headers!r}."
         ) from None
     return result
-
-
-def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """Split a request target into ``(raw_path, query_string)``.
-
-    Handles the origin form (``/a?b``), the absolute form
-    (``http://host/a?b``, RFC 9112 section 3.2.2) and the asterisk form.
-    """
-    if target[:1] != b"/" and b"://" in target[:10]:
-        _, _, rest = target.partition(b"://")
-        slash = rest.find(b"/")
-        query = rest.find(b"?")
-        if slash == -1 or (query != -1 and query < slash):
-            target = b"/" + rest[query:] if query != -1 else b"/"
-        else:
-            target = rest[slash:]
-    raw_path, _, query_string = target.partition(b"?")
-    return raw_path, query_string
-
-
-def decode_path(raw_path: bytes) -> str:
-    """Percent-decode ``raw_path`` and decode the result as UTF-8."""
-    if b"%" not in raw_path and raw_path.isascii():
-        return raw_path.decode("ascii")
-    return unquote_to_bytes(raw_path).decode("utf-8", "replace")

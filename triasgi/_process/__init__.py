@@ -1,0 +1,1 @@
+"""Processes: the single-process runner, the supervisor and its workers."""
