@@ -635,7 +635,7 @@ async def test_large_body_reaches_a_slow_reader_whole_and_in_order(chunks):
 
 
 def test_write_leftovers_are_views_of_what_was_not_sent():
-    from triasgi._serve._connection import _after
+    from triasgi._serve._transport import views_after as _after
 
     parts = (b"head", b"0123456789", b"end")
     assert [bytes(v) for v in _after(parts, 0)] == [b"head", b"0123456789", b"end"]

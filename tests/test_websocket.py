@@ -1080,7 +1080,7 @@ def test_websocket_message_table_refuses(state, message):
 
 
 def test_deflate_negotiation_takes_the_first_acceptable_offer():
-    from triasgi._serve._websocket import negotiate_deflate
+    from triasgi._protocol._websocket import negotiate_deflate
 
     result = negotiate_deflate(
         ["x-unknown", "permessage-deflate; client_max_window_bits"]

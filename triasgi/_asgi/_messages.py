@@ -17,6 +17,10 @@ class ResponseState(enum.Enum):
     """Where an HTTP response is, as seen from the app's ``send()`` calls."""
 
     START = "waiting for http.response.start"
+    # The head is held until the first body message, so that a response
+    # given whole gets a content-length, and a bad head can still become a
+    # clean 500: nothing of the response is on the wire yet.
+    HEAD = "holding the response head"
     BODY = "sending http.response.body"
     DONE = "complete"
 
@@ -24,6 +28,7 @@ class ResponseState(enum.Enum):
 # The one table of which message the app may send in which state.
 _HTTP_SEND: dict[ResponseState, frozenset[str]] = {
     ResponseState.START: frozenset({"http.response.start"}),
+    ResponseState.HEAD: frozenset({"http.response.body"}),
     ResponseState.BODY: frozenset({"http.response.body"}),
     ResponseState.DONE: frozenset(),
 }
@@ -66,7 +71,7 @@ def next_response_state(state: ResponseState, message: Message) -> ResponseState
         )
     if msg_type == "http.response.start":
         _check_status(msg_type, message)
-        return ResponseState.BODY
+        return ResponseState.HEAD
     body = message.get("body", b"")
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise ASGIProtocolError(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote_to_bytes
+
+from .._events import Request
+from .._types import Address
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
@@ -30,3 +34,62 @@ def decode_path(raw_path: bytes) -> str:
     if b"%" not in raw_path and raw_path.isascii():
         return raw_path.decode("ascii")
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+def http_scope(
+    request: Request,
+    *,
+    scheme: str,
+    client: Address | None,
+    server: Address | None,
+    root_path: str,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``http`` scope of a request (ASGI HTTP spec, "HTTP connection scope")."""
+    raw_path, query_string = split_target(request.target)
+    return {
+        "type": "http",
+        "asgi": dict(ASGI_VERSION),
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
+        "scheme": scheme,
+        "path": decode_path(raw_path),
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": request.headers,
+        "client": client,
+        "server": server,
+        "state": state.copy(),
+        "extensions": {},
+    }
+
+
+def websocket_scope(
+    request: Request,
+    subprotocols: list[str],
+    *,
+    scheme: str,
+    client: Address | None,
+    server: Address | None,
+    root_path: str,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``websocket`` scope of an upgrade request (ASGI WebSocket spec)."""
+    raw_path, query_string = split_target(request.target)
+    return {
+        "type": "websocket",
+        "asgi": dict(ASGI_VERSION),
+        "http_version": request.http_version.decode("ascii"),
+        "scheme": "wss" if scheme == "https" else "ws",
+        "path": decode_path(raw_path),
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": list(request.headers),
+        "client": client,
+        "server": server,
+        "subprotocols": list(subprotocols),
+        "state": state.copy(),
+        "extensions": {"websocket.http.response": {}},
+    }

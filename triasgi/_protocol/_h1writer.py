@@ -201,3 +201,22 @@ class ResponseWriter:
             self.keep_alive = False
             raise ResponseError("Response body shorter than its content-length")
         return b""
+
+
+def informational_head(
+    status: int, headers: Sequence[tuple[bytes, bytes]], reason: bytes = b""
+) -> bytes:
+    """An interim (1xx) response head: ``100 Continue``, ``101``, ``103``.
+
+    Raises:
+        ResponseError: a header name or value is not allowed.
+    """
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, reason or REASON_PHRASES.get(status, b""))
+    ]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ResponseError(f"Invalid response header {name!r}: {value!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines)

@@ -17,6 +17,7 @@ from .._asgi._proxy_headers import TrustedProxies
 from .._config import Config
 from .._errors import StartupError
 from .._logging import AccessLogFormat
+from .._protocol._h1 import H1Limits
 from .._protocol._h1parse import parser_factory
 from .._protocol._proxy import ProxyProtocolError
 from .._types import Address, ASGIApp
@@ -94,8 +95,15 @@ class Server:
         self._default_pairs = self._static_headers
         self._default_lines = self._static_lines
         self._defaults_second = -1
+        config = self.config
         self.new_parser = parser_factory(
-            self.config.http, self.config.h11_max_incomplete_event_size
+            config.http, config.h11_max_incomplete_event_size
+        )
+        self.h1_limits = H1Limits(
+            max_head=config.h11_max_incomplete_event_size,
+            request_line=config.limit_request_line,
+            fields=config.limit_request_fields,
+            field_size=config.limit_request_field_size,
         )
         self._edge_init()
 

@@ -1,0 +1,393 @@
+"""HTTP/1.1, sans-io: bytes in, neutral events out; a response in, bytes out.
+
+Theory of operation.  :class:`H1Protocol` holds one connection's protocol
+state and does no I/O, keeps no clock and starts no task: the serving layer
+(``_serve/_connection.py``) feeds it what it reads with :meth:`receive_data`,
+takes events with :meth:`next_event` (``_events.py``), and writes the bytes
+that :meth:`response_data`, :meth:`error_response` and :data:`CONTINUE_100`
+give it.
+
+- Parsing is one request per parser object (h11, or the httptools backend
+  of ``_h1parse.py``).  Responses are not written through h11
+  (``_h1writer.py`` is faster), so h11's side of a connection never reaches
+  DONE: :meth:`start_next_request` gives each request a fresh parser, and
+  bytes already received (a pipelined request) move over.  Between requests
+  the connection holds the shared idle parser, which costs no memory.
+- The head checks h11 leaves to us (:func:`scan_head`) run in the one pass
+  that collects what the connection needs from a head.
+- The keep-alive decision after a response: the request must let the
+  connection live (``Connection: close``, HTTP/1.0), the response too
+  (its framing, the app's own ``Connection: close``), and the request must
+  have been read to its end (:attr:`request_complete`) before the next one
+  is parsed, or the rest of its body would be read as a request
+  (smuggling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, final
+
+import h11
+
+from .._events import (
+    CONNECTION_LOST,
+    H1_END_BODY,
+    H1_STREAM,
+    NEED_DATA,
+    Body,
+    Event,
+    ProtocolError,
+    Request,
+)
+from ._h1parse import IDLE_PARSER, ParsedRequest
+from ._h1writer import REASON_PHRASES, ResponseWriter, has_close_token
+
+#: The interim answer to ``Expect: 100-continue`` (RFC 9110 section 10.1.1).
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_H11_NEED_DATA = h11.NEED_DATA
+_QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
+
+_FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+    }
+)
+_NOTABLE = _FORWARDING | {
+    b"transfer-encoding",
+    b"content-length",
+    b"connection",
+    b"upgrade",
+}
+
+
+@final
+class H1Limits:
+    """The limits on a request head (the ``limit_*`` settings), in bytes or fields.
+
+    Attributes:
+        max_head: the whole head (``h11_max_incomplete_event_size``).
+        request_line: the request line (``limit_request_line``).
+        fields: the number of header fields (``limit_request_fields``).
+        field_size: one header field, name and value (``limit_request_field_size``).
+    """
+
+    __slots__ = ("field_size", "fields", "max_head", "request_line")
+
+    def __init__(
+        self, *, max_head: int, request_line: int, fields: int, field_size: int
+    ) -> None:
+        self.max_head = max_head
+        self.request_line = request_line
+        self.fields = fields
+        self.field_size = field_size
+
+
+@final
+class H1Protocol:
+    """One HTTP/1.1 connection, sans-io.
+
+    Args:
+        new_parser: gives a fresh request parser (``_h1parse.parser_factory``).
+        limits: the limits on a request head.
+    """
+
+    # Slots: every idle connection holds one of these.
+    __slots__ = (
+        "_head_only",
+        "_limits",
+        "_new_parser",
+        "_parser",
+        "_writer",
+        "closing",
+        "response_body_bytes",
+    )
+
+    def __init__(self, new_parser: Callable[[], Any], limits: H1Limits) -> None:
+        self._new_parser = new_parser
+        self._limits = limits
+        self._parser: Any = IDLE_PARSER
+        self._writer: ResponseWriter | None = None
+        self._head_only = False
+        #: Set for a graceful shutdown: the next response head says close.
+        self.closing = False
+        #: Body bytes of the current response framed so far (the access log).
+        self.response_body_bytes = 0
+
+    # -- bytes in, events out ------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the client; ``b""`` says the client closed its side."""
+        parser = self._parser
+        if parser is IDLE_PARSER:
+            parser = self._parser = self._new_parser()
+        parser.receive_data(data)
+
+    def next_event(self) -> Event:
+        """The next event from what has been received (maybe ``NEED_DATA``)."""
+        try:
+            event = self._parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            return ProtocolError(H1_STREAM, exc.error_status_hint, str(exc))
+        if event is _H11_NEED_DATA:
+            return NEED_DATA
+        kind = type(event)
+        if kind is h11.Data:
+            return Body(H1_STREAM, event.data)
+        if kind is h11.EndOfMessage:
+            return H1_END_BODY
+        if kind is ParsedRequest or kind is h11.Request:
+            return self._request(event)
+        return CONNECTION_LOST  # ConnectionClosed: the client closed
+
+    def _request(self, head: Any) -> Request | ProtocolError:
+        request = scan_head(head, self._limits)
+        if type(request) is Request:
+            self._head_only = request.method == b"HEAD"
+            self._writer = ResponseWriter(
+                http_version=request.http_version,
+                head_only=self._head_only,
+                keep_alive=request.keep_alive,
+            )
+            self.response_body_bytes = 0
+        return request
+
+    @property
+    def expects_100_continue(self) -> bool:
+        """The client waits for ``100 Continue`` before it sends the body."""
+        return bool(self._parser.they_are_waiting_for_100_continue)
+
+    @property
+    def request_complete(self) -> bool:
+        """The request in progress has been read to its end."""
+        return bool(self._parser.their_state is h11.DONE)
+
+    @property
+    def body_pending(self) -> bool:
+        """Part of the request body has not been read yet."""
+        return bool(self._parser.their_state is h11.SEND_BODY)
+
+    @property
+    def idle(self) -> bool:
+        """No byte of a next request has been received."""
+        return self._parser is IDLE_PARSER
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing unread is on its way from the client, as far as parsing knows.
+
+        A closing connection that is not quiet lingers: our close would
+        otherwise meet unread bytes, and the kernel would answer with a reset
+        that can destroy the response in flight.
+        """
+        return bool(self._parser.their_state in _QUIET_STATES)
+
+    def pending_head_size(self) -> int:
+        """Bytes of a head that has begun to arrive (0 when none has)."""
+        return len(self._parser.trailing_data[0])
+
+    def request_line_too_long(self) -> bool:
+        """Whether the head now arriving already has a request line over the limit.
+
+        RFC 9112 section 2.2 lets a server skip empty lines before the request
+        line, so those do not count.
+        """
+        pending = self._parser.trailing_data[0]
+        limit = self._limits.request_line
+        start = len(pending) - len(pending.lstrip(b"\r\n"))
+        end = pending.find(b"\n", start, start + limit + 2)
+        return end < 0 and len(pending) - start > limit + 1
+
+    def skip_buffered_body(self) -> None:
+        """Consume what has been received of an unread body, before closing."""
+        parser = self._parser
+        try:
+            while parser.their_state is h11.SEND_BODY:
+                if type(parser.next_event()) not in (h11.Data, h11.EndOfMessage):
+                    break
+        except h11.RemoteProtocolError:
+            pass
+
+    def unparsed_data(self) -> bytes:
+        """What has been received after the request: for a protocol taking over."""
+        return bytes(self._parser.trailing_data[0])
+
+    def start_next_request(self) -> None:
+        """A fresh parser for the next request, holding what has arrived.
+
+        Call only once the request is complete and its response written.
+        """
+        self._head_only = False
+        self._writer = None
+        data, closed = self._parser.trailing_data
+        if not data and not closed:
+            self._parser = IDLE_PARSER
+            return
+        parser = self._parser = self._new_parser()
+        if data:
+            parser.receive_data(data)
+        if closed:
+            parser.receive_data(b"")
+
+    # -- a response in, bytes out --------------------------------------------
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may serve another request after this response."""
+        writer = self._writer
+        return writer is not None and writer.keep_alive
+
+    def response_data(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        final: bool,
+        defaults: Sequence[tuple[bytes, bytes]],
+    ) -> list[bytes]:
+        """The bytes of one step of the response: its head, a body part, its end.
+
+        Args:
+            status: the status, when the head goes now (with the first body
+                message); 0 once it has gone.
+            headers: the app's response headers (with ``status``).
+            body: a part of the body, maybe empty.
+            final: the last part: a response given in one piece with no
+                framing header gets a ``content-length``.
+            defaults: the server's own headers, ``(lowercased name, line)``.
+
+        Raises:
+            ResponseError: the response cannot be sent as given.
+        """
+        writer = self._writer
+        assert writer is not None
+        chunks = []
+        if status:
+            if self.closing:
+                writer.keep_alive = False
+            chunks.append(
+                writer.head(
+                    status,
+                    REASON_PHRASES.get(status, b""),
+                    headers,
+                    defaults=defaults,
+                    final_body=body if final else None,
+                )
+            )
+        if body:
+            framed = writer.body(body)
+            if framed:
+                chunks.append(framed)
+                self.response_body_bytes += len(body)
+        if final:
+            end = writer.end()
+            if end:
+                chunks.append(end)
+        return chunks
+
+    def error_response(
+        self, status: int, defaults: Sequence[tuple[bytes, bytes]]
+    ) -> bytes:
+        """A plain-text error answer that closes the connection.
+
+        A HEAD request's answer has the head only.
+        """
+        reason = REASON_PHRASES.get(status, b"Error")
+        body = reason + b"\n"
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        lines += [line for _, line in defaults]
+        lines.append(b"\r\n")
+        if not self._head_only:
+            lines.append(body)
+        return b"".join(lines)
+
+
+def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
+    """Check a request head and collect what the connection needs, in one pass.
+
+    Problems h11 lets through, as a :class:`ProtocolError`, first found first:
+
+    - h11 bounds only a head that arrives in pieces, so the size of a whole
+      one is checked here (431).
+    - RFC 9112 section 6.3: a message with both Transfer-Encoding and
+      Content-Length may be an attempt at request smuggling; we reject it
+      rather than guess (400).  Section 6.1: Transfer-Encoding in an HTTP/1.0
+      message means faulty framing (400).
+    - The configured limits: request line (414), number of header fields
+      and size of one field (431, RFC 6585 section 5).
+    """
+    # h11's Headers iterates through the generic Sequence protocol, one
+    # __getitem__ per item; its item list is read directly when present.
+    # The httptools backend's headers are a list already.
+    if type(head) is ParsedRequest:
+        headers = head.headers.copy()
+    else:
+        items = getattr(head.headers, "_full_items", None)
+        if items is not None:
+            headers = [(name, value) for _, name, value in items]
+        else:
+            headers = list(head.headers)
+    method = head.method
+    target = head.target
+    version = head.http_version
+    line = len(method) + len(target) + len(version) + 7
+    size = len(method) + len(target) + 12
+    field_limit = limits.field_size
+    too_large_field = b""
+    has_te = has_cl = forwarded = upgrade = False
+    keep_alive = version == b"1.1"
+    for name, value in headers:
+        field = len(name) + len(value) + 2
+        size += field + 2
+        if field > field_limit and not too_large_field:
+            too_large_field = name
+        if name in _NOTABLE:
+            if name == b"transfer-encoding":
+                has_te = True
+            elif name == b"content-length":
+                has_cl = True
+            elif name == b"connection":
+                if has_close_token(value):
+                    keep_alive = False
+            elif name == b"upgrade":
+                upgrade = True
+            else:
+                forwarded = True
+    if size > limits.max_head:
+        return ProtocolError(H1_STREAM, 431, f"request head of {size} bytes")
+    if has_te and has_cl:
+        return ProtocolError(
+            H1_STREAM, 400, "both Transfer-Encoding and Content-Length"
+        )
+    if has_te and version == b"1.0":
+        return ProtocolError(H1_STREAM, 400, "Transfer-Encoding in an HTTP/1.0 request")
+    if line > limits.request_line:
+        return ProtocolError(H1_STREAM, 414, f"request line of {line} bytes")
+    if len(headers) > limits.fields:
+        return ProtocolError(H1_STREAM, 431, f"{len(headers)} header fields")
+    if too_large_field:
+        return ProtocolError(
+            H1_STREAM,
+            431,
+            f"header field {too_large_field!r} over {field_limit} bytes",
+        )
+    return Request(
+        H1_STREAM,
+        method,
+        target,
+        version,
+        headers,
+        keep_alive=keep_alive,
+        forwarded=forwarded,
+        upgrade=upgrade,
+    )

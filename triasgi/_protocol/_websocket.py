@@ -1,0 +1,327 @@
+"""WebSocket, sans-io: the opening handshake's checks and answer, and the frames.
+
+The HTTP/1.1 protocol hands over a request that asks for an upgrade
+(RFC 6455 section 4.2.1): :func:`check_handshake` validates it,
+:func:`accept_headers` builds the 101 answer's headers (with permessage-deflate
+negotiated, RFC 7692), and :class:`WebSocketFrames` turns bytes into whole
+messages and control events (``_events.py``) and messages into frames, over
+wsproto.  The serving layer (``_serve/_websocket.py``) owns the tasks, the
+write lock and the time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.utilities import generate_accept_token
+
+from .._events import (
+    WS_TOO_BIG,
+    Request,
+    WSClose,
+    WSEvent,
+    WSMessage,
+    WSPing,
+    WSPong,
+)
+
+# RFC 6455 section 4.2.1, item 6, and section 4.4.
+_WEBSOCKET_VERSION = b"13"
+# With per-message deflate, how much compressed data wsproto gets at a time.
+_DEFLATE_SLICE = 4096
+
+# The kinds of frame :meth:`WebSocketFrames.frame` makes.
+TEXT, BINARY, PING, PONG, CLOSE = range(5)
+
+
+# -- the opening handshake ---------------------------------------------------
+
+
+class HandshakeError(Exception):
+    """A WebSocket upgrade request that breaks RFC 6455 section 4.2.1.
+
+    Attributes:
+        status: the HTTP status to answer with (400, or 426 for a version we
+            do not speak).
+        headers: extra response headers.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        status: int = 400,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = headers or []
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What a valid upgrade request asks for."""
+
+    key: bytes
+    subprotocols: list[str]
+    extension_offers: list[str]
+
+
+def _comma_list(request: Request, header: bytes) -> list[str]:
+    values = []
+    for name, value in request.headers:
+        if name == header:
+            values += [v.strip() for v in value.decode("latin-1").split(",")]
+    return [v for v in values if v]
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    """Whether ``request`` asks to become a WebSocket (its Upgrade header says so)."""
+    return any(t.lower() == "websocket" for t in _comma_list(request, b"upgrade"))
+
+
+def check_handshake(request: Request) -> Handshake:
+    """Validate a WebSocket upgrade request (RFC 6455 section 4.2.1).
+
+    h11 has already checked the HTTP framing and the Host header.
+
+    Raises:
+        HandshakeError: the request is not a valid opening handshake.
+    """
+    if request.method != b"GET" or request.http_version != b"1.1":
+        raise HandshakeError("a WebSocket handshake must be an HTTP/1.1 GET")
+    if not any(t.lower() == "upgrade" for t in _comma_list(request, b"connection")):
+        raise HandshakeError("no 'upgrade' token in the Connection header")
+    keys = [value for name, value in request.headers if name == b"sec-websocket-key"]
+    versions = [v for name, v in request.headers if name == b"sec-websocket-version"]
+    if not versions:
+        raise HandshakeError(
+            "no Sec-WebSocket-Version header",
+            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
+        )
+    if versions != [_WEBSOCKET_VERSION]:
+        raise HandshakeError(
+            f"unsupported WebSocket version {versions!r}",
+            status=426,
+            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
+        )
+    if len(keys) != 1:
+        raise HandshakeError("there must be exactly one Sec-WebSocket-Key header")
+    try:
+        nonce = base64.b64decode(keys[0], validate=True)
+    except binascii.Error:
+        nonce = b""
+    if len(nonce) != 16:
+        raise HandshakeError("Sec-WebSocket-Key is not 16 bytes in base64")
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (
+            name == b"content-length" and value != b"0"
+        ):
+            raise HandshakeError("a WebSocket handshake has no body")
+    return Handshake(
+        key=keys[0],
+        subprotocols=_comma_list(request, b"sec-websocket-protocol"),
+        extension_offers=_comma_list(request, b"sec-websocket-extensions"),
+    )
+
+
+def negotiate_deflate(offers: list[str]) -> tuple[Extension, bytes] | None:
+    """Accept the first permessage-deflate offer we can (RFC 7692 section 5.1).
+
+    Returns:
+        The extension, set up for the connection, and the value of the
+        Sec-WebSocket-Extensions response header; None if nothing fits.
+    """
+    for offer in offers:
+        if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
+            continue
+        extension = PerMessageDeflate()
+        params = extension.accept(offer)
+        if params is None or params is False:
+            continue
+        header = PerMessageDeflate.name
+        if isinstance(params, str) and params:
+            header += "; " + params
+        return extension, header.encode("ascii")
+    return None
+
+
+def accept_headers(
+    handshake: Handshake,
+    subprotocol: str | None,
+    *,
+    deflate: bool,
+) -> tuple[list[tuple[bytes, bytes]], Extension | None]:
+    """The headers of the 101 answer, and the deflate extension if negotiated.
+
+    Args:
+        handshake: the validated request.
+        subprotocol: the one the app chose, which the client offered.
+        deflate: whether permessage-deflate may be negotiated at all.
+    """
+    headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", generate_accept_token(handshake.key)),
+    ]
+    if subprotocol is not None:
+        headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+    extension = None
+    if deflate:
+        negotiated = negotiate_deflate(handshake.extension_offers)
+        if negotiated is not None:
+            extension = negotiated[0]
+            headers.append((b"sec-websocket-extensions", negotiated[1]))
+    return headers, extension
+
+
+# -- frames --------------------------------------------------------------------
+
+
+class WebSocketFrames:
+    """The frames of an accepted WebSocket, server side.
+
+    Args:
+        extension: the negotiated permessage-deflate, or None.
+        received: bytes that came after the handshake request.
+        max_size: the largest message, in bytes (``ws_max_size``).
+    """
+
+    __slots__ = ("_max_size", "_parts", "_pending", "_size", "_step", "_ws")
+
+    def __init__(
+        self, extension: Extension | None, received: bytes, max_size: int
+    ) -> None:
+        self._ws = Connection(
+            ConnectionType.SERVER, [extension] if extension else [], received
+        )
+        self._max_size = max_size
+        # wsproto decompresses all it is given at once; in small slices the
+        # size check stops a compressed message long before it could blow up
+        # to a thousand times its size.
+        self._step = _DEFLATE_SLICE if extension is not None else 1 << 62
+        self._pending = b""
+        self._parts: list[str | bytes] = []
+        self._size = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        """Neither side has sent a close frame."""
+        return self._ws.state is ConnectionState.OPEN
+
+    @property
+    def remote_closing(self) -> bool:
+        """The client sent a close frame; ours has not gone yet."""
+        return self._ws.state is ConnectionState.REMOTE_CLOSING
+
+    @property
+    def local_closing(self) -> bool:
+        """We sent a close frame and wait for the client's."""
+        return self._ws.state is ConnectionState.LOCAL_CLOSING
+
+    @property
+    def closed(self) -> bool:
+        """The closing handshake is over."""
+        return self._ws.state is ConnectionState.CLOSED
+
+    def can_send(self, kind: int) -> bool:
+        """Whether a frame of ``kind`` may go now (a close may answer a close)."""
+        state = self._ws.state
+        return state is ConnectionState.OPEN or (
+            kind == CLOSE and state is ConnectionState.REMOTE_CLOSING
+        )
+
+    # -- out -----------------------------------------------------------------
+
+    def frame(self, kind: int, data: str | bytes = b"", reason: str = "") -> bytes:
+        """The bytes of one frame: a message, a ping or pong, or a close.
+
+        For CLOSE, ``data`` is unused and the code is in ``reason``'s place:
+        use :meth:`close_frame`.
+        """
+        event: Event
+        if kind == TEXT:
+            event = TextMessage(data=data)  # type: ignore[arg-type]
+        elif kind == BINARY:
+            event = BytesMessage(data=bytes(data))  # type: ignore[arg-type]
+        elif kind == PING:
+            event = Ping(payload=data)  # type: ignore[arg-type]
+        else:
+            event = Pong(payload=data)  # type: ignore[arg-type]
+        return self._ws.send(event)
+
+    def close_frame(self, code: int, reason: str = "") -> bytes:
+        """The bytes of a close frame."""
+        return self._ws.send(CloseConnection(code=code, reason=reason))
+
+    # -- in ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the client; ``b""`` says it closed its side."""
+        if data:
+            self._pending = data
+        else:
+            self._ws.receive_data(None)
+
+    @property
+    def wants_data(self) -> bool:
+        """All received bytes have gone into events."""
+        return not self._pending
+
+    def events(self) -> Iterator[WSEvent]:
+        """Whole messages and control events from what has been received."""
+        ws = self._ws
+        while True:
+            received: Iterator[Any] = ws.events()
+            for event in received:
+                kind = type(event)
+                if kind is TextMessage or kind is BytesMessage:
+                    if ws.state is not ConnectionState.OPEN:
+                        # We are closing: RFC 6455 section 1.4 lets us drop it.
+                        continue
+                    chunk = event.data
+                    if type(chunk) is str and not chunk.isascii():
+                        size = self._size + len(chunk.encode("utf-8"))
+                    else:
+                        size = self._size + len(chunk)
+                    if size > self._max_size:
+                        self._parts, self._size = [], 0
+                        yield WS_TOO_BIG
+                        continue
+                    self._parts.append(chunk)
+                    self._size = size
+                    if not event.message_finished:
+                        continue
+                    parts = self._parts
+                    self._parts, self._size = [], 0
+                    if kind is TextMessage:
+                        yield WSMessage("".join(parts))  # type: ignore[arg-type]
+                    else:
+                        yield WSMessage(b"".join(parts))  # type: ignore[arg-type]
+                elif kind is Ping:
+                    if ws.state is ConnectionState.OPEN:
+                        yield WSPing(event.payload)
+                elif kind is Pong:
+                    yield WSPong(event.payload)
+                elif kind is CloseConnection:
+                    yield WSClose(event.code, event.reason or "")
+            pending = self._pending
+            if not pending:
+                return
+            ws.receive_data(pending[: self._step])
+            self._pending = pending[self._step :]

@@ -1,0 +1,178 @@
+"""One app call over an HTTP cycle (``_asgi/_http.py``): ``receive`` and ``send``.
+
+The cycle (sans-io) says what each message means; this adds what needs
+trio: waiting for body the connection task reads, writing what the
+protocol frames, the request-body timeout, and the call itself, run in the
+connection nursery.  It speaks to its connection through a few methods
+(``next_event``, ``write``, ``client_gone``, ``cycle_finished``), so that
+the same call serves any protocol that gives the events of ``_events.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._asgi._http import HTTPCycle
+from .._asgi._messages import ResponseState
+from .._errors import ASGIProtocolError, ClientDisconnected
+from .._events import ProtocolError, Request
+from .._logging import AccessEntry, log_access
+from .._protocol._h1 import CONTINUE_100
+from .._protocol._h1writer import ResponseError
+from .._types import Message
+from ._waiters import Flag
+
+if TYPE_CHECKING:
+    from ._connection import HTTP11Connection
+
+logger = logging.getLogger("triasgi.error")
+
+_DONE = ResponseState.DONE
+
+
+class AppCall(HTTPCycle):
+    """The ``receive``/``send`` pair of one request, and the app call over them."""
+
+    # Slots: one of these is made for every request.
+    __slots__ = ("conn", "released", "started_at")
+
+    def __init__(
+        self, conn: HTTP11Connection, request: Request, scope: dict[str, Any]
+    ) -> None:
+        super().__init__(request, scope)
+        self.conn = conn
+        self.started_at = time.perf_counter()
+        # Set when receive() should stop waiting: disconnect or response done.
+        self.released = Flag()
+
+    async def run(self) -> None:
+        """Call the app; then tell the connection the cycle has ended."""
+        conn = self.conn
+        server = conn.server
+        conn.apps_running += 1
+        try:
+            await server.app(self.scope, self.receive, self.send)
+        except Exception as exc:
+            self.app_returned(exc)
+        else:
+            self.app_returned(None)
+        finally:
+            conn.app_call_done()
+            server.release_request()
+            conn.cycle_finished(self)
+
+    # -- receive -------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.disconnected or self.state is _DONE:
+            # No cancellable checkpoint here: Starlette's is_disconnected()
+            # calls receive() in an already-cancelled scope and must see this.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return {"type": "http.disconnect"}
+        if not self.body_complete:
+            return await self._receive_body()
+        await self.released.wait()
+        return {"type": "http.disconnect"}
+
+    async def _receive_body(self) -> Message:
+        conn = self.conn
+        protocol = conn.protocol
+        if (
+            protocol.expects_100_continue
+            and not self.sent_100
+            and not self.head_written
+        ):
+            self.sent_100 = True
+            await conn.write(CONTINUE_100)
+        event: Any = self.pending_body
+        if event is not None:
+            self.pending_body = None
+        else:
+            timeout = conn.server.config.timeout_request_body
+            with trio.move_on_after(timeout):
+                event = await conn.next_event()
+            if event is None:
+                # A body that stalls is a client that has gone, for the app.
+                logger.debug(
+                    "Request body from %s stalled for %g seconds.", conn.client, timeout
+                )
+                conn.client_gone()
+                return {"type": "http.disconnect"}
+            if type(event) is ProtocolError:
+                logger.debug("Bad request body from %s: %s", conn.client, event.reason)
+                conn.client_gone()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return {"type": "http.disconnect"}
+        message = self.body_message(event, conn.next_event_nowait())
+        if message is None:
+            # The connection ended, or anything unexpected: the client is gone.
+            conn.client_gone()
+            return {"type": "http.disconnect"}
+        return message
+
+    # -- send ----------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            await trio.lowlevel.checkpoint()
+            raise ClientDisconnected("The client has disconnected.")
+        body = self.app_sent(message)
+        if body is None:
+            await trio.lowlevel.checkpoint()
+            return
+        final = not message.get("more_body", False)
+        conn = self.conn
+        try:
+            chunks = conn.protocol.response_data(
+                self.status_to_write,
+                self.response_headers,
+                body,
+                final,
+                conn.server.default_header_lines(),
+            )
+        except ResponseError as exc:
+            self.must_close = True
+            raise ASGIProtocolError(f"Invalid response: {exc}.") from None
+        self.response_written(final)
+        if chunks:
+            # The response is complete once the kernel has its last byte,
+            # before the write's schedule point: by then the client may have
+            # sent its next request, which is best met by a connection that
+            # is ready for it (cycle_finished).
+            await conn.write(*chunks, then=self._response_complete if final else None)
+        else:
+            if final:
+                self._response_complete()
+            await trio.lowlevel.checkpoint()
+
+    def _response_complete(self) -> None:
+        self.released.set()
+        conn = self.conn
+        if conn.server.access_log:
+            self._log_access()
+        conn.cycle_finished(self)
+
+    def on_disconnect(self) -> None:
+        super().on_disconnect()
+        self.released.set()
+
+    def _log_access(self) -> None:
+        request = self.request
+        scope = self.scope
+        entry = AccessEntry(
+            client=scope["client"],
+            method=request.method.decode("ascii"),
+            target=request.target.decode("ascii", "replace"),
+            http_version=request.http_version.decode("ascii"),
+            scheme=scope["scheme"],
+            status=self.status,
+            body_bytes=self.conn.protocol.response_body_bytes,
+            duration=time.perf_counter() - self.started_at,
+            request_headers=request.headers,
+            response_headers=self.response_headers,
+        )
+        log_access(self.conn.server.access_format, entry)

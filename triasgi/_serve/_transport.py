@@ -1,0 +1,188 @@
+"""Reading and writing one connection's stream, with fast paths for a plain socket.
+
+:class:`Transport` is the part of a connection that touches its stream: one
+read, one write.  On a plain trio ``SocketStream`` it uses the socket
+directly: the stream's layers (a conflict detector, an error-translating
+context manager, a cancel scope per write) cost time per call and memory
+per idle connection, for nothing here, where one task at a time reads and
+one at a time writes.  TLS and in-memory streams take the ordinary path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from math import inf
+
+import trio
+
+from .._errors import ClientDisconnected
+from .._types import Address
+
+logger = logging.getLogger("triasgi.error")
+
+READ_SIZE = 64 * 1024
+# A plain socket whose last read filled its buffer has more waiting (a large
+# body, say): it is read in bigger steps, four reads fewer per MiB each.
+LARGE_READ_SIZE = 256 * 1024
+# From this many bytes on, the parts of one write go to the kernel as they
+# are instead of being joined first.
+_VECTORED_WRITE_SIZE = 64 * 1024
+# A read that fails like this is the client gone, as EOF is.
+READ_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class Transport:
+    """One connection's reads and writes.  Subclasses say what a lost client means.
+
+    Args:
+        stream: the connection's stream.
+        write_timeout: how long a write may wait for the client to take data.
+    """
+
+    __slots__ = ("_drained", "_raw_socket", "client", "stream", "write_timeout")
+
+    def __init__(
+        self, stream: trio.abc.Stream, client: Address | None, write_timeout: float
+    ) -> None:
+        self.stream = stream
+        self.client = client
+        self.write_timeout = write_timeout
+        # The plain socket under a plain trio SocketStream (not TLS, not an
+        # in-memory stream), for the fast paths.
+        raw = getattr(getattr(stream, "socket", None), "_sock", None)
+        self._raw_socket = (
+            raw
+            if type(stream) is trio.SocketStream and isinstance(raw, socket.socket)
+            else None
+        )
+        # Whether the last read of the plain socket emptied it (_recv_raw);
+        # a new connection is taken to have nothing waiting yet.
+        self._drained = True
+
+    def client_gone(self) -> None:
+        """The client closed or reset the connection, or stopped reading."""
+        raise NotImplementedError
+
+    # -- reading -------------------------------------------------------------
+
+    def receive_some(self) -> Callable[[int], Awaitable[bytes | bytearray]]:
+        """How this connection reads: the one place that chooses."""
+        if self._raw_socket is not None:
+            return self._recv_raw
+        return self.stream.receive_some
+
+    async def _recv_raw(self, size: int) -> bytes:
+        """One read of the plain socket: trio's socket recv, minus one guess.
+
+        trio tries the read before waiting for the socket to be readable.
+        After a read that drained the socket (it returned less than asked
+        for), that try fails nearly always, at the cost of a system call and
+        an exception: so then this waits first.
+        """
+        raw = self._raw_socket
+        assert raw is not None
+        if self._drained:
+            await trio.lowlevel.wait_readable(raw)
+        else:
+            size = max(size, LARGE_READ_SIZE)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+            else:
+                self._drained = len(data) < size
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        while True:
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            self._drained = len(data) < size
+            return data
+
+    async def receive_directly(self) -> bytes:
+        """One read of the stream; b"" at EOF or when the read fails."""
+        try:
+            data = await self.receive_some()(READ_SIZE)
+        except READ_ERRORS:
+            return b""
+        return bytes(data)  # no copy for bytes, which is what a socket gives
+
+    # -- writing -------------------------------------------------------------
+
+    async def write(
+        self, *parts: bytes, then: Callable[[], None] | None = None
+    ) -> None:
+        """Send ``parts`` in order; a client that does not take them in time
+        is dropped.  ``then`` is called once the kernel has taken them all.
+
+        Small parts are joined into one buffer; large ones go to the kernel
+        as they are (one ``sendmsg``), so a 1 MiB body is not copied to put
+        a response head in front of it.
+        """
+        if len(parts) == 1:
+            size = len(parts[0])
+        else:
+            size = sum(map(len, parts))
+            if size < _VECTORED_WRITE_SIZE:
+                parts = (b"".join(parts),)
+        raw = self._raw_socket
+        if raw is not None:
+            # The common case: the kernel takes it all at once.  This is
+            # what trio's socket send does (a cancellation point, the
+            # non-blocking call, a schedule point), without the stream
+            # layers and the timeout's cancel scope, which nothing needs
+            # when the write did not wait.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = raw.send(parts[0]) if len(parts) == 1 else raw.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.client_gone()
+                raise ClientDisconnected("The client has disconnected.") from exc
+            if sent == size:
+                if then is not None:
+                    then()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            sent = 0
+        # What is left, as views: no copies of large buffers.
+        left = views_after(parts, sent)
+        timeout = self.write_timeout
+        try:
+            with trio.move_on_after(timeout) as scope:
+                for view in left:
+                    await self.stream.send_all(view)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.client_gone()
+            raise ClientDisconnected("The client has disconnected.") from exc
+        if scope.cancelled_caught:
+            # Part of the data may be on the wire: the stream is unusable now.
+            logger.debug("Dropping %s: no data taken in %gs.", self.client, timeout)
+            self.client_gone()
+            raise ClientDisconnected("The client stopped reading.")
+        if then is not None:
+            then()
+
+
+def views_after(parts: tuple[bytes, ...], sent: int) -> list[memoryview]:
+    """Views of what is left of ``parts`` once ``sent`` bytes have gone."""
+    left = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        left.append(memoryview(part)[sent:])
+        sent = 0
+    return left
+
+
+NO_WRITE_TIMEOUT = inf
