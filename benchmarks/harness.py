@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import http.client
 import importlib.metadata
 import importlib.util
@@ -37,7 +36,19 @@ from types import FrameType
 
 from . import apps, wrk, wsload
 from .report import BASELINE, HttpSample, Results, format_report
-from .servers import REPO_ROOT, SERVERS, RunningServer, ServerError, ServerSpec, running
+from .servers import (
+    REPO_ROOT,
+    SERVERS,
+    TRIASGI_FLAVOURS,
+    RunningServer,
+    ServerError,
+    ServerSpec,
+    imported_from,
+    running,
+    server_spec,
+    split_name,
+    twin_name,
+)
 
 Serve = Callable[[ServerSpec], contextlib.AbstractContextManager[RunningServer]]
 
@@ -113,6 +124,10 @@ class Options:
     output: Path | None
     json: Path | None
     revision: str | None = None
+    # --baseline as given, and the short id of the commit it names (set by
+    # with_baseline(), which also adds the servers FLAVOUR@COMMIT).
+    baseline: str | None = None
+    baseline_commit: str | None = None
     # The paced scenario's offered rate: requests per second, or, while
     # pace_share is set, that share of the baseline's hello GET rate, which
     # a calibration run measures at the start (calibrated() resolves it).
@@ -217,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
             "revision instead of the working tree"
         ),
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help=(
+            "also run every selected triasgi server with the triasgi package of "
+            "this git revision (e.g. HEAD~1), as triasgi@COMMIT, and report the "
+            "ratio of each to its twin from the working tree"
+        ),
+    )
     parser.add_argument("--output", type=Path, help="also write the report here")
     parser.add_argument("--json", type=Path, help="write every raw sample here")
     return parser
@@ -248,6 +272,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         output=ns.output,
         json=ns.json,
         revision=ns.revision,
+        baseline=ns.baseline,
         pace=ns.pace[0],
         pace_share=ns.pace[1],
     )
@@ -258,7 +283,68 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error("--seconds must be at least 1")
     if options.server_core == options.load_core:
         parser.error("--server-core and --load-core must differ")
+    if options.baseline is not None and not set(servers) & set(TRIASGI_FLAVOURS):
+        parser.error(
+            f"--baseline needs a triasgi server in --servers "
+            f"({', '.join(TRIASGI_FLAVOURS)})"
+        )
     return options
+
+
+class RevisionError(Exception):
+    """--baseline names no commit."""
+
+
+def resolve_commit(revision: str) -> str:
+    """The short id of the commit that ``revision`` names in the repository."""
+    bad = RevisionError(
+        f"--baseline {revision!r} names no commit of the repository in {REPO_ROOT}."
+    )
+    if not revision or revision.startswith("-"):
+        raise bad
+    try:
+        done = subprocess.run(
+            [
+                "git",
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--short",
+                f"{revision}^{{commit}}",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RevisionError(
+            f"--baseline {revision!r} cannot be looked up, git failed: {exc}."
+        ) from None
+    commit = done.stdout.strip()
+    if done.returncode != 0 or not commit:
+        raise bad
+    return commit
+
+
+def with_twins(servers: list[str], commit: str) -> list[str]:
+    """``servers`` with each triasgi server followed by its twin from ``commit``."""
+    out = []
+    for name in servers:
+        out.append(name)
+        if name in TRIASGI_FLAVOURS:
+            out.append(twin_name(name, commit))
+    return out
+
+
+def with_baseline(options: Options, commit: str) -> Options:
+    """``options`` with the twins from ``commit`` added to the servers."""
+    return dataclasses.replace(
+        options,
+        servers=with_twins(options.servers, commit),
+        baseline_commit=commit,
+    )
 
 
 def rotated(servers: list[str], round_index: int) -> list[str]:
@@ -277,7 +363,7 @@ def _log(message: str) -> None:
 
 
 def _missing_packages(servers: list[str]) -> list[str]:
-    needed = {pkg for name in servers for pkg in _NEEDS[name]}
+    needed = {pkg for name in servers for pkg in _NEEDS[split_name(name)[0]]}
     return sorted(p for p in needed if importlib.util.find_spec(p) is None)
 
 
@@ -590,7 +676,8 @@ def header(options: Options, argv: list[str]) -> str:
                 f"Command: `{command}`",
                 "",
                 f"- revision {_git_revision(options.revision)}; "
-                f"Python {platform.python_version()}; {_versions()}",
+                + _baseline_part(options)
+                + f"Python {platform.python_version()}; {_versions()}",
                 f"- {cpus} cores: servers pinned to core {options.server_core}, "
                 f"load (wrk -t1, Python clients) to core {options.load_core}",
                 f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
@@ -610,14 +697,30 @@ def header(options: Options, argv: list[str]) -> str:
     )
 
 
+def _baseline_part(options: Options) -> str:
+    if options.baseline_commit is None:
+        return ""
+    return (
+        f"baseline {options.baseline_commit} (`--baseline {options.baseline}`, "
+        "its triasgi package from a clean export); "
+    )
+
+
 def _server_lines(servers: list[str]) -> list[str]:
     lines = []
     for name in servers:
-        argv = SERVERS[name].command(0)
+        spec = server_spec(name)
+        argv = spec.command(0)
         argv[0] = "python"
         shown = shlex.join(argv).replace("--port 0", "--port PORT")
         shown = shown.replace("127.0.0.1:0", "127.0.0.1:PORT")
-        lines.append(f"- {name}: `{shown}`")
+        line = f"- {name}: `{shown}`"
+        if spec.revision is not None:
+            line += (
+                f", in an export of the triasgi package of {spec.revision} that "
+                "is first on PYTHONPATH (the app is the same as the others')"
+            )
+        lines.append(line)
     return lines
 
 
@@ -681,11 +784,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def export_revision(revision: str, into: Path) -> Path:
-    """A clean copy of the repository at ``revision``, for the servers to run."""
+def export_revision(revision: str, into: Path, *paths: str) -> Path:
+    """A clean copy of the repository (or of ``paths`` in it) at ``revision``."""
     into.mkdir()
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", revision],
+        ["git", "archive", "--format=tar", revision, "--", *paths],
         cwd=REPO_ROOT,
         capture_output=True,
         check=False,
@@ -701,21 +804,72 @@ def export_revision(revision: str, into: Path) -> Path:
     return into
 
 
+def export_package(revision: str, into: Path) -> Path:
+    """The triasgi package of ``revision`` alone, exported under ``into``.
+
+    Returns the directory to import it from: ``into``, or ``into/src`` for
+    a revision with the package in src/.  Nothing else is exported, so that
+    a server that imports triasgi from there still imports the app (and
+    benchmarks/) from the working tree.
+    """
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", revision, "--"]
+        + [f"{root}triasgi/__init__.py" for root in ("", "src/")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    found = listed.stdout.split()
+    if listed.returncode != 0 or not found:
+        raise ServerError(f"Revision {revision} has no triasgi package to export.")
+    package = str(Path(found[0]).parent)
+    export_revision(revision, into, package)
+    return into / Path(package).parent
+
+
+def check_imports(source: Path, triasgi_from: Path, commit: str) -> None:
+    """Check that a twin imports triasgi from its export and the app from source."""
+    where = imported_from(source, triasgi_from)
+    if not where["triasgi"].is_relative_to(triasgi_from.resolve()):
+        raise ServerError(
+            f"The servers @{commit} would import triasgi from {where['triasgi']}, "
+            f"not from the export in {triasgi_from}."
+        )
+    if not where["benchmarks.apps"].is_relative_to(source.resolve()):
+        raise ServerError(
+            f"The servers @{commit} would import the app from "
+            f"{where['benchmarks.apps']}, not from {source}."
+        )
+    _log(
+        f"servers @{commit}: triasgi from {where['triasgi']}, "
+        f"the app from {where['benchmarks.apps']}"
+    )
+
+
 def run(options: Options, results: Results, workdir: Path) -> Options:
     """Run every round; returns the options with the pace calibrated."""
     source = REPO_ROOT
     if options.revision is not None:
         source = export_revision(options.revision, workdir / "source")
+    triasgi_from: Path | None = None
+    if options.baseline_commit is not None:
+        commit = options.baseline_commit
+        triasgi_from = export_package(commit, workdir / f"baseline-{commit}")
+        check_imports(source, triasgi_from, commit)
     http_scenarios = [s for s in HTTP_SCENARIOS if s.key in options.scenarios]
     want_memory = MEMORY in options.scenarios
     want_ws = WEBSOCKET in options.scenarios
-    ws_servers = [n for n in options.servers if SERVERS[n].websocket]
-    if want_ws and "triasgi" in ws_servers and not (source / _WS_EXAMPLE).exists():
-        ws_servers.remove("triasgi")
+    ws_servers = [n for n in options.servers if server_spec(n).websocket]
+    no_ws = [n for n in ws_servers if split_name(n)[0] == "triasgi"]
+    if want_ws and no_ws and not (source / _WS_EXAMPLE).exists():
+        for name in no_ws:
+            ws_servers.remove(name)
         results.notes.append(
-            "WebSocket echo: triasgi skipped, its WebSocket support has not landed "
-            "yet (examples/ws_echo.py does not exist); the other servers were run "
-            "so that the client stays tested."
+            f"WebSocket echo: {', '.join(no_ws)} skipped, triasgi's WebSocket "
+            "support has not landed yet (examples/ws_echo.py does not exist); the "
+            "other servers were run so that the client stays tested."
         )
     if want_memory:
         needed = options.idle_connections + 1000
@@ -726,14 +880,21 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
                 f"Idle memory skipped: the open-files limit is {got}, below the "
                 f"{needed} that {options.idle_connections} connections need."
             )
-    serve = functools.partial(
-        running, core=options.server_core, log_dir=workdir, source=source
-    )
+
+    def serve(spec: ServerSpec) -> contextlib.AbstractContextManager[RunningServer]:
+        return running(
+            spec,
+            core=options.server_core,
+            log_dir=workdir,
+            source=source,
+            triasgi_from=triasgi_from if spec.revision is not None else None,
+        )
+
     options = calibrated(options, results, serve)
     verified: set[str] = set()
     for round_index in range(options.rounds):
         for name in rotated(options.servers, round_index):
-            spec = SERVERS[name]
+            spec = server_spec(name)
             tag = f"[round {round_index + 1}/{options.rounds}] {name}"
             scenarios = [
                 s for s in http_scenarios if spec.only is None or s.key in spec.only
@@ -774,13 +935,13 @@ def _websocket_cell(
     ws_servers: list[str],
     tag: str,
 ) -> None:
-    if spec.name == "triasgi" and spec.name not in results.websocket:
+    if spec.flavour == "triasgi" and spec.name not in results.websocket:
         problem = probe_websocket(server, options.load_core)
         if problem is not None:
             ws_servers.remove(spec.name)
             results.notes.append(
-                "WebSocket echo: triasgi skipped, examples/ws_echo.py exists but a "
-                f"WebSocket echo of the benchmark app failed: {problem}"
+                f"WebSocket echo: {spec.name} skipped, examples/ws_echo.py exists "
+                f"but a WebSocket echo of the benchmark app failed: {problem}"
             )
             return
     rate, cpu = run_websocket(server, options)
@@ -801,6 +962,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the harness; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     options = parse_args(argv)
+    if options.baseline is not None:
+        try:
+            options = with_baseline(options, resolve_commit(options.baseline))
+        except RevisionError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     if wrk.find_wrk() is None and set(options.scenarios) & {
         s.key for s in HTTP_SCENARIOS
     }:
@@ -852,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
                 options.pace if PACED in options.scenarios else None
             ),
             "calibration_requests_per_second": results.calibration,
+            "baseline_commit": options.baseline_commit,
             "notes": results.notes,
         }
         options.json.write_text(json.dumps(raw, indent=2) + "\n")

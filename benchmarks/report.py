@@ -238,6 +238,102 @@ def websocket_table(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+def twins(servers: list[str]) -> list[tuple[str, str]]:
+    """(server, its twin from another revision) pairs, e.g. (triasgi, triasgi@abc).
+
+    The twins are the servers named ``NAME@COMMIT`` whose ``NAME`` also ran.
+    """
+    pairs = []
+    for name in servers:
+        flavour, at, _ = name.partition("@")
+        if at and flavour in servers:
+            pairs.append((flavour, name))
+    return pairs
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """A ratio of two servers over the rounds that ran them both."""
+
+    median: float  # of the per-round ratios
+    spread: float  # (max - min) / 2 / median of the per-round ratios
+    rounds: int
+
+
+def paired_ratio(values: list[float], bases: list[float]) -> PairedRatio | None:
+    """``values[i] / bases[i]`` round by round: their median and spread.
+
+    Both servers run once in every round, so a round's ratio compares them
+    on the same state of the machine; None when no round gives a ratio.
+    """
+    pairs = zip(values, bases, strict=False)
+    ratios = [r for v, b in pairs if (r := ratio(v, b)) is not None]
+    if not ratios:
+        return None
+    median = statistics.median(ratios)
+    spread = (max(ratios) - min(ratios)) / 2 / median if median else 0.0
+    return PairedRatio(median, spread, len(ratios))
+
+
+def _fmt_paired(r: PairedRatio | None) -> str:
+    return "n/a" if r is None else f"{r.median:.2f}x ±{r.spread * 100:.0f}%"
+
+
+def twin_table(results: Results, titles: dict[str, str] | None = None) -> list[str]:
+    """Each server over its twin from the baseline revision, per scenario."""
+    titles = titles or {}
+    header = ["scenario", "ratio", "req/s", "p50", "p99", "CPU/req"]
+    rows = []
+    pairs = twins(results.servers)
+    for scenario in results.scenarios():
+        for server, twin in pairs:
+            mine = results.http.get((scenario, server))
+            base = results.http.get((scenario, twin))
+            if not mine or not base:
+                continue
+            cells = [
+                paired_ratio(
+                    [getattr(s, m) for s in mine], [getattr(s, m) for s in base]
+                )
+                for m in ("requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
+            ]
+            rows.append(
+                [titles.get(scenario, scenario), f"{server} / {twin}"]
+                + [_fmt_paired(c) for c in cells]
+            )
+    for server, twin in pairs:
+        mine_ws, base_ws = results.websocket.get(server), results.websocket.get(twin)
+        if mine_ws and base_ws:
+            cpu = paired_ratio(
+                results.websocket_cpu.get(server, []),
+                results.websocket_cpu.get(twin, []),
+            )
+            rows.append(
+                [
+                    "WebSocket echo",
+                    f"{server} / {twin}",
+                    _fmt_paired(paired_ratio(mine_ws, base_ws)),
+                    "",
+                    "",
+                    _fmt_paired(cpu),
+                ]
+            )
+    return _table(header, rows, left=2) if rows else []
+
+
+def twin_memory_lines(results: Results) -> list[str]:
+    """One line per twin: the ratio of memory per idle connection."""
+    lines = []
+    for server, twin in twins(results.servers):
+        mine, base = results.memory.get(server), results.memory.get(twin)
+        if mine and base:
+            lines.append(
+                f"idle memory per connection, {server} / {twin}: "
+                f"{_fmt_paired(paired_ratio(mine, base))}"
+            )
+    return lines
+
+
 def goals(
     results: Results,
     server: str = "triasgi",
@@ -337,6 +433,29 @@ def format_report(results: Results, titles: dict[str, str] | None = None) -> str
         ]
         out += websocket_table(results)
         out.append("")
+    table, memory = twin_table(results, titles), twin_memory_lines(results)
+    if table or memory:
+        commits = sorted({twin.partition("@")[2] for _, twin in twins(results.servers)})
+        out += [
+            f"Against the baseline revision {', '.join(commits)} (`--baseline`):",
+            "",
+        ]
+        if table:
+            out += table
+            out.append("")
+        if memory:
+            out += [f"- {line}" for line in memory]
+            out.append("")
+        out += [
+            "Each ratio is the working tree's server over its twin run with the "
+            "triasgi package of the baseline revision, e.g. triasgi / "
+            f"triasgi@{commits[0]}: above 1x the working tree answers more "
+            "requests or messages per second, or takes more time, CPU or memory. "
+            "It is the median over the rounds of the two servers' ratio within "
+            "each round, ± half the range of those ratios relative to it. "
+            "WebSocket echo rows give messages/s and CPU per message.",
+            "",
+        ]
     out += ["Goals:", ""]
     out += [f"- {line}" for line in goals(results)]
     if results.notes:

@@ -8,6 +8,7 @@ ends, whatever ends it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import os
 import signal
@@ -25,6 +26,12 @@ APP = "benchmarks.apps:app"
 # scenario while they are being opened and measured.
 KEEP_ALIVE_SECONDS = 300
 BACKLOG = 4096
+
+
+# A triasgi flavour run from another git revision (--baseline) is named
+# FLAVOUR@COMMIT, e.g. triasgi@a537609: the same command line, with that
+# revision's triasgi package imported instead of the working tree's.
+AT = "@"
 
 
 # triasgi: the default h11 parser; triasgi-httptools: --http httptools;
@@ -46,11 +53,21 @@ class ServerSpec:
     # The HTTP scenarios it can serve, when not all of them.
     only: tuple[str, ...] | None = None
 
+    @property
+    def flavour(self) -> str:
+        """The server this is: the name without an ``@COMMIT``."""
+        return split_name(self.name)[0]
+
+    @property
+    def revision(self) -> str | None:
+        """The commit whose triasgi this runs, when not the working tree's."""
+        return split_name(self.name)[1]
+
     def command(self, port: int) -> list[str]:
         py = sys.executable
         host = "127.0.0.1"
-        if self.name in _TRIASGI_FLAVOURS:
-            flavour = _TRIASGI_FLAVOURS[self.name]
+        if self.flavour in _TRIASGI_FLAVOURS:
+            flavour = _TRIASGI_FLAVOURS[self.flavour]
             return [
                 py,
                 "-m",
@@ -150,6 +167,33 @@ SERVERS = {
         ServerSpec("trio-floor-task", websocket=False, only=("hello", "paced")),
     ]
 }
+
+
+TRIASGI_FLAVOURS = list(_TRIASGI_FLAVOURS)
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``triasgi@a537609`` -> ``("triasgi", "a537609")``; no ``@``: no commit."""
+    flavour, at, commit = name.partition(AT)
+    return flavour, (commit if at else None)
+
+
+def twin_name(name: str, commit: str) -> str:
+    """The name of triasgi flavour ``name`` run from ``commit``."""
+    if name not in _TRIASGI_FLAVOURS:
+        raise ValueError(f"{name} is not a triasgi server")
+    return f"{name}{AT}{commit}"
+
+
+def server_spec(name: str) -> ServerSpec:
+    """``SERVERS[name]``, or for ``triasgi@COMMIT`` its working-tree twin renamed."""
+    flavour, commit = split_name(name)
+    spec = SERVERS[flavour]
+    if commit is None:
+        return spec
+    if not commit or flavour not in _TRIASGI_FLAVOURS:
+        raise KeyError(name)
+    return dataclasses.replace(spec, name=name)
 
 
 class ServerError(Exception):
@@ -269,6 +313,61 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         process.wait(5)
 
 
+def placement(
+    source: Path = REPO_ROOT, triasgi_from: Path | None = None
+) -> tuple[Path, dict[str, str]]:
+    """The working directory and environment of a server process.
+
+    A server runs in ``source``, so ``triasgi`` and ``benchmarks.apps`` are
+    imported from there (``python -m`` puts the working directory first).
+    With ``triasgi_from``, a directory that holds another revision's
+    ``triasgi`` package and nothing else, it runs there instead, with that
+    directory and then ``source`` first on PYTHONPATH: triasgi comes from
+    ``triasgi_from``, the app still from ``source``.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONDEVMODE", None)
+    if triasgi_from is None:
+        return source, env
+    path = [str(triasgi_from), str(source)]
+    if env.get("PYTHONPATH"):
+        path.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return triasgi_from, env
+
+
+def imported_from(
+    source: Path = REPO_ROOT, triasgi_from: Path | None = None
+) -> dict[str, Path]:
+    """Where a server placed so imports ``triasgi`` and ``benchmarks.apps`` from."""
+    cwd, env = placement(source, triasgi_from)
+    code = (
+        "import benchmarks.apps, triasgi\n"
+        "print(triasgi.__file__)\n"
+        "print(benchmarks.apps.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) != 2:
+        raise ServerError(
+            f"Cannot import triasgi and benchmarks.apps in {cwd}: "
+            + (done.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    return {
+        "triasgi": Path(lines[0]).resolve(),
+        "benchmarks.apps": Path(lines[1]).resolve(),
+    }
+
+
 @contextlib.contextmanager
 def running(
     spec: ServerSpec,
@@ -276,22 +375,20 @@ def running(
     core: int,
     log_dir: Path,
     source: Path = REPO_ROOT,
+    triasgi_from: Path | None = None,
     startup_timeout: float = 30.0,
 ) -> Iterator[RunningServer]:
     """Start ``spec`` pinned to ``core``; yield once it answers GET / with 200.
 
-    The server runs in ``source``, so ``triasgi`` and ``benchmarks.apps`` are
-    imported from there (``python -m`` puts the working directory first).
+    ``source`` and ``triasgi_from`` say where it imports from (placement()).
     """
     port = free_port()
     log = log_dir / f"{spec.name}-{port}.log"
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env.pop("PYTHONDEVMODE", None)
+    cwd, env = placement(source, triasgi_from)
     log_file = open(log, "wb")
     process = subprocess.Popen(
         ["taskset", "-c", str(core), *spec.command(port)],
-        cwd=source,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log_file,

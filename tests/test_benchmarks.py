@@ -7,20 +7,23 @@ benchmarks/ from rotting between the runs that use it.
 from __future__ import annotations
 
 import math
+import subprocess
 
 import pytest
 import trio
 import trio.testing
 
-from benchmarks import floor, harness, wrk, wsload
+from benchmarks import floor, harness, servers, wrk, wsload
 from benchmarks.report import (
     BASELINE,
     HttpSample,
     Results,
     format_report,
     goals,
+    paired_ratio,
     ratio,
     summarize,
+    twins,
 )
 
 WRK_OUTPUT = """\
@@ -327,3 +330,152 @@ async def test_floor_answers_every_request_head_on_a_keep_alive_connection(serve
                 received += await client.receive_some()
         await client.aclose()
     assert received == floor.RESPONSE * 4
+
+
+# -- --baseline: triasgi from another revision beside the working tree's -------
+
+
+def test_twins_are_named_after_the_commit() -> None:
+    assert servers.twin_name("triasgi", "a537609") == "triasgi@a537609"
+    assert servers.split_name("triasgi-httptools@a537609") == (
+        "triasgi-httptools",
+        "a537609",
+    )
+    assert servers.split_name("uvicorn-h11") == ("uvicorn-h11", None)
+    twin = servers.server_spec("triasgi-httptools@a537609")
+    assert (twin.name, twin.flavour, twin.revision) == (
+        "triasgi-httptools@a537609",
+        "triasgi-httptools",
+        "a537609",
+    )
+    # The same command line: only where triasgi is imported from differs.
+    assert twin.command(8000) == servers.SERVERS["triasgi-httptools"].command(8000)
+    assert servers.server_spec("triasgi") is servers.SERVERS["triasgi"]
+    with pytest.raises(ValueError):
+        servers.twin_name("uvicorn-h11", "a537609")
+    with pytest.raises(KeyError):
+        servers.server_spec("uvicorn-h11@a537609")
+
+
+def test_baseline_adds_a_twin_after_each_triasgi_server() -> None:
+    argv = ["--servers", "triasgi,triasgi-httptools,uvicorn-h11", "--baseline"]
+    options = harness.parse_args([*argv, "HEAD~1"])
+    assert options.baseline == "HEAD~1"
+    assert options.baseline_commit is None
+    assert options.servers == ["triasgi", "triasgi-httptools", BASELINE]
+    options = harness.with_baseline(options, "a537609")
+    assert options.baseline_commit == "a537609"
+    assert options.servers == [
+        "triasgi",
+        "triasgi@a537609",
+        "triasgi-httptools",
+        "triasgi-httptools@a537609",
+        BASELINE,
+    ]
+    # uvicorn-h11 is added first as always; the twins need no other package.
+    quick = harness.parse_args(["--quick", "--servers", "triasgi", "--baseline", "v1"])
+    assert harness.with_twins(quick.servers, "abc") == [
+        BASELINE,
+        "triasgi",
+        "triasgi@abc",
+    ]
+    assert harness._missing_packages(["triasgi@abc"]) == []
+    lines = harness._server_lines(["triasgi", "triasgi@abc"])
+    assert "PYTHONPATH" not in lines[0]
+    assert lines[1].startswith("- triasgi@abc: `python -m triasgi ")
+    assert "triasgi package of abc that is first on PYTHONPATH" in lines[1]
+
+
+def test_baseline_needs_a_triasgi_server() -> None:
+    with pytest.raises(SystemExit) as info:
+        harness.parse_args(["--servers", "hypercorn-trio", "--baseline", "HEAD"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("revision", ["no-such-revision-x1", "-x", ""])
+def test_a_bad_baseline_revision_exits_with_one_sentence(
+    revision: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert harness.main([f"--baseline={revision}", "--servers", "triasgi"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"--baseline {revision!r} names no commit of the repository in "
+        f"{harness.REPO_ROOT}.\n"
+    )
+
+
+def _twin_results() -> Results:
+    twin = "triasgi@a537609"
+    results = Results(servers=[BASELINE, "triasgi", twin])
+    for server, rates, p99s, cpus in [
+        ("triasgi", [1100.0, 1000.0], [9.0, 10.0], [0.9, 1.0]),
+        (twin, [1000.0, 1000.0], [10.0, 10.0], [1.0, 1.0]),
+        (BASELINE, [500.0, 500.0], [20.0, 20.0], [2.0, 2.0]),
+    ]:
+        for rate, p99, cpu in zip(rates, p99s, cpus, strict=True):
+            sample = HttpSample(rate, 2.0, p99, requests=1000, cpu_seconds=cpu)
+            results.add_http("hello", server, sample)
+    results.memory = {"triasgi": [8 * 1024.0], twin: [10 * 1024.0]}
+    results.websocket = {"triasgi": [3000.0], twin: [2000.0]}
+    results.websocket_cpu = {"triasgi": [100.0], twin: [200.0]}
+    return results
+
+
+def test_paired_ratios_are_taken_round_by_round() -> None:
+    # 1.1 in the first round and 1.0 in the second: median 1.05, ± 0.05.
+    r = paired_ratio([1100.0, 1000.0], [1000.0, 1000.0])
+    assert r is not None
+    assert (r.median, r.rounds) == (pytest.approx(1.05), 2)
+    assert r.spread == pytest.approx(0.05 / 1.05)
+    # Each round against its own baseline, not the medians against each other.
+    r = paired_ratio([10.0, 20.0], [5.0, 20.0])
+    assert r is not None
+    assert r.median == pytest.approx(1.5)
+    assert paired_ratio([1.0], []) is None
+    assert paired_ratio([1.0], [0.0]) is None
+    assert twins([BASELINE, "triasgi", "triasgi@a", "triasgi-httptools@a"]) == [
+        ("triasgi", "triasgi@a")
+    ]
+
+
+def test_the_report_shows_each_server_over_its_twin() -> None:
+    report = format_report(_twin_results())
+    lines = report.splitlines()
+    assert "Against the baseline revision a537609 (`--baseline`):" in lines
+    assert (
+        "| hello | triasgi / triasgi@a537609 | 1.05x ±5% | 1.00x ±0% "
+        "| 0.95x ±5% | 0.95x ±5% |"
+    ) in lines
+    assert (
+        "| WebSocket echo | triasgi / triasgi@a537609 | 1.50x ±0% |  |  | 0.50x ±0% |"
+    ) in lines
+    assert "- idle memory per connection, triasgi / triasgi@a537609: 0.80x ±0%" in (
+        lines
+    )
+    # The twin is in the tables against uvicorn-h11 too.
+    assert any(
+        line.startswith("| hello | triasgi@a537609 | 1,000 | 2.00x") for line in lines
+    )
+    # Without a twin there is no such section.
+    assert "Against the baseline" not in format_report(_results())
+
+
+def test_a_revision_exports_its_triasgi_package_alone(tmp_path) -> None:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=harness.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if commit.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert harness.resolve_commit("HEAD") == commit.stdout.strip()
+    into = tmp_path / "export"
+    found = harness.export_package("HEAD", into)
+    assert [p.name for p in found.iterdir()] == ["triasgi"]
+    where = servers.imported_from(harness.REPO_ROOT, found)
+    assert where["triasgi"] == found.resolve() / "triasgi" / "__init__.py"
+    assert where["benchmarks.apps"].is_relative_to(harness.REPO_ROOT)
+    harness.check_imports(harness.REPO_ROOT, found, commit.stdout.strip())
