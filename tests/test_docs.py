@@ -17,3 +17,14 @@ def test_every_cli_option_is_in_the_cli_reference():
                 assert f"`{option}" in text or f"/{option}`" in text, (
                     f"option {option} is not documented in docs/cli.md"
                 )
+
+
+def test_every_module_the_architecture_page_names_exists():
+    import re
+
+    text = (DOCS / "architecture.md").read_text()
+    package = DOCS.parent / "triasgi"
+    named = set(re.findall(r"`(_[a-z0-9_]+/_[a-z0-9_]+\.py)`", text))
+    assert len(named) > 10
+    for path in named:
+        assert (package / path).is_file(), f"docs/architecture.md names {path}"
