@@ -143,7 +143,10 @@ class H1Protocol:
             return H1_END_BODY
         if kind is ParsedRequest or kind is h11.Request:
             return self._request(event)
-        return CONNECTION_LOST  # ConnectionClosed: the client closed
+        # ConnectionClosed: the client closed.  PAUSED (a next request is
+        # here, but this request's parser is done) is never asked for: the
+        # serving layer starts the next request first.
+        return CONNECTION_LOST
 
     def _request(self, head: Any) -> Request | ProtocolError:
         request = scan_head(head, self._limits)
@@ -202,16 +205,6 @@ class H1Protocol:
         start = len(pending) - len(pending.lstrip(b"\r\n"))
         end = pending.find(b"\n", start, start + limit + 2)
         return end < 0 and len(pending) - start > limit + 1
-
-    def skip_buffered_body(self) -> None:
-        """Consume what has been received of an unread body, before closing."""
-        parser = self._parser
-        try:
-            while parser.their_state is h11.SEND_BODY:
-                if type(parser.next_event()) not in (h11.Data, h11.EndOfMessage):
-                    break
-        except h11.RemoteProtocolError:
-            pass
 
     def unparsed_data(self) -> bytes:
         """What has been received after the request: for a protocol taking over."""
@@ -291,11 +284,15 @@ class H1Protocol:
         return chunks
 
     def error_response(
-        self, status: int, defaults: Sequence[tuple[bytes, bytes]]
+        self,
+        status: int,
+        defaults: Sequence[tuple[bytes, bytes]],
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> bytes:
         """A plain-text error answer that closes the connection.
 
-        A HEAD request's answer has the head only.
+        ``extra`` headers go after the framing ones (a WebSocket handshake's
+        ``sec-websocket-version``).  A HEAD request's answer has the head only.
         """
         reason = REASON_PHRASES.get(status, b"Error")
         body = reason + b"\n"
@@ -305,6 +302,7 @@ class H1Protocol:
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
         ]
+        lines += [b"%s: %s\r\n" % header for header in extra]
         lines += [line for _, line in defaults]
         lines.append(b"\r\n")
         if not self._head_only:

@@ -110,7 +110,7 @@ class HttptoolsParser:
 
     Implements what the connection uses of ``h11.Connection``:
     ``receive_data``, ``next_event``, ``their_state``,
-    ``they_are_waiting_for_100_continue``, ``trailing_data`` and ``send``.
+    ``they_are_waiting_for_100_continue`` and ``trailing_data``.
     """
 
     __slots__ = (
@@ -186,13 +186,6 @@ class HttptoolsParser:
         if self._h11 is not None:
             return self._h11.trailing_data
         return self._buffer, self._closed
-
-    def send(self, event: Any) -> bytes | None:
-        """Serialize a response event; only for requests h11 has parsed."""
-        if self._h11 is None:
-            raise h11.LocalProtocolError("The request was not parsed by h11.")
-        data: bytes | None = self._h11.send(event)
-        return data
 
     # -- parsing -------------------------------------------------------------
 

@@ -206,7 +206,7 @@ class ResponseWriter:
 def informational_head(
     status: int, headers: Sequence[tuple[bytes, bytes]], reason: bytes = b""
 ) -> bytes:
-    """An interim (1xx) response head: ``100 Continue``, ``101``, ``103``.
+    """An interim (1xx) response head, such as a WebSocket handshake's 101.
 
     Raises:
         ResponseError: a header name or value is not allowed.

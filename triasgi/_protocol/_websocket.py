@@ -248,11 +248,10 @@ class WebSocketFrames:
 
     # -- out -----------------------------------------------------------------
 
-    def frame(self, kind: int, data: str | bytes = b"", reason: str = "") -> bytes:
-        """The bytes of one frame: a message, a ping or pong, or a close.
+    def frame(self, kind: int, data: str | bytes = b"") -> bytes:
+        """The bytes of one frame: a message (TEXT, BINARY), a PING or a PONG.
 
-        For CLOSE, ``data`` is unused and the code is in ``reason``'s place:
-        use :meth:`close_frame`.
+        A close frame has a code: :meth:`close_frame`.
         """
         event: Event
         if kind == TEXT:
@@ -261,8 +260,10 @@ class WebSocketFrames:
             event = BytesMessage(data=bytes(data))  # type: ignore[arg-type]
         elif kind == PING:
             event = Ping(payload=data)  # type: ignore[arg-type]
-        else:
+        elif kind == PONG:
             event = Pong(payload=data)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"not a data or ping frame: {kind}")
         return self._ws.send(event)
 
     def close_frame(self, code: int, reason: str = "") -> bytes:
@@ -284,44 +285,48 @@ class WebSocketFrames:
         return not self._pending
 
     def events(self) -> Iterator[WSEvent]:
-        """Whole messages and control events from what has been received."""
+        """Whole messages and control events from the next slice of what came.
+
+        With deflate, received bytes go to wsproto a slice at a time, one
+        slice a call, so that the caller can stop between slices (once the
+        connection is closed, say).  Call again while :attr:`wants_data` is
+        False.
+        """
         ws = self._ws
-        while True:
-            received: Iterator[Any] = ws.events()
-            for event in received:
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    if ws.state is not ConnectionState.OPEN:
-                        # We are closing: RFC 6455 section 1.4 lets us drop it.
-                        continue
-                    chunk = event.data
-                    if type(chunk) is str and not chunk.isascii():
-                        size = self._size + len(chunk.encode("utf-8"))
-                    else:
-                        size = self._size + len(chunk)
-                    if size > self._max_size:
-                        self._parts, self._size = [], 0
-                        yield WS_TOO_BIG
-                        continue
-                    self._parts.append(chunk)
-                    self._size = size
-                    if not event.message_finished:
-                        continue
-                    parts = self._parts
-                    self._parts, self._size = [], 0
-                    if kind is TextMessage:
-                        yield WSMessage("".join(parts))  # type: ignore[arg-type]
-                    else:
-                        yield WSMessage(b"".join(parts))  # type: ignore[arg-type]
-                elif kind is Ping:
-                    if ws.state is ConnectionState.OPEN:
-                        yield WSPing(event.payload)
-                elif kind is Pong:
-                    yield WSPong(event.payload)
-                elif kind is CloseConnection:
-                    yield WSClose(event.code, event.reason or "")
-            pending = self._pending
-            if not pending:
-                return
-            ws.receive_data(pending[: self._step])
+        pending = self._pending
+        if pending:
             self._pending = pending[self._step :]
+            ws.receive_data(pending[: self._step])
+        received: Iterator[Any] = ws.events()
+        for event in received:
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                if ws.state is not ConnectionState.OPEN:
+                    # We are closing: RFC 6455 section 1.4 lets us drop it.
+                    continue
+                chunk = event.data
+                if type(chunk) is str and not chunk.isascii():
+                    size = self._size + len(chunk.encode("utf-8"))
+                else:
+                    size = self._size + len(chunk)
+                if size > self._max_size:
+                    self._parts, self._size = [], 0
+                    yield WS_TOO_BIG
+                    continue
+                self._parts.append(chunk)
+                self._size = size
+                if not event.message_finished:
+                    continue
+                parts = self._parts
+                self._parts, self._size = [], 0
+                if kind is TextMessage:
+                    yield WSMessage("".join(parts))  # type: ignore[arg-type]
+                else:
+                    yield WSMessage(b"".join(parts))  # type: ignore[arg-type]
+            elif kind is Ping:
+                if ws.state is ConnectionState.OPEN:
+                    yield WSPing(event.payload)
+            elif kind is Pong:
+                yield WSPong(event.payload)
+            elif kind is CloseConnection:
+                yield WSClose(event.code, event.reason or "")

@@ -19,7 +19,7 @@ import trio
 from .._asgi._http import HTTPCycle
 from .._asgi._messages import ResponseState
 from .._errors import ASGIProtocolError, ClientDisconnected
-from .._events import ProtocolError, Request
+from .._events import Body, ProtocolError, Request
 from .._logging import AccessEntry, log_access
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
@@ -107,7 +107,8 @@ class AppCall(HTTPCycle):
                 conn.client_gone()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return {"type": "http.disconnect"}
-        message = self.body_message(event, conn.next_event_nowait())
+        after = conn.next_event_nowait() if type(event) is Body else None
+        message = self.body_message(event, after)
         if message is None:
             # The connection ended, or anything unexpected: the client is gone.
             conn.client_gone()
@@ -126,13 +127,14 @@ class AppCall(HTTPCycle):
             return
         final = not message.get("more_body", False)
         conn = self.conn
+        status = self.status_to_write
         try:
             chunks = conn.protocol.response_data(
-                self.status_to_write,
+                status,
                 self.response_headers,
                 body,
                 final,
-                conn.server.default_header_lines(),
+                conn.server.default_header_lines() if status else (),
             )
         except ResponseError as exc:
             self.must_close = True

@@ -221,7 +221,9 @@ class HTTP11Connection(Transport):
         # Lingering matters only when the client may still be sending: after
         # an error, or with a request (body) we did not read to the end.
         protocol = self.protocol
-        protocol.skip_buffered_body()
+        while protocol.body_pending:
+            if type(self.next_event_nowait()) not in (Body, EndBody):
+                break
         if self._eof or (not self._inbox and protocol.quiet):
             return
         if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
@@ -412,7 +414,7 @@ class HTTP11Connection(Transport):
         if type(event) is not Request:
             if type(event) is ProtocolError:
                 logger.debug(
-                    "Malformed request from %s: %s (%d)",
+                    "Rejected request from %s: %s (%d)",
                     self.client,
                     event.reason,
                     event.status,

@@ -363,18 +363,20 @@ class WebSocketSession:
             return
         self._answered = True
         conn = self._conn
-        reason = REASON_PHRASES[status]
-        body = reason + b"\n"
-        all_headers = conn.server.response_headers(
+        body_size = len(REASON_PHRASES[status]) + 1
+        extra = headers or []
+        data = conn.protocol.error_response(
+            status, conn.server.default_header_lines(), extra
+        )
+        logged = conn.server.response_headers(
             [
                 (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", b"%d" % len(body)),
-                *(headers or []),
+                (b"content-length", b"%d" % body_size),
+                (b"connection", b"close"),
+                *extra,
             ]
         )
-        writer = ResponseWriter(http_version=b"1.1", head_only=False, keep_alive=False)
-        data = writer.head(status, reason, all_headers) + writer.body(body)
-        self._log_access(status, all_headers, len(body))
+        self._log_access(status, logged, body_size)
         self._handshake_done.set()
         try:
             await self._write(data, final=True)
@@ -500,8 +502,9 @@ class WebSocketSession:
                     await self._close_from_server(1009, "message too big")
             if not data or self._closed.is_set() or ws.closed:
                 break
-            data = await self._conn.receive_bytes()
-            ws.receive_data(data)
+            if ws.wants_data:
+                data = await self._conn.receive_bytes()
+                ws.receive_data(data)
         self._closed.set()
         await self._half_close()
 
