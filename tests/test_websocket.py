@@ -1090,3 +1090,31 @@ def test_deflate_negotiation_takes_the_first_acceptable_offer():
     assert isinstance(extension, PerMessageDeflate)
     assert header.startswith(b"permessage-deflate")
     assert negotiate_deflate(["x-unknown"]) is None
+
+
+async def test_bytes_after_the_client_close_frame_are_dropped_with_deflate(caplog):
+    log = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        log.append(await receive())
+        await trio.sleep(0.05)  # still running when the bytes after the close come
+
+    async with open_server(app) as server:
+        client = RawClient(await connect(server))
+        client.ws = WSConnection(ConnectionType.CLIENT)
+        await client.send(
+            Request(
+                host="example.test", target="/", extensions=[PerMessageDeflate()]
+            )
+        )
+        assert isinstance(await client.next_event(), AcceptConnection)
+        # The close frame and 10 KB more in one write: several deflate slices.
+        await client.stream.send_all(
+            client.ws.send(CloseConnection(code=1000)) + b"\x00" * 10_000
+        )
+        assert await client.close_code() == 1000
+        await client.stream.aclose()
+    assert log == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
