@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 
 import h11
@@ -151,3 +152,64 @@ def http_backend(request, monkeypatch):
     )
     monkeypatch.setenv("TRIASGI_HTTP", backend)
     return backend
+
+
+# -- the time limit of a test (pytest-timeout, ``timeout`` in pyproject.toml) --
+#
+# pytest-timeout's own SIGALRM handler raises wherever the test happens to
+# be, which inside trio.run breaks the run and the next trio test with it.
+# In a trio test this one cancels the test's tasks instead, through the run's
+# TrioToken, and the test then fails with the timeout; a test that does not
+# end within a few more seconds gets pytest-timeout's way.
+
+_TIMED_OUT = pytest.StashKey[float]()
+_GRACE_SECONDS = 5
+
+
+def _cancel_the_test() -> None:
+    """Cancel every nursery under the run's main task (pytest-trio's)."""
+    tasks = [
+        task
+        for nursery in trio.lowlevel.current_root_task().child_nurseries
+        for task in nursery.child_tasks
+    ]
+    while tasks:
+        task = tasks.pop()
+        for nursery in task.child_nurseries:
+            nursery.cancel_scope.cancel()
+            tasks.extend(nursery.child_tasks)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    if settings.timeout <= 0 or settings.method != "signal":
+        return None
+
+    def handler(signum, frame):
+        __tracebackhide__ = True
+        if trio.lowlevel.in_trio_run() and _TIMED_OUT not in item.stash:
+            item.stash[_TIMED_OUT] = settings.timeout
+            trio.lowlevel.current_trio_token().run_sync_soon(_cancel_the_test)
+            signal.setitimer(signal.ITIMER_REAL, _GRACE_SECONDS)
+            return
+        pytest.fail(f"Timeout (>{settings.timeout}s) from pytest-timeout.")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+
+    def cancel():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    item.cancel_timeout = cancel
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        timeout = item.stash.get(_TIMED_OUT, None)
+        if timeout is not None:
+            pytest.fail(f"Timeout (>{timeout}s): the test was cancelled.")
