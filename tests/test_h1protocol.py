@@ -151,12 +151,11 @@ def test_pipelined_requests_wait_for_the_next_cycle(protocol):
     ]
     assert protocol.request_complete
     protocol.response_data(200, [], b"", True, ())
-    protocol.start_next_request()
-    assert not protocol.idle
+    assert protocol.next_request() is False  # the next one has begun to arrive
     assert drain(protocol) == [("request", b"GET", b"/a?b=1"), ("end",)]
     protocol.response_data(204, [], b"", True, ())
-    protocol.start_next_request()
-    assert protocol.idle
+    assert protocol.next_request() is True
+    assert protocol.next_event() is NEED_DATA
 
 
 def test_an_unread_body_keeps_the_request_incomplete(protocol):
@@ -168,6 +167,9 @@ def test_an_unread_body_keeps_the_request_incomplete(protocol):
     # The rest of the body has not come: the next request must not be parsed.
     assert not protocol.request_complete
     assert protocol.body_pending
+    protocol.response_data(200, [], b"", True, ())
+    assert protocol.keep_alive
+    assert protocol.next_request() is None
 
 
 @pytest.mark.parametrize(
@@ -238,9 +240,11 @@ def test_keep_alive_after_each_response(
     protocol.receive_data(("\r\n".join(lines) + "\r\n\r\n").encode())
     request = protocol.next_event()
     assert type(request) is Request
+    assert type(protocol.next_event()) is EndBody
     protocol.closing = closing
     head = protocol.response_data(200, response_headers, b"ok", True, ())[0]
     assert protocol.keep_alive is keep_alive
+    assert (protocol.next_request() is not None) is keep_alive
     assert (b"connection: close\r\n" in head) is not keep_alive
 
 

@@ -122,9 +122,11 @@ class HTTPCycle:
 
         ``http.response.start`` is held (None); a body message gives its body
         (maybe empty: the head, or the end, still has to go out); a message
-        after the response is complete is ignored (None).  The caller moves
-        the state on with :meth:`response_written` once the protocol has
-        framed the step.
+        after the response is complete is ignored (None).  The caller has the
+        protocol frame the step (with the status, while the state is
+        ``HEAD``), then sets the state to ``BODY``, or ``DONE`` after the last
+        body message; a step the protocol refuses leaves the state as it was,
+        so that a response with nothing on the wire can still become a 500.
 
         Raises:
             ASGIProtocolError: the message is out of order or malformed.
@@ -144,19 +146,10 @@ class HTTPCycle:
         body: bytes = message.get("body", b"")
         return body
 
-    def response_written(self, final: bool) -> None:
-        """The step the protocol framed is on its way: the head, and maybe the end."""
-        self.state = ResponseState.DONE if final else ResponseState.BODY
-
     @property
     def head_written(self) -> bool:
         """Whether any byte of the response may have reached the wire."""
         return self.state is ResponseState.BODY or self.state is ResponseState.DONE
-
-    @property
-    def status_to_write(self) -> int:
-        """The status to write with the next body step; 0 once the head is out."""
-        return self.status if self.state is ResponseState.HEAD else 0
 
     def on_disconnect(self) -> None:
         """The client went away before the response was complete."""

@@ -10,7 +10,7 @@ give it.
 - Parsing is one request per parser object (h11, or the httptools backend
   of ``_h1parse.py``).  Responses are not written through h11
   (``_h1writer.py`` is faster), so h11's side of a connection never reaches
-  DONE: :meth:`start_next_request` gives each request a fresh parser, and
+  DONE: :meth:`next_request` gives each request a fresh parser, and
   bytes already received (a pipelined request) move over.  Between requests
   the connection holds the shared idle parser, which costs no memory.
 - The head checks h11 leaves to us (:func:`scan_head`) run in the one pass
@@ -142,23 +142,20 @@ class H1Protocol:
         if kind is h11.EndOfMessage:
             return H1_END_BODY
         if kind is ParsedRequest or kind is h11.Request:
-            return self._request(event)
+            request = scan_head(event, self._limits)
+            if type(request) is Request:
+                self._head_only = head_only = request.method == b"HEAD"
+                self._writer = ResponseWriter(
+                    http_version=request.http_version,
+                    head_only=head_only,
+                    keep_alive=request.keep_alive,
+                )
+                self.response_body_bytes = 0
+            return request
         # ConnectionClosed: the client closed.  PAUSED (a next request is
         # here, but this request's parser is done) is never asked for: the
         # serving layer starts the next request first.
         return CONNECTION_LOST
-
-    def _request(self, head: Any) -> Request | ProtocolError:
-        request = scan_head(head, self._limits)
-        if type(request) is Request:
-            self._head_only = request.method == b"HEAD"
-            self._writer = ResponseWriter(
-                http_version=request.http_version,
-                head_only=self._head_only,
-                keep_alive=request.keep_alive,
-            )
-            self.response_body_bytes = 0
-        return request
 
     @property
     def expects_100_continue(self) -> bool:
@@ -174,11 +171,6 @@ class H1Protocol:
     def body_pending(self) -> bool:
         """Part of the request body has not been read yet."""
         return bool(self._parser.their_state is h11.SEND_BODY)
-
-    @property
-    def idle(self) -> bool:
-        """No byte of a next request has been received."""
-        return self._parser is IDLE_PARSER
 
     @property
     def quiet(self) -> bool:
@@ -210,22 +202,37 @@ class H1Protocol:
         """What has been received after the request: for a protocol taking over."""
         return bytes(self._parser.trailing_data[0])
 
-    def start_next_request(self) -> None:
-        """A fresh parser for the next request, holding what has arrived.
+    def next_request(self) -> bool | None:
+        """Ready the connection for the next request, if this one allows it.
 
-        Call only once the request is complete and its response written.
+        Call once the response is written.  Returns None when the connection
+        must not carry another request: the request or the response said so,
+        or the request was not read to its end (the rest of its body would be
+        parsed as a request).  Otherwise a fresh parser takes over what has
+        arrived (a pipelined request), and this returns True when nothing of
+        the next request is here yet (the connection holds the idle parser),
+        False when it has begun to arrive.
         """
+        writer = self._writer
+        parser = self._parser
+        if (
+            writer is None
+            or not writer.keep_alive
+            or parser.their_state is not h11.DONE
+        ):
+            return None
         self._head_only = False
         self._writer = None
-        data, closed = self._parser.trailing_data
+        data, closed = parser.trailing_data
         if not data and not closed:
             self._parser = IDLE_PARSER
-            return
+            return True
         parser = self._parser = self._new_parser()
         if data:
             parser.receive_data(data)
         if closed:
             parser.receive_data(b"")
+        return False
 
     # -- a response in, bytes out --------------------------------------------
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("triasgi.error")
 
+_HEAD = ResponseState.HEAD
+_BODY = ResponseState.BODY
 _DONE = ResponseState.DONE
 
 
@@ -127,7 +129,7 @@ class AppCall(HTTPCycle):
             return
         final = not message.get("more_body", False)
         conn = self.conn
-        status = self.status_to_write
+        status = self.status if self.state is _HEAD else 0
         try:
             chunks = conn.protocol.response_data(
                 status,
@@ -139,7 +141,7 @@ class AppCall(HTTPCycle):
         except ResponseError as exc:
             self.must_close = True
             raise ASGIProtocolError(f"Invalid response: {exc}.") from None
-        self.response_written(final)
+        self.state = _DONE if final else _BODY
         if chunks:
             # The response is complete once the kernel has its last byte,
             # before the write's schedule point: by then the client may have

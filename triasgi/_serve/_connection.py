@@ -487,15 +487,13 @@ class HTTP11Connection(Transport):
         protocol = self.protocol
         if (
             cycle.state is _DONE
-            and protocol.keep_alive
             and not (cycle.must_close or cycle.disconnected)
             and not (self._eof or self.closing)
-            and protocol.request_complete
+            and (idle := protocol.next_request()) is not None
         ):
-            protocol.start_next_request()
             self._cycle = None
             self._idle_since = now = trio.current_time()
-            if protocol.idle and not self._inbox:
+            if idle and not self._inbox:
                 scope = self._scope
                 assert scope is not None
                 if scope.deadline == inf:
@@ -517,9 +515,8 @@ class HTTP11Connection(Transport):
             return False
         if protocol.body_pending and not await self._discard_body(cycle):
             return False
-        if not protocol.request_complete:
+        if protocol.next_request() is None:
             return False
-        protocol.start_next_request()
         self._cycle = None
         self._idle_since = trio.current_time()
         return True
