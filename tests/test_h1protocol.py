@@ -297,3 +297,45 @@ def test_eof_in_the_middle_of_a_body_is_an_error(protocol):
     event = protocol.next_event()
     assert type(event) is ProtocolError
     assert event.status == 400
+
+
+def test_a_trailer_section_ends_a_response_when_te_trailers_was_sent(protocol):
+    protocol.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
+    assert protocol.next_event().te_trailers
+    data = protocol.response_data(200, [], b"abc", True, (), trailers=True)
+    data.append(protocol.trailers_data([(b"x-sum", b"1")]))
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(b"".join(data))
+    assert type(client.next_event()) is h11.Response
+    assert client.next_event().data == b"abc"
+    end = client.next_event()
+    assert list(end.headers) == [(b"x-sum", b"1")]
+
+
+def test_trailers_are_dropped_without_te_trailers(protocol):
+    protocol.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert not protocol.next_event().te_trailers
+    data = protocol.response_data(200, [], b"abc", True, (), trailers=True)
+    assert b"content-length: 3\r\n" in data[0]
+    assert protocol.trailers_data([(b"x-sum", b"1")]) == b""
+
+
+@pytest.mark.parametrize(("version", "sent"), [("1.1", True), ("1.0", False)])
+def test_interim_responses_go_only_to_http11_clients(protocol, version, sent):
+    protocol.receive_data(f"GET / HTTP/{version}\r\nhost: x\r\n\r\n".encode())
+    assert type(protocol.next_event()) is Request
+    data = protocol.informational(103, [(b"link", b"</a>")])
+    assert (data == b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n") is sent
+    assert (data == b"") is not sent
+
+
+def test_a_file_response_frames_the_file_by_its_size(protocol):
+    protocol.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    protocol.next_event()
+    before, after, send = protocol.file_response(200, [], 1234, ())
+    assert send
+    assert b"content-length: 1234\r\n" in before
+    assert after == b""
+    assert protocol.response_body_bytes == 1234

@@ -60,7 +60,11 @@ async def test_scope_has_every_key_of_the_spec():
     assert isinstance(scope["client"][1], int)
     assert scope["server"] == (host, port)
     assert scope["state"] == {}
-    assert scope["extensions"] == {}
+    assert scope["extensions"] == {
+        "http.response.trailers": {},
+        "http.response.early_hint": {},
+        "http.response.pathsend": {},
+    }
 
 
 async def test_absolute_form_target_gives_path_and_query():

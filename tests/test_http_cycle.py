@@ -171,3 +171,73 @@ def test_anything_but_body_is_no_message():
     cycle = new_cycle()
     assert cycle.body_message(object(), None) is None
     assert not cycle.body_complete
+
+
+# -- response extensions ----------------------------------------------------------
+
+
+def test_announced_trailers_come_after_the_last_body_and_end_the_response():
+    from triasgi._events import Trailers
+
+    cycle = new_cycle()
+    assert cycle.app_sent({**START, "trailers": True}) is None
+    assert cycle.app_sent(LAST) == b"end"
+    cycle.after_body(True)
+    assert cycle.state is ResponseState.TRAILERS
+    first = {"type": "http.response.trailers", "headers": [(b"x-a", b"1")]}
+    assert cycle.app_sent({**first, "more_trailers": True}) is None
+    last = cycle.app_sent({**first, "headers": [(b"x-b", b"2")]})
+    assert type(last) is Trailers
+    assert last.headers == [(b"x-a", b"1"), (b"x-b", b"2")]
+    cycle.after_command(last)
+    assert cycle.outcome() is Outcome.KEEP_ALIVE
+
+
+@pytest.mark.parametrize("name", [b":status", b"content-length", b"Host"])
+def test_trailer_fields_that_cannot_be_trailers_are_refused(name):
+    cycle = new_cycle()
+    cycle.app_sent({**START, "trailers": True})
+    cycle.app_sent(LAST)
+    cycle.after_body(True)
+    with pytest.raises(ASGIProtocolError, match="cannot carry the field"):
+        cycle.app_sent({"type": "http.response.trailers", "headers": [(name, b"1")]})
+
+
+@pytest.mark.parametrize("state", [ResponseState.START, ResponseState.HEAD])
+def test_early_hints_and_informational_responses_leave_the_state(state):
+    from triasgi._events import Informational
+
+    cycle = to_state(state)
+    hint = cycle.app_sent(
+        {"type": "http.response.early_hint", "links": (x for x in [b"</a>"])}
+    )
+    assert type(hint) is Informational
+    assert (hint.status, hint.headers) == (103, [(b"link", b"</a>")])
+    info = cycle.app_sent({"type": "http.response.informational", "status": 100})
+    assert info.status == 100
+    assert cycle.sent_100
+    assert cycle.state is state
+
+
+def test_early_hints_after_the_body_started_are_refused():
+    cycle = to_state(ResponseState.BODY)
+    with pytest.raises(ASGIProtocolError, match=r"Expected http\.response\.body"):
+        cycle.app_sent({"type": "http.response.early_hint", "links": [b"</a>"]})
+
+
+def test_a_path_send_is_the_whole_body_once():
+    from triasgi._events import PathSend
+
+    cycle = to_state(ResponseState.HEAD)
+    command = cycle.app_sent({"type": "http.response.pathsend", "path": "/f"})
+    assert type(command) is PathSend
+    assert command.path == "/f"
+    cycle.after_command(command)
+    assert cycle.state is ResponseState.DONE
+    assert cycle.app_sent({"type": "http.response.pathsend", "path": "/f"}) is None
+
+
+def test_a_path_send_after_a_body_is_refused():
+    cycle = to_state(ResponseState.BODY)
+    with pytest.raises(ASGIProtocolError):
+        cycle.app_sent({"type": "http.response.pathsend", "path": "/f"})

@@ -41,6 +41,7 @@ class Request:
         forwarded: it has a forwarding header (``X-Forwarded-*``,
             ``Forwarded``), which a trusted proxy's scope rewrite looks at.
         upgrade: it has an ``Upgrade`` header.
+        te_trailers: its ``TE`` header accepts trailers.
     """
 
     __slots__ = (
@@ -51,6 +52,7 @@ class Request:
         "method",
         "stream_id",
         "target",
+        "te_trailers",
         "upgrade",
     )
 
@@ -65,6 +67,7 @@ class Request:
         keep_alive: bool,
         forwarded: bool,
         upgrade: bool,
+        te_trailers: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self.method = method
@@ -74,6 +77,7 @@ class Request:
         self.keep_alive = keep_alive
         self.forwarded = forwarded
         self.upgrade = upgrade
+        self.te_trailers = te_trailers
 
 
 @final
@@ -185,3 +189,43 @@ class WSClose:
 WS_TOO_BIG: Final = WSTooBig()
 
 WSEvent = WSMessage | WSTooBig | WSPing | WSPong | WSClose
+
+
+# -- commands: what the app's response asks a protocol to write -------------
+#
+# The common steps (the head, a piece of body) are plain calls on the
+# protocol; these are the rarer ones of the response extensions.
+
+
+@final
+class Informational:
+    """An interim response: ``103 Early Hints`` or another 1xx status."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = headers
+
+
+@final
+class Trailers:
+    """The trailer fields of every ``http.response.trailers``: the response's end."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+
+
+@final
+class PathSend:
+    """The whole body, from the file at ``path``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+Command = Informational | Trailers | PathSend

@@ -27,8 +27,16 @@ import logging
 import sys
 from typing import Any
 
-from .._errors import ClientDisconnected
-from .._events import Body, EndBody, Request
+from .._errors import ASGIProtocolError, ClientDisconnected
+from .._events import (
+    Body,
+    Command,
+    EndBody,
+    Informational,
+    PathSend,
+    Request,
+    Trailers,
+)
 from .._types import Message
 from ._messages import ResponseState, check_headers, next_response_state
 
@@ -36,6 +44,24 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger("triasgi.error")
+
+_WRITTEN = frozenset({ResponseState.BODY, ResponseState.TRAILERS, ResponseState.DONE})
+# Fields that frame, route or authorize a message cannot come after its body
+# (RFC 9110 section 6.5.1).
+_NOT_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"trailer",
+        b"host",
+        b"te",
+        b"connection",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"authorization",
+    }
+)
 
 
 class Outcome(enum.Enum):
@@ -67,6 +93,8 @@ class HTTPCycle:
         "sent_100",
         "state",
         "status",
+        "trailer_headers",
+        "trailers",
     )
 
     def __init__(self, request: Request, scope: dict[str, Any]) -> None:
@@ -84,6 +112,9 @@ class HTTPCycle:
         self.finished = False
         self.status = 0
         self.response_headers: list[tuple[bytes, bytes]] = []
+        # The start said ``trailers``: the last body leads to TRAILERS.
+        self.trailers = False
+        self.trailer_headers: list[tuple[bytes, bytes]] = []
         # Whether 100 Continue has been sent for this request.
         self.sent_100 = False
         # A body event read ahead of the app's next receive().
@@ -117,16 +148,18 @@ class HTTPCycle:
 
     # -- send ----------------------------------------------------------------
 
-    def app_sent(self, message: Message) -> bytes | None:
-        """Take one message of the app's; the body to write now, or None.
+    def app_sent(self, message: Message) -> bytes | Command | None:
+        """Take one message of the app's; what to write now, or None.
 
         ``http.response.start`` is held (None); a body message gives its body
         (maybe empty: the head, or the end, still has to go out); a message
-        after the response is complete is ignored (None).  The caller has the
-        protocol frame the step (with the status, while the state is
-        ``HEAD``), then sets the state to ``BODY``, or ``DONE`` after the last
-        body message; a step the protocol refuses leaves the state as it was,
-        so that a response with nothing on the wire can still become a 500.
+        of a response extension gives a command (``_events.py``); a message
+        after the response is complete is ignored (None), and so are trailers
+        until the last of them.  The caller has the protocol frame the step
+        (with the status, while the state is ``HEAD``), then moves the state
+        on (:meth:`after_body`, :meth:`after_command`); a step the protocol
+        refuses leaves the state as it was, so that a response with nothing on
+        the wire can still become a 500.
 
         Raises:
             ASGIProtocolError: the message is out of order or malformed.
@@ -135,21 +168,66 @@ class HTTPCycle:
         if self.disconnected:
             raise ClientDisconnected("The client has disconnected.")
         state = self.state
-        new_state = next_response_state(state, message)
+        new_state = next_response_state(state, message, trailers=self.trailers)
         if state is ResponseState.DONE:
             return None
-        if state is ResponseState.START:
+        msg_type = message["type"]
+        if msg_type == "http.response.body":
+            body: bytes = message.get("body", b"")
+            return body
+        if msg_type == "http.response.start":
             self.status = message["status"]
             self.response_headers = check_headers(message.get("headers", ()))
+            self.trailers = message.get("trailers", False) is True
             self.state = new_state
             return None
-        body: bytes = message.get("body", b"")
-        return body
+        return self._command(msg_type, message, new_state)
+
+    def _command(
+        self, msg_type: str, message: Message, new_state: ResponseState
+    ) -> Command | None:
+        if msg_type == "http.response.trailers":
+            self.trailer_headers += _trailer_fields(message.get("headers", ()))
+            if new_state is ResponseState.DONE:
+                return Trailers(self.trailer_headers)
+            return None
+        if msg_type == "http.response.pathsend":
+            return PathSend(message["path"])
+        if msg_type == "http.response.early_hint":
+            links = list(message["links"])
+            for link in links:
+                if type(link) is not bytes:
+                    raise ASGIProtocolError(
+                        f"http.response.early_hint 'links' must be byte strings, "
+                        f"got {link!r}."
+                    )
+            return Informational(103, [(b"link", link) for link in links])
+        # http.response.informational
+        status = message["status"]
+        if status == 100:
+            self.sent_100 = True
+        return Informational(status, check_headers(message.get("headers", ())))
+
+    def after_body(self, last: bool) -> None:
+        """The protocol has framed a body step: move the state on."""
+        if not last:
+            self.state = ResponseState.BODY
+        elif self.trailers:
+            self.state = ResponseState.TRAILERS
+        else:
+            self.state = ResponseState.DONE
+
+    def after_command(self, command: Command) -> None:
+        """The protocol has written a command: move the state on."""
+        if type(command) is Trailers:
+            self.state = ResponseState.DONE
+        elif type(command) is PathSend:
+            self.after_body(True)
 
     @property
     def head_written(self) -> bool:
         """Whether any byte of the response may have reached the wire."""
-        return self.state is ResponseState.BODY or self.state is ResponseState.DONE
+        return self.state in _WRITTEN
 
     def on_disconnect(self) -> None:
         """The client went away before the response was complete."""
@@ -193,3 +271,15 @@ def is_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_disconnect(e) for e in exc.exceptions)
     return False
+
+
+def _trailer_fields(headers: object) -> list[tuple[bytes, bytes]]:
+    """Trailer fields as header pairs, or raise: no pseudo or framing fields."""
+    fields = check_headers(headers)
+    for name, _ in fields:
+        lower = name.lower()
+        if lower[:1] == b":" or lower in _NOT_TRAILERS:
+            raise ASGIProtocolError(
+                f"http.response.trailers cannot carry the field {name!r}."
+            )
+    return fields

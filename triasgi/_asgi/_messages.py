@@ -22,15 +22,25 @@ class ResponseState(enum.Enum):
     # clean 500: nothing of the response is on the wire yet.
     HEAD = "holding the response head"
     BODY = "sending http.response.body"
+    # After the last body of a response whose start said ``trailers``.
+    TRAILERS = "sending http.response.trailers"
     DONE = "complete"
 
 
-# The one table of which message the app may send in which state.
-_HTTP_SEND: dict[ResponseState, frozenset[str]] = {
-    ResponseState.START: frozenset({"http.response.start"}),
-    ResponseState.HEAD: frozenset({"http.response.body"}),
-    ResponseState.BODY: frozenset({"http.response.body"}),
-    ResponseState.DONE: frozenset(),
+_INTERIM = ("http.response.early_hint", "http.response.informational")
+
+# The one table of which message the app may send in which state, the usual
+# one first (error messages name them in this order).  Interim responses
+# (early hints, 1xx) go before the response head is on the wire: before
+# http.response.start, as frameworks send them, or after it and before the
+# first body, as the extensions spec has it.  A path send is the whole body,
+# in place of http.response.body.
+_HTTP_SEND: dict[ResponseState, tuple[str, ...]] = {
+    ResponseState.START: ("http.response.start", *_INTERIM),
+    ResponseState.HEAD: ("http.response.body", "http.response.pathsend", *_INTERIM),
+    ResponseState.BODY: ("http.response.body",),
+    ResponseState.TRAILERS: ("http.response.trailers",),
+    ResponseState.DONE: (),
 }
 
 
@@ -51,11 +61,14 @@ def _check_status(msg_type: str, message: Message) -> None:
         )
 
 
-def next_response_state(state: ResponseState, message: Message) -> ResponseState:
+def next_response_state(
+    state: ResponseState, message: Message, *, trailers: bool = False
+) -> ResponseState:
     """Check one message the app sent and return the state it leads to.
 
     Messages after the response is complete are ignored, as the spec says, so
-    ``DONE`` stays ``DONE``.
+    ``DONE`` stays ``DONE``.  ``trailers``: the response's start said
+    ``trailers``, so its last body leads to ``TRAILERS``.
 
     Raises:
         ASGIProtocolError: the message is not allowed in ``state`` or is
@@ -65,19 +78,66 @@ def next_response_state(state: ResponseState, message: Message) -> ResponseState
     if state is ResponseState.DONE:
         return state
     if msg_type not in _HTTP_SEND[state]:
-        expected = " or ".join(sorted(_HTTP_SEND[state]))
+        expected = " or ".join(_HTTP_SEND[state])
         raise ASGIProtocolError(
             f"Expected {expected} while {state.value}, got {msg_type!r}."
         )
+    if msg_type == "http.response.body":
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ASGIProtocolError(
+                f"http.response.body 'body' must be bytes, got {type(body).__name__}."
+            )
+        if message.get("more_body", False):
+            return ResponseState.BODY
+        return ResponseState.TRAILERS if trailers else ResponseState.DONE
     if msg_type == "http.response.start":
         _check_status(msg_type, message)
         return ResponseState.HEAD
-    body = message.get("body", b"")
-    if not isinstance(body, (bytes, bytearray, memoryview)):
+    return _extension_state(state, msg_type, message, trailers)
+
+
+def _iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
+
+
+def _extension_state(
+    state: ResponseState, msg_type: str, message: Message, trailers: bool
+) -> ResponseState:
+    """The state after a message of a response extension (extensions spec)."""
+    if msg_type == "http.response.trailers":
+        check_headers(message.get("headers", ()))
+        if message.get("more_trailers", False):
+            return ResponseState.TRAILERS
+        return ResponseState.DONE
+    if msg_type == "http.response.pathsend":
+        path = message.get("path")
+        if type(path) is not str or not path:
+            raise ASGIProtocolError(
+                f"http.response.pathsend needs a str 'path', got {path!r}."
+            )
+        return ResponseState.TRAILERS if trailers else ResponseState.DONE
+    if msg_type == "http.response.early_hint":
+        links = message.get("links")
+        if links is None or isinstance(links, (bytes, str)) or not _iterable(links):
+            raise ASGIProtocolError(
+                f"http.response.early_hint needs 'links', an iterable of byte "
+                f"strings, got {links!r}."
+            )
+        return state
+    # http.response.informational
+    status = message.get("status")
+    if type(status) is not int or not 100 <= status <= 199 or status == 101:
         raise ASGIProtocolError(
-            f"http.response.body 'body' must be bytes, got {type(body).__name__}."
+            f"http.response.informational needs an int 1xx 'status' other than "
+            f"101 (an upgrade has its own path), got {status!r}."
         )
-    return ResponseState.BODY if message.get("more_body", False) else ResponseState.DONE
+    check_headers(message.get("headers", ()))
+    return state
 
 
 class WebSocketState(enum.Enum):

@@ -61,7 +61,13 @@ def http_scope(
         "client": client,
         "server": server,
         "state": state.copy(),
-        "extensions": {},
+        # Response extensions (docs/behaviour.md); the serving layer adds
+        # ``tls`` on a TLS connection.
+        "extensions": {
+            "http.response.trailers": {},
+            "http.response.early_hint": {},
+            "http.response.pathsend": {},
+        },
     }
 
 

@@ -41,7 +41,13 @@ from .._events import (
     Request,
 )
 from ._h1parse import IDLE_PARSER, ParsedRequest
-from ._h1writer import REASON_PHRASES, ResponseWriter, has_close_token
+from ._h1writer import (
+    REASON_PHRASES,
+    ResponseWriter,
+    has_close_token,
+    has_token,
+    informational_head,
+)
 
 #: The interim answer to ``Expect: 100-continue`` (RFC 9110 section 10.1.1).
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -63,6 +69,7 @@ _NOTABLE = _FORWARDING | {
     b"content-length",
     b"connection",
     b"upgrade",
+    b"te",
 }
 
 
@@ -100,9 +107,11 @@ class H1Protocol:
     # Slots: every idle connection holds one of these.
     __slots__ = (
         "_head_only",
+        "_interim",
         "_limits",
         "_new_parser",
         "_parser",
+        "_te_trailers",
         "_writer",
         "closing",
         "response_body_bytes",
@@ -114,6 +123,10 @@ class H1Protocol:
         self._parser: Any = IDLE_PARSER
         self._writer: ResponseWriter | None = None
         self._head_only = False
+        # What the request allows: interim responses (not to HTTP/1.0
+        # clients, RFC 9110 section 15.2) and a trailer section.
+        self._interim = False
+        self._te_trailers = False
         #: Set for a graceful shutdown: the next response head says close.
         self.closing = False
         #: Body bytes of the current response framed so far (the access log).
@@ -150,6 +163,8 @@ class H1Protocol:
                     head_only=head_only,
                     keep_alive=request.keep_alive,
                 )
+                self._interim = request.http_version == b"1.1"
+                self._te_trailers = request.te_trailers
                 self.response_body_bytes = 0
             return request
         # ConnectionClosed: the client closed.  PAUSED (a next request is
@@ -249,6 +264,7 @@ class H1Protocol:
         body: bytes,
         final: bool,
         defaults: Sequence[tuple[bytes, bytes]],
+        trailers: bool = False,
     ) -> list[bytes]:
         """The bytes of one step of the response: its head, a body part, its end.
 
@@ -260,6 +276,8 @@ class H1Protocol:
             final: the last part: a response given in one piece with no
                 framing header gets a ``content-length``.
             defaults: the server's own headers, ``(lowercased name, line)``.
+            trailers: the response announced trailers; its end waits for
+                them (:meth:`trailers_data`).
 
         Raises:
             ResponseError: the response cannot be sent as given.
@@ -277,6 +295,7 @@ class H1Protocol:
                     headers,
                     defaults=defaults,
                     final_body=body if final else None,
+                    trailers=trailers and self._te_trailers,
                 )
             )
         if body:
@@ -284,11 +303,69 @@ class H1Protocol:
             if framed:
                 chunks.append(framed)
                 self.response_body_bytes += len(body)
-        if final:
+        if final and not trailers:
             end = writer.end()
             if end:
                 chunks.append(end)
         return chunks
+
+    def informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """An interim response (``103 Early Hints``, another 1xx); b"" for HTTP/1.0.
+
+        Raises:
+            ResponseError: a header is not allowed.
+        """
+        if not self._interim:
+            return b""
+        return informational_head(status, headers)
+
+    def file_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        size: int,
+        defaults: Sequence[tuple[bytes, bytes]],
+        trailers: bool = False,
+    ) -> tuple[bytes, bytes, bool]:
+        """The head of a response whose body is ``size`` bytes from a file.
+
+        Returns what goes before the file's bytes, what goes after them (the
+        end, unless trailers follow), and whether the file's bytes go at all:
+        not when the response has no body (HEAD, 204, 304).
+
+        Raises:
+            ResponseError: the response cannot be sent as given (a declared
+                content-length other than the file's size).
+        """
+        writer = self._writer
+        assert writer is not None
+        if self.closing:
+            writer.keep_alive = False
+        head = writer.head(
+            status,
+            REASON_PHRASES.get(status, b""),
+            headers,
+            defaults=defaults,
+            final_size=size,
+            trailers=trailers and self._te_trailers,
+        )
+        frame = writer.file_frame(size)
+        end = b"" if trailers else writer.end()
+        if frame is None:
+            return head + end, b"", False
+        self.response_body_bytes += size
+        return head + frame[0], frame[1] + end, True
+
+    def trailers_data(self, trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """The end of a response that announced trailers, with them if they can go.
+
+        Raises:
+            ResponseError: a trailer field is not allowed, or the body was
+                shorter than its declared content-length.
+        """
+        writer = self._writer
+        assert writer is not None
+        return writer.finish(trailers)
 
     def error_response(
         self,
@@ -349,7 +426,7 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
     size = len(method) + len(target) + 12
     field_limit = limits.field_size
     too_large_field = b""
-    has_te = has_cl = forwarded = upgrade = False
+    has_te = has_cl = forwarded = upgrade = te_trailers = False
     keep_alive = version == b"1.1"
     for name, value in headers:
         field = len(name) + len(value) + 2
@@ -366,6 +443,8 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
                     keep_alive = False
             elif name == b"upgrade":
                 upgrade = True
+            elif name == b"te":
+                te_trailers = te_trailers or has_token(value, b"trailers")
             else:
                 forwarded = True
     if size > limits.max_head:
@@ -395,4 +474,5 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
         keep_alive=keep_alive,
         forwarded=forwarded,
         upgrade=upgrade,
+        te_trailers=te_trailers,
     )

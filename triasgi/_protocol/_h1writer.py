@@ -52,6 +52,18 @@ def has_close_token(value: bytes) -> bool:
     ]
 
 
+def has_token(value: bytes, token: bytes) -> bool:
+    """Whether a comma-separated header value holds ``token`` (lowercase).
+
+    Parameters after a ``;`` do not count: ``TE: trailers;q=1`` holds
+    ``trailers`` (RFC 9110 section 10.1.4).
+    """
+    lowered = value.lower()
+    return token in lowered and token in [
+        item.split(b";", 1)[0].strip(b" \t") for item in lowered.split(b",")
+    ]
+
+
 class ResponseError(Exception):
     """The app's response cannot be sent as given (bad header, wrong length)."""
 
@@ -72,6 +84,7 @@ class ResponseWriter:
         "_http10",
         "_no_body",
         "_remaining",
+        "_trailers",
         "keep_alive",
     )
 
@@ -84,6 +97,8 @@ class ResponseWriter:
         self._chunked = False
         self._no_body = head_only
         self._remaining: int | None = None
+        # A trailer section goes after the body (chunked framing).
+        self._trailers = False
 
     def head(
         self,
@@ -93,6 +108,8 @@ class ResponseWriter:
         *,
         defaults: Sequence[tuple[bytes, bytes]] = (),
         final_body: bytes | None = None,
+        final_size: int | None = None,
+        trailers: bool = False,
     ) -> bytes:
         """The status line and headers.
 
@@ -101,6 +118,13 @@ class ResponseWriter:
                 header line)``; each goes out unless the app set that header.
             final_body: the whole body, when it is known now: it gets a
                 ``content-length`` instead of chunked framing.
+            final_size: the size of the whole body, when it is known but
+                not in memory (a file).
+            trailers: a trailer section will follow the body.  It needs
+                chunked framing (RFC 9112 section 7.1.2), which an HTTP/1.1
+                response with a body then gets, in place of any
+                ``content-length``; without a body (HEAD, 204, 304) or on
+                HTTP/1.0 the trailers are dropped.
 
         Raises:
             ResponseError: a header name or value is not allowed, or
@@ -153,12 +177,16 @@ class ResponseWriter:
             if length is not None and status == 304:
                 lines.append(b"content-length: %s\r\n" % length)
             self._remaining = 0
+        elif trailers and not self._head_only and not self._http10:
+            self._chunked = self._trailers = True
+            lines.append(b"transfer-encoding: chunked\r\n")
         elif length is not None:
             lines.append(b"content-length: %s\r\n" % length)
             self._remaining = 0 if self._head_only else int(length)
-        elif final_body is not None:
-            lines.append(b"content-length: %d\r\n" % len(final_body))
-            self._remaining = 0 if self._head_only else len(final_body)
+        elif final_body is not None or final_size is not None:
+            size = len(final_body) if final_body is not None else int(final_size or 0)
+            lines.append(b"content-length: %d\r\n" % size)
+            self._remaining = 0 if self._head_only else size
         elif self._head_only:
             self._remaining = 0
         elif self._http10:
@@ -188,6 +216,45 @@ class ResponseWriter:
                 self.keep_alive = False
                 raise ResponseError("Response body longer than its content-length")
         return bytes(data)
+
+    def file_frame(self, size: int) -> tuple[bytes, bytes] | None:
+        """What goes before and after ``size`` bytes of body sent from a file.
+
+        None when the response has no body (HEAD, 204, 304).
+
+        Raises:
+            ResponseError: more data than the declared content-length.
+        """
+        if self._no_body:
+            return None
+        if self._chunked:
+            return (b"%x\r\n" % size, b"\r\n") if size else (b"", b"")
+        if self._remaining is not None:
+            self._remaining -= size
+            if self._remaining < 0:
+                self.keep_alive = False
+                raise ResponseError("Response body longer than its content-length")
+        return b"", b""
+
+    def finish(self, trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """The end of a response whose start announced trailers.
+
+        The trailer section when one can go (see :meth:`head`), else the
+        plain end: trailers are dropped, never an error.
+
+        Raises:
+            ResponseError: a trailer field name or value is not allowed, or
+                less data than the declared content-length.
+        """
+        if not self._trailers:
+            return self.end()
+        lines = [b"0\r\n"]
+        for name, value in trailers:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise ResponseError(f"Invalid trailer field {name!r}: {value!r}")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def end(self) -> bytes:
         """The end of the response.

@@ -11,6 +11,8 @@ the same call serves any protocol that gives the events of ``_events.py``.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,15 @@ import trio
 from .._asgi._http import HTTPCycle
 from .._asgi._messages import ResponseState
 from .._errors import ASGIProtocolError, ClientDisconnected
-from .._events import Body, ProtocolError, Request
+from .._events import (
+    Body,
+    Command,
+    Informational,
+    PathSend,
+    ProtocolError,
+    Request,
+    Trailers,
+)
 from .._logging import AccessEntry, log_access
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
@@ -32,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("triasgi.error")
 
 _HEAD = ResponseState.HEAD
+_COMMANDS = frozenset({Informational, Trailers, PathSend})
 _BODY = ResponseState.BODY
 _DONE = ResponseState.DONE
 
@@ -127,21 +138,28 @@ class AppCall(HTTPCycle):
         if body is None:
             await trio.lowlevel.checkpoint()
             return
-        final = not message.get("more_body", False)
+        if body.__class__ in _COMMANDS:
+            await self._run_command(body)  # type: ignore[arg-type]
+            return
+        last = not message.get("more_body", False)
+        trailers = self.trailers
         conn = self.conn
         status = self.status if self.state is _HEAD else 0
         try:
             chunks = conn.protocol.response_data(
                 status,
                 self.response_headers,
-                body,
-                final,
+                body,  # type: ignore[arg-type]
+                last,
                 conn.server.default_header_lines() if status else (),
+                trailers,
             )
         except ResponseError as exc:
             self.must_close = True
             raise ASGIProtocolError(f"Invalid response: {exc}.") from None
-        self.state = _DONE if final else _BODY
+        self.after_body(last)
+        # The response is complete on the wire, or waits for its trailers.
+        final = last and not trailers
         if chunks:
             # The response is complete once the kernel has its last byte,
             # before the write's schedule point: by then the client may have
@@ -152,6 +170,91 @@ class AppCall(HTTPCycle):
             if final:
                 self._response_complete()
             await trio.lowlevel.checkpoint()
+
+    async def _run_command(self, command: Command) -> None:
+        """A step of a response extension: an interim response, trailers, a file."""
+        conn = self.conn
+        kind = type(command)
+        if kind is Informational:
+            assert isinstance(command, Informational)
+            try:
+                data = conn.protocol.informational(command.status, command.headers)
+            except ResponseError as exc:
+                raise ASGIProtocolError(f"Invalid interim response: {exc}.") from None
+            if data:
+                await conn.write(data)
+            else:
+                await trio.lowlevel.checkpoint()  # dropped: an HTTP/1.0 client
+            return
+        if kind is Trailers:
+            assert isinstance(command, Trailers)
+            try:
+                data = conn.protocol.trailers_data(command.headers)
+            except ResponseError as exc:
+                self.must_close = True
+                raise ASGIProtocolError(f"Invalid trailers: {exc}.") from None
+            self.after_command(command)
+            if data:
+                await conn.write(data, then=self._response_complete)
+            else:
+                self._response_complete()
+                await trio.lowlevel.checkpoint()
+            return
+        assert isinstance(command, PathSend)
+        await self._send_path(command)
+
+    async def _send_path(self, command: PathSend) -> None:
+        """The body from a file: the kernel copies it to a plain socket."""
+        conn = self.conn
+        path = command.path
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise ASGIProtocolError(
+                f"http.response.pathsend cannot open {path!r}: {exc.strerror}."
+            ) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ASGIProtocolError(
+                    f"http.response.pathsend needs a regular file, not {path!r}."
+                )
+            trailers = self.trailers
+            try:
+                before, after, send_file = conn.protocol.file_response(
+                    self.status,
+                    self.response_headers,
+                    info.st_size,
+                    conn.server.default_header_lines(),
+                    trailers,
+                )
+            except ResponseError as exc:
+                self.must_close = True
+                raise ASGIProtocolError(f"Invalid response: {exc}.") from None
+            complete = None if trailers else self._response_complete
+            if not send_file:
+                self.after_command(command)
+                await conn.write(before, then=complete)
+                return
+            self.state = _BODY
+            await conn.write(before)
+            try:
+                await conn.send_file(fd, info.st_size)
+            except ClientDisconnected:
+                raise
+            except OSError as exc:
+                # Part of the body is on the wire: only closing can end it.
+                self.must_close = True
+                raise ASGIProtocolError(
+                    f"http.response.pathsend could not read {path!r}: {exc}."
+                ) from None
+            self.after_command(command)
+            if after:
+                await conn.write(after, then=complete)
+            elif complete is not None:
+                complete()
+        finally:
+            os.close(fd)
 
     def _response_complete(self) -> None:
         self.released.set()

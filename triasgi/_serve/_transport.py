@@ -11,6 +11,7 @@ one at a time writes.  TLS and in-memory streams take the ordinary path.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from math import inf
@@ -171,6 +172,57 @@ class Transport:
             raise ClientDisconnected("The client stopped reading.")
         if then is not None:
             then()
+
+    async def send_file(self, fd: int, count: int) -> None:
+        """Send ``count`` bytes of the file ``fd`` from its start.
+
+        On a plain socket the kernel copies them (``os.sendfile``), in as
+        many pieces as the socket takes, each wait for it to take more bounded
+        by the write timeout, with a schedule point between pieces so that
+        one large file does not hold up the other connections.  Other
+        streams get the file read in pieces, in a worker thread.
+
+        Raises:
+            ClientDisconnected: the client went away or stopped reading.
+            OSError: reading the file failed, or it is shorter than ``count``.
+        """
+        raw = self._raw_socket
+        if raw is None:
+            offset = 0
+            while offset < count:
+                size = min(count - offset, LARGE_READ_SIZE)
+                data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+                if not data:
+                    raise OSError(f"the file ended {count - offset} bytes early")
+                await self.write(data)
+                offset += len(data)
+            await trio.lowlevel.checkpoint()
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        out = raw.fileno()
+        offset = 0
+        while offset < count:
+            try:
+                sent = os.sendfile(out, fd, offset, count - offset)
+            except BlockingIOError:
+                with trio.move_on_after(self.write_timeout) as scope:
+                    await trio.lowlevel.wait_writable(raw)
+                if scope.cancelled_caught:
+                    logger.debug(
+                        "Dropping %s: no data taken in %gs.",
+                        self.client,
+                        self.write_timeout,
+                    )
+                    self.client_gone()
+                    raise ClientDisconnected("The client stopped reading.") from None
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.client_gone()
+                raise ClientDisconnected("The client has disconnected.") from exc
+            if not sent:
+                raise OSError(f"the file ended {count - offset} bytes early")
+            offset += sent
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def views_after(parts: tuple[bytes, ...], sent: int) -> list[memoryview]:
