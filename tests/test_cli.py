@@ -19,6 +19,7 @@ import triasgi
 APP = textwrap.dedent(
     """
     import sys
+    import time
 
     import trio
 
@@ -27,12 +28,17 @@ APP = textwrap.dedent(
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        if scope["path"] in ("/slow", "/forever"):
+        if scope["path"] in ("/slow", "/forever", "/thread", "/shielded"):
             print("app got", scope["path"], file=sys.stderr, flush=True)
         if scope["path"] == "/slow":
             await trio.sleep(0.5)
         if scope["path"] == "/forever":
             await trio.sleep_forever()
+        if scope["path"] == "/thread":
+            await trio.to_thread.run_sync(time.sleep, 60)
+        if scope["path"] == "/shielded":
+            with trio.CancelScope(shield=True):
+                await trio.sleep(60)
         body = ("root_path=" + scope["root_path"]).encode()
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": body})
@@ -191,6 +197,54 @@ async def test_second_sigint_stops_at_once(start_cli):
     assert b"stopping at once" in running.stderr
 
 
+async def stuck_request(url: str) -> None:
+    """A request whose app never answers; the server drops the connection."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(url)
+
+
+async def test_graceful_timeout_bounds_shutdown_of_an_app_waiting_in_a_thread(
+    start_cli,
+):
+    running = await start_cli(
+        "myapp:app", "--port", "0", "--no-access-log", "--timeout-graceful-shutdown", "1"
+    )
+    url = await running.url()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck_request, url + "/thread")
+        await running.read_stderr_until(rb"app got /thread")
+        start = trio.current_time()
+        running.process.send_signal(signal.SIGTERM)
+        code = await running.wait()
+    # 1 second graceful timeout, 1 second for the cancellation to land.
+    assert trio.current_time() - start < 4
+    assert code == 1
+    stderr = running.stderr.decode()
+    assert "Still running 1 second(s) after being cancelled" in stderr
+    assert "Exiting now, abandoning 1 connection(s) (GET /thread from 127.0.0.1:" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_second_signal_stops_at_once_an_app_in_a_shielded_scope(start_cli):
+    running = await start_cli("myapp:app", "--port", "0", "--no-access-log")
+    url = await running.url()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck_request, url + "/shielded")
+        await running.read_stderr_until(rb"app got /shielded")
+        running.process.send_signal(signal.SIGTERM)
+        await running.read_stderr_until(rb"shutting down gracefully")
+        start = trio.current_time()
+        running.process.send_signal(signal.SIGTERM)
+        code = await running.wait()
+    assert trio.current_time() - start < 3
+    assert code == 1
+    stderr = running.stderr.decode()
+    assert "stopping at once" in stderr
+    assert "Exiting now, abandoning 1 connection(s) (GET /shielded from" in stderr
+    assert "Traceback" not in stderr
+
+
 async def test_environment_variables_set_options(start_cli):
     running = await start_cli("myapp:app", env={
         "TRIASGI_PORT": "0", "TRIASGI_ROOT_PATH": "/api", "TRIASGI_ACCESS_LOG": "false"})
@@ -271,6 +325,26 @@ async def test_failed_lifespan_startup_exits_non_zero_with_the_message(start_cli
         (["--timeout-keep-alive", "-1"], "--timeout-keep-alive"),
         (["--lifespan", "maybe"], "'maybe' is not one of"),
         (["--header", "no-colon"], "headers entries must look like 'name:value'"),
+        (["--port", "70000"], "70000 is not in the range 0<=x<=65535"),
+        (["--backlog", "99999999999"], "is not in the range 1<=x<=2147483647"),
+        (["--fd", "99999999999"], "is not in the range 0<=x<=2147483647"),
+        (
+            ["--header", "x-a:b\r\nx-evil: 1"],
+            "has a CR, LF or NUL in its value",
+        ),
+        (["--header", "bad name:v"], "has an invalid name 'bad name'"),
+        (["--header", "x-a:caf\u00e9\u20ac"], "has a character beyond latin-1"),
+    ]
+    + [
+        ([f"--{option}", "nan"], "nan is not a number of seconds")
+        for option in (
+            "timeout-keep-alive",
+            "timeout-request-header",
+            "timeout-graceful-shutdown",
+            "timeout-lifespan-startup",
+            "ws-ping-interval",
+            "timeout-worker-healthcheck",
+        )
     ],
 )
 async def test_bad_option_values_are_usage_errors(start_cli, args, message):
@@ -278,6 +352,42 @@ async def test_bad_option_values_are_usage_errors(start_cli, args, message):
     assert code == 2
     assert message in stderr
     assert "Traceback" not in stderr
+
+
+async def test_nan_in_the_environment_is_a_usage_error(start_cli):
+    code, stderr = await run_cli(
+        start_cli, "myapp:app", env={"TRIASGI_TIMEOUT_KEEP_ALIVE": "nan"}
+    )
+    assert code == 2
+    assert "nan is not a number of seconds" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_infinite_keep_alive_means_no_limit(start_cli):
+    running = await start_cli(
+        "myapp:app", "--port", "0", "--timeout-keep-alive", "inf",
+        "--timeout-graceful-shutdown", "inf",
+    )
+    url = await running.url()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url + "/")).status_code == 200
+    running.process.send_signal(signal.SIGTERM)
+    assert await running.wait() == 0
+    assert "Traceback" not in running.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("fd", "problem"), [("0", "it is not a socket"), ("77", "it is not open")]
+)
+async def test_fd_that_is_not_a_listening_socket_gives_one_sentence(
+    start_cli, fd, problem
+):
+    code, stderr = await run_cli(start_cli, "myapp:app", "--fd", fd)
+    assert code == 1
+    assert (
+        f"Cannot listen on file descriptor {fd}: {problem}; --fd takes a listening "
+        "socket the parent process passed down." in one_line_error(stderr)
+    )
 
 
 @pytest.fixture

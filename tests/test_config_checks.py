@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 
 import pytest
@@ -61,3 +63,48 @@ async def test_cli_refuses_a_nameless_header_as_a_usage_error(tmp_path, header):
     assert result.returncode == 2
     assert "headers entries must look like 'name:value'" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("x-a:b\r\nx-evil: 1", "has a CR, LF or NUL in its value"),
+        ("x-a:b\x00", "has a CR, LF or NUL in its value"),
+        ("bad name:v", "has an invalid name 'bad name'"),
+        ("x(a):v", "has an invalid name 'x(a)'"),
+        ("x-a:\u20ac", "has a character beyond latin-1"),
+    ],
+)
+def test_default_header_that_would_break_the_response_is_refused(header, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Config(headers=[header])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f.name for f in dataclasses.fields(Config) if f.type in ("float", float)],
+)
+def test_nan_is_refused_for_every_seconds_setting(name):
+    with pytest.raises(ValueError, match=f"{name} must be a number of seconds, got nan"):
+        Config(**{name: float("nan")})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f.name for f in dataclasses.fields(Config) if f.type in ("float", float)],
+)
+def test_infinity_is_accepted_for_every_seconds_setting(name):
+    assert getattr(Config(**{name: float("inf")}), name) == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"port": 70000}, "port must be at most 65535, got 70000"),
+        ({"backlog": 99999999999}, "backlog must be at most 2147483647"),
+        ({"fd": 2**40}, "fd must be at most 2147483647"),
+    ],
+)
+def test_socket_numbers_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**settings)

@@ -107,3 +107,9 @@ def test_restart_delay_doubles_up_to_30_seconds():
     assert delays == [0, 0, 0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30]
     assert _backoff(100) == 30
     assert _backoff(1000) == 30
+
+
+@pytest.mark.parametrize("streak", [1025, 1026, 10**6])
+def test_restart_delay_stays_30_seconds_for_a_streak_past_1025(streak):
+    # 0.5 * 2 ** 1024 does not fit in a float: the exponent must be capped.
+    assert _backoff(streak) == 30

@@ -232,3 +232,19 @@ async def test_beyond_max_connections_the_server_stops_accepting(caplog):
         assert status_of(data) == 200
     lines = [r.getMessage() for r in caplog.records if "limit_max_connections" in r.getMessage()]
     assert lines == ["2 connections open (limit_max_connections): not accepting more until some close."]
+
+
+@pytest.mark.parametrize("line_bytes", [9_000, 20_000])
+async def test_long_request_line_gets_414_in_one_read_on_a_real_socket(line_bytes):
+    # Over limit_request_line (8190), and from 20,000 bytes over the whole
+    # head's limit (16384) too: the request line is what is too long.
+    async with open_server(hello) as server:
+        stream = await connect(server)
+        request = b"GET /" + b"a" * line_bytes + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+        with trio.fail_after(5):
+            try:
+                await stream.send_all(request)
+            except trio.BrokenResourceError:
+                pass  # the answer came before the whole request was taken
+            data = await read_until_closed(stream)
+    assert status_of(data) == 414

@@ -21,6 +21,7 @@ from triasgi import Config, Server
 APP = textwrap.dedent(
     """
     import os
+    import time
     import trio
 
     VERSION = "v1"
@@ -40,6 +41,9 @@ APP = textwrap.dedent(
         if scope["path"] == "/block":
             while True:
                 pass
+        if scope["path"] == "/thread":
+            print("thread request started", flush=True)
+            await trio.to_thread.run_sync(time.sleep, 60)
         body = f"{VERSION} {os.getpid()}".encode()
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": body})
@@ -360,6 +364,44 @@ async def test_sigterm_lets_slow_requests_finish_then_exits_0(start):
     assert "SIGTERM received: stopping the workers gracefully" in supervisor.log()
     with pytest.raises(OSError):
         await get(supervisor.port)
+
+
+async def stuck_get(port: int) -> None:
+    with pytest.raises((OSError, ConnectionError, trio.BrokenResourceError)):
+        await get(port, "/thread", within=30)
+
+
+async def test_stopping_a_worker_whose_app_waits_in_a_thread_is_bounded(start):
+    supervisor = await start("--workers", "1", "--timeout-graceful-shutdown", "1")
+    await supervisor.wait_for_workers(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck_get, supervisor.port)
+        await supervisor.wait_for_log("thread request started")
+        begun = trio.current_time()
+        supervisor.send(signal.SIGTERM)
+        code = await supervisor.exit_code()
+    # The worker's graceful timeout, 1 second for the cancellation, and
+    # the supervisor's own stop: far from the supervisor's kill limit.
+    assert trio.current_time() - begun < 5
+    assert code == 0
+    log = supervisor.log()
+    assert "Exiting now, abandoning 1 connection(s) (GET /thread from" in log
+    assert re.search(r"Worker pid \d+ stopped \(exit code 1\)", log)
+    assert "killing it" not in log
+
+
+async def test_sighup_replaces_a_worker_whose_app_waits_in_a_thread(start):
+    supervisor = await start("--workers", "1", "--timeout-graceful-shutdown", "1")
+    (old,) = await supervisor.wait_for_workers(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck_get, supervisor.port)
+        await supervisor.wait_for_log("thread request started")
+        supervisor.send(signal.SIGHUP)
+        await supervisor.wait_for_log("Reload complete")
+        await supervisor.wait_for_log(rf"Worker pid {old} stopped", within=6)
+    assert "Exiting now, abandoning 1 connection(s) (GET /thread from" in supervisor.log()
+    status, _ = await get(supervisor.port)
+    assert status == 200
 
 
 async def test_sigttin_and_sigttou_change_the_number_of_workers(start):

@@ -303,6 +303,83 @@ async def test_encrypted_key_needs_its_password(ca, tmp_path):
             assert (await client.get(server.url + "/")).status_code == 200
 
 
+def encrypted_key_files(ca, folder: Path) -> tuple[Path, Path]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = folder / "c.pem", folder / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
+    keyfile.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    ))
+    return certfile, keyfile
+
+
+def test_cli_never_prompts_for_the_password_of_an_encrypted_key(ca, tmp_path):
+    """On a terminal, OpenSSL would ask "Enter PEM pass phrase:" and wait."""
+    import fcntl
+    import os
+    import select
+    import termios
+    import time
+
+    certfile, keyfile = encrypted_key_files(ca, tmp_path)
+    controller, terminal = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "triasgi", "tests.conftest:hello_app", "--port", "0",
+         "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)],
+        stdin=terminal, stdout=terminal, stderr=terminal,
+        # The terminal becomes the process's controlling terminal, as in a shell.
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(terminal)
+    output = b""
+    try:
+        deadline = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < deadline:
+            if b"pass phrase" in output.lower():
+                break
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                try:
+                    output += os.read(controller, 4096)
+                except OSError:  # EIO: the process closed the terminal
+                    break
+        code = process.wait(timeout=20) if b"pass phrase" not in output.lower() else None
+        while select.select([controller], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    text = output.decode(errors="replace")
+    assert "pass phrase" not in text.lower()
+    assert code == 1
+    assert text.strip().splitlines()[-1] == (
+        f"Error: The TLS key {keyfile} is encrypted: give its password with "
+        "--ssl-keyfile-password."
+    )
+
+
+async def test_encrypted_key_without_a_password_is_one_sentence(ca, tmp_path):
+    certfile, keyfile = encrypted_key_files(ca, tmp_path)
+    message = await start_error(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    assert message == (
+        f"The TLS key {keyfile} is encrypted: give its password with "
+        "--ssl-keyfile-password."
+    )
+
+
 def test_cli_prints_one_line_for_a_missing_certificate(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "triasgi", "tests.conftest:hello_app", "--port", "0",

@@ -547,6 +547,34 @@ async def test_message_over_max_size_across_fragments_closes_with_1009():
     assert log[0]["code"] == 1009
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        # Masked binary frames: FIN, opcode 2; a 64-bit length of 2**62, and
+        # a 16-bit length of 1001; then the masking key.  No payload follows.
+        b"\x82\xff" + (2**62).to_bytes(8, "big") + b"mask",
+        b"\x82\xfe" + (1001).to_bytes(2, "big") + b"mask",
+        # A text message whose second fragment takes it over the limit.
+        b"\x01\x83mask" + bytes(c ^ m for c, m in zip(b"abc", b"mask", strict=False))
+        + b"\x80\xfe" + (998).to_bytes(2, "big") + b"mask",
+    ],
+)
+async def test_frame_header_declaring_more_than_max_size_closes_with_1009_at_once(
+    header,
+):
+    log = []
+    async with open_server(echo_app(log), ws_max_size=1000) as server:
+        client = RawClient(await connect(server))
+        assert isinstance(await client.handshake(), AcceptConnection)
+        await client.stream.send_all(header)
+        # Nothing of the payload has been sent: the header alone must do.
+        with trio.fail_after(2):
+            code = await client.close_code()
+        await client.stream.aclose()
+    assert code == 1009
+    assert log[0]["code"] == 1009
+
+
 async def test_message_over_max_size_from_trio_websocket_closes_with_1009():
     async with open_server(echo_app(), ws_max_size=100) as server:
         async with open_trio_websocket(server) as ws:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal
 
@@ -26,10 +27,25 @@ def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType[Any
     if typing.get_origin(base) is Literal:
         return click.Choice([str(a) for a in typing.get_args(base)])
     if base is int:
-        return click.IntRange(min=meta["minimum"])
+        return click.IntRange(min=meta["minimum"], max=meta["maximum"])
     if base is float:
-        return click.FloatRange(min=meta["minimum"])
+        return _Seconds(min=meta["minimum"])
     return click.STRING
+
+
+class _Seconds(click.FloatRange):
+    """A number of seconds: ``inf`` means no limit, ``nan`` is refused."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(
+                "nan is not a number of seconds; give one such as 5, or inf for "
+                "no limit.",
+                param,
+                ctx,
+            )
+        return seconds
 
 
 def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:

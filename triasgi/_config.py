@@ -9,6 +9,7 @@ where needed, the CLI details (choices, a flag pair, a repeatable option).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
@@ -17,6 +18,9 @@ HTTP_PARSERS = ("auto", "h11", "httptools")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 SSL_CERT_REQS = ("none", "optional", "required")
+# The largest value a C int holds: file descriptors and the listen backlog
+# are C ints, and a larger number overflows in the socket calls.
+C_INT_MAX = 2**31 - 1
 
 
 def _option(
@@ -27,6 +31,7 @@ def _option(
     multiple: bool = False,
     flag: bool = False,
     minimum: float | None = None,
+    maximum: int | None = None,
     metavar: str | None = None,
     envvar: tuple[str, ...] = (),
 ) -> Any:
@@ -37,6 +42,7 @@ def _option(
         "multiple": multiple,
         "flag": flag,
         "minimum": minimum,
+        "maximum": maximum,
         "metavar": metavar,
         "envvar": envvar,
     }
@@ -58,13 +64,21 @@ class Config:
 
     # Where to listen.
     host: str = _option("127.0.0.1", "Bind to this host address.")
-    port: int = _option(8000, "Bind to this TCP port (0 picks a free one).", minimum=0)
+    port: int = _option(
+        8000, "Bind to this TCP port (0 picks a free one).", minimum=0, maximum=65535
+    )
     uds: str | None = _option(None, "Bind to this Unix domain socket path.")
     fd: int | None = _option(
-        None, "Serve on this inherited listening socket file descriptor.", minimum=0
+        None,
+        "Serve on this inherited listening socket file descriptor.",
+        minimum=0,
+        maximum=C_INT_MAX,
     )
     backlog: int = _option(
-        2048, "Maximum number of connections waiting to be accepted.", minimum=1
+        2048,
+        "Maximum number of connections waiting to be accepted.",
+        minimum=1,
+        maximum=C_INT_MAX,
     )
 
     # The application.
@@ -327,22 +341,23 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{f.name} must be a number of seconds, got nan.")
             minimum = f.metadata.get("minimum")
             if minimum is not None and value is not None and value < minimum:
                 raise ValueError(
                     f"{f.name} must be at least {minimum:g}, got {value!r}."
                 )
+            maximum = f.metadata.get("maximum")
+            if maximum is not None and value is not None and value > maximum:
+                raise ValueError(f"{f.name} must be at most {maximum}, got {value!r}.")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(
                     f"{f.name} must be one of {', '.join(choices)}, got {value!r}."
                 )
         for header in self.headers:
-            name, sep, _ = header.partition(":")
-            if not sep or not name.strip():
-                raise ValueError(
-                    f"headers entries must look like 'name:value', got {header!r}."
-                )
+            _check_header(header)
         _check_edge_settings(self)
 
     @property
@@ -372,6 +387,34 @@ def config_fields() -> list[dataclasses.Field[Any]]:
 def env_name(field_name: str) -> str:
     """The environment variable that sets ``field_name``."""
     return "TRIASGI_" + field_name.upper()
+
+
+def _check_header(header: str) -> None:
+    """A ``headers`` entry: the rules the app's own response headers follow."""
+    from ._protocol._h1writer import _BAD_VALUE, _TOKEN
+
+    name, sep, value = header.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(
+            f"headers entries must look like 'name:value', got {header!r}."
+        )
+    try:
+        name_bytes = name.strip().encode("latin-1")
+        value_bytes = value.strip().encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"headers entry {header!r} has a character beyond latin-1; HTTP "
+            "headers cannot carry it."
+        ) from None
+    if not _TOKEN.fullmatch(name_bytes):
+        raise ValueError(
+            f"headers entry {header!r} has an invalid name {name.strip()!r}: use "
+            "letters, digits and !#$%&'*+-.^_`|~ only."
+        )
+    if _BAD_VALUE.search(value_bytes):
+        raise ValueError(
+            f"headers entry {header!r} has a CR, LF or NUL in its value: remove it."
+        )
 
 
 def _check_edge_settings(config: Config) -> None:

@@ -37,7 +37,8 @@ import trio
 
 from .._config import Config
 from .._serve._listeners import bind, describe_address, remove_socket_file, sockname
-from ._worker import heartbeat_interval, use_pid_log_format
+from .._serve._server import CANCEL_GRACE
+from ._worker import FIRST_REQUEST_GRACE, heartbeat_interval, use_pid_log_format
 
 logger = logging.getLogger("triasgi.error")
 
@@ -54,8 +55,10 @@ _QUICK_CRASH_SECONDS = 10.0
 _MAX_BACKOFF_SECONDS = 30.0
 # Between SIGABRT (which makes a worker print its stack) and SIGKILL.
 _ABORT_GRACE_SECONDS = 1.0
-# Time a stopping worker gets beyond its own shutdown timeouts.
-_STOP_MARGIN_SECONDS = 2.0
+# Time a stopping worker gets beyond its own shutdown timeouts: its first
+# request grace, and twice CANCEL_GRACE (connections, then the lifespan task)
+# before it abandons what the app left running, with a second to spare.
+_STOP_MARGIN_SECONDS = FIRST_REQUEST_GRACE + 2 * CANCEL_GRACE + 1.0
 
 
 class SupervisorError(Exception):
@@ -499,7 +502,7 @@ class Supervisor:
                         self._waiting_for_change = True
                     self._wanted.set()
                     return
-                worker.stop()
+                self._stop_bounded(worker)
             if old:
                 logger.info("Reload complete.")
             self._wanted.set()
@@ -523,7 +526,7 @@ class Supervisor:
                 "ready, stopping it.",
                 worker.pid,
             )
-            worker.stop()
+            self._stop_bounded(worker)
             self._wanted.set()
 
     # -- health --------------------------------------------------------------
@@ -602,7 +605,34 @@ class Supervisor:
         if len(active) > self._target:
             victim = active[-1]
             logger.info("Stopping worker pid %d.", victim.pid)
-            victim.stop()
+            self._stop_bounded(victim)
+
+    def _stop_limit(self) -> float:
+        """Seconds a worker told to stop gets before it is killed."""
+        config = self._config
+        return (
+            config.timeout_graceful_shutdown
+            + config.timeout_lifespan_shutdown
+            + _STOP_MARGIN_SECONDS
+        )
+
+    def _stop_bounded(self, worker: _Worker) -> None:
+        """Stop one worker gracefully while the others serve; kill it if it hangs."""
+        worker.stop()
+        assert self._root is not None
+        self._root.start_soon(self._kill_if_not_stopped, worker)
+
+    async def _kill_if_not_stopped(self, worker: _Worker) -> None:
+        limit = self._stop_limit()
+        with trio.move_on_after(limit):
+            await worker.exited.wait()
+        if not worker.exited.is_set():
+            logger.warning(
+                "Worker pid %d did not stop within %g seconds; killing it.",
+                worker.pid,
+                limit,
+            )
+            worker.kill()
 
     async def _stop_workers(self) -> None:
         workers = list(self._workers)
@@ -611,12 +641,7 @@ class Supervisor:
         if not workers:
             return
         logger.info("Waiting for %d worker(s) to stop.", len(workers))
-        config = self._config
-        limit = (
-            config.timeout_graceful_shutdown
-            + config.timeout_lifespan_shutdown
-            + _STOP_MARGIN_SECONDS
-        )
+        limit = self._stop_limit()
         with trio.move_on_after(limit):
             for worker in workers:
                 await worker.exited.wait()
@@ -689,7 +714,10 @@ def _backoff(streak: int) -> float:
     """Seconds to wait before the next start after ``streak`` quick crashes."""
     if streak <= 1:
         return 0.0
-    return float(min(0.5 * 2 ** (streak - 2), _MAX_BACKOFF_SECONDS))
+    # The cap reaches 30 seconds at a streak of 8; capping the exponent too
+    # keeps the power small however long the streak grows.
+    exponent = min(streak - 2, 16)
+    return float(min(0.5 * 2**exponent, _MAX_BACKOFF_SECONDS))
 
 
 def _systemd_socket() -> int | None:

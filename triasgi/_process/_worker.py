@@ -16,7 +16,9 @@ per report:
 ``fail <sentence>``
     the app could not be imported or could not start; the worker exits.
 
-Signals: SIGTERM starts a graceful shutdown.  SIGINT is left to the
+Signals: SIGTERM starts a graceful shutdown, bounded as in a single process:
+a task of the app that cancellation cannot reach is abandoned with the
+process (exit status 1, see ``_single.abandon``).  SIGINT is left to the
 supervisor (a terminal sends it to the whole process group), which answers
 it by sending SIGTERM, or SIGKILL the second time.
 """
@@ -39,7 +41,7 @@ from .._errors import StartupError
 from .._importer import AppImportError, load_app
 from .._logging import LogConfigError, configure_logging
 from .._serve._server import Server
-from ._single import freeze_startup_objects, serve_then_stop
+from ._single import abandon, freeze_startup_objects, serve_then_stop, stop_at_once
 
 logger = logging.getLogger("triasgi.error")
 
@@ -123,14 +125,18 @@ async def _serve_reporting(
             config,
             on_limit_max_requests=retire.set,
             first_request_grace=FIRST_REQUEST_GRACE,
+            on_stuck=abandon,
         )
         started = trio.Event()
+        stopped = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                _obey_signals, signals, server, started, nursery.cancel_scope
+                _obey_signals, signals, server, started, nursery.cancel_scope, stopped
             )
             try:
-                await nursery.start(serve_then_stop, server, nursery.cancel_scope)
+                await nursery.start(
+                    serve_then_stop, server, nursery.cancel_scope, stopped
+                )
             except StartupError as exc:
                 await reports.send("fail", str(exc))
                 nursery.cancel_scope.cancel()
@@ -148,6 +154,7 @@ async def _obey_signals(
     server: Server,
     started: trio.Event,
     cancel_scope: trio.CancelScope,
+    stopped: trio.Event,
 ) -> None:
     async for signum in signals:
         if signum != signal.SIGTERM:
@@ -156,7 +163,7 @@ async def _obey_signals(
             # Nothing accepted yet, so nothing to finish: do not make the
             # supervisor wait for a lifespan startup it no longer needs.
             logger.info("Worker stopping before it finished starting.")
-            cancel_scope.cancel()
+            await stop_at_once(server, cancel_scope, stopped)
             return
         if not server.shutting_down:
             logger.info("Worker shutting down gracefully.")

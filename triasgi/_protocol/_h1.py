@@ -146,7 +146,12 @@ class H1Protocol:
         try:
             event = self._parser.next_event()
         except h11.RemoteProtocolError as exc:
-            return ProtocolError(H1_STREAM, exc.error_status_hint, str(exc))
+            status = exc.error_status_hint
+            if status == 431 and self.request_line_too_long():
+                # h11's buffer limit caught a head whose request line alone
+                # is over the limit: that is the request line's status.
+                status = 414
+            return ProtocolError(H1_STREAM, status, str(exc))
         if event is _H11_NEED_DATA:
             return NEED_DATA
         kind = type(event)
@@ -399,14 +404,16 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
 
     Problems h11 lets through, as a :class:`ProtocolError`, first found first:
 
+    - A request line over its limit (414), before the size of the whole head:
+      a long target is what the client must shorten, whatever else is large.
     - h11 bounds only a head that arrives in pieces, so the size of a whole
       one is checked here (431).
     - RFC 9112 section 6.3: a message with both Transfer-Encoding and
       Content-Length may be an attempt at request smuggling; we reject it
       rather than guess (400).  Section 6.1: Transfer-Encoding in an HTTP/1.0
       message means faulty framing (400).
-    - The configured limits: request line (414), number of header fields
-      and size of one field (431, RFC 6585 section 5).
+    - The configured limits: number of header fields and size of one field
+      (431, RFC 6585 section 5).
     """
     # h11's Headers iterates through the generic Sequence protocol, one
     # __getitem__ per item; its item list is read directly when present.
@@ -447,6 +454,8 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
                 te_trailers = te_trailers or has_token(value, b"trailers")
             else:
                 forwarded = True
+    if line > limits.request_line:
+        return ProtocolError(H1_STREAM, 414, f"request line of {line} bytes")
     if size > limits.max_head:
         return ProtocolError(H1_STREAM, 431, f"request head of {size} bytes")
     if has_te and has_cl:
@@ -455,8 +464,6 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
         )
     if has_te and version == b"1.0":
         return ProtocolError(H1_STREAM, 400, "Transfer-Encoding in an HTTP/1.0 request")
-    if line > limits.request_line:
-        return ProtocolError(H1_STREAM, 414, f"request line of {line} bytes")
     if len(headers) > limits.fields:
         return ProtocolError(H1_STREAM, 431, f"{len(headers)} header fields")
     if too_large_field:

@@ -190,6 +190,90 @@ def accept_headers(
 
 # -- frames --------------------------------------------------------------------
 
+# RFC 6455 section 5.2: opcodes of data frames (continuation, text, binary).
+_DATA_OPCODES = frozenset({0x0, 0x1, 0x2})
+
+
+class _FrameSizes:
+    """Follows frame boundaries in the client's bytes, ahead of wsproto.
+
+    wsproto reports a frame's payload as it arrives, so the message size
+    check alone would read a frame that declares 2**62 bytes up to the
+    limit before refusing it.  This reads each frame header (RFC 6455
+    section 5.2) as it arrives and says where a data frame begins whose
+    declared length cannot fit in the message limit, so that the connection
+    is closed with 1009 before any of its payload is read.
+
+    Args:
+        max_size: the largest message, in bytes.
+        compressed_max: the largest payload of a compressed message, in bytes.
+    """
+
+    __slots__ = ("_compressed", "_compressed_max", "_head", "_max", "_message", "_skip")
+
+    def __init__(self, max_size: int, compressed_max: int) -> None:
+        self._max = max_size
+        self._compressed_max = compressed_max
+        self._head = b""  # the header of the next frame, while it arrives
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._message = 0  # payload bytes of the data message so far
+        self._compressed = False  # the message has RSV1 set (RFC 7692)
+
+    def too_big_at(self, data: bytes) -> int:
+        """Where in ``data`` a frame over the limit begins; -1 if none does.
+
+        A header that began in earlier data gives 0.
+        """
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            held = len(self._head)
+            start = pos - held
+            need = 2
+            if held >= 2 or end - pos >= 2 - held:
+                second = (self._head + data[pos : pos + 2 - held])[1]
+                short = second & 0x7F
+                need += (2 if short == 126 else 8 if short == 127 else 0) + (
+                    4 if second & 0x80 else 0
+                )
+            take = min(need - held, end - pos)
+            self._head += data[pos : pos + take]
+            pos += take
+            if len(self._head) < need:
+                break
+            if not self._frame_fits():
+                return max(start, 0)
+        return -1
+
+    def _frame_fits(self) -> bool:
+        head = self._head
+        self._head = b""
+        first, second = head[0], head[1]
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(head[2:4], "big")
+        elif length == 127:
+            length = int.from_bytes(head[2:10], "big")
+        self._skip = length
+        opcode = first & 0x0F
+        if opcode not in _DATA_OPCODES:
+            return True  # a control frame: wsproto bounds it (125 bytes)
+        if opcode != 0:
+            self._message = 0
+            self._compressed = bool(first & 0x40)
+        self._message += length
+        limit = self._compressed_max if self._compressed else self._max
+        if self._message > limit:
+            return False
+        if first & 0x80:  # FIN: the message is complete
+            self._message = 0
+        return True
+
 
 class WebSocketFrames:
     """The frames of an accepted WebSocket, server side.
@@ -200,15 +284,30 @@ class WebSocketFrames:
         max_size: the largest message, in bytes (``ws_max_size``).
     """
 
-    __slots__ = ("_max_size", "_parts", "_pending", "_size", "_step", "_ws")
+    __slots__ = (
+        "_frame_sizes",
+        "_max_size",
+        "_parts",
+        "_pending",
+        "_refused",
+        "_size",
+        "_step",
+        "_ws",
+    )
 
     def __init__(
         self, extension: Extension | None, received: bytes, max_size: int
     ) -> None:
-        self._ws = Connection(
-            ConnectionType.SERVER, [extension] if extension else [], received
-        )
+        self._ws = Connection(ConnectionType.SERVER, [extension] if extension else [])
         self._max_size = max_size
+        # A compressed message is limited by its decompressed size (in
+        # events()); its frames' declared lengths only when they are beyond
+        # anything a deflate encoder makes of a message that fits (zlib's
+        # worst case adds well under 1%).
+        self._frame_sizes = _FrameSizes(max_size, 2 * max_size + 1024)
+        # A frame over the limit began: True until WS_TOO_BIG is given, then
+        # None, and from then on nothing more of the client's is parsed.
+        self._refused: bool | None = False
         # wsproto decompresses all it is given at once; in small slices the
         # size check stops a compressed message long before it could blow up
         # to a thousand times its size.
@@ -216,6 +315,8 @@ class WebSocketFrames:
         self._pending = b""
         self._parts: list[str | bytes] = []
         self._size = 0
+        if received:
+            self.receive_data(received)
 
     # -- state ---------------------------------------------------------------
 
@@ -273,11 +374,20 @@ class WebSocketFrames:
     # -- in ------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Take bytes from the client; ``b""`` says it closed its side."""
-        if data:
-            self._pending = data
-        else:
+        """Take bytes from the client; ``b""`` says it closed its side.
+
+        A frame whose header declares more than the message limit ends what
+        is read: :meth:`events` gives the frames before it, then
+        :data:`WS_TOO_BIG`, and later bytes are dropped.
+        """
+        if not data:
             self._ws.receive_data(None)
+        elif self._refused is False:
+            at = self._frame_sizes.too_big_at(data)
+            if at >= 0:
+                data = data[:at]
+                self._refused = True
+            self._pending = data
 
     @property
     def wants_data(self) -> bool:
@@ -330,3 +440,7 @@ class WebSocketFrames:
                 yield WSPong(event.payload)
             elif kind is CloseConnection:
                 yield WSClose(event.code, event.reason or "")
+        if self._refused and not self._pending:
+            self._refused = None
+            self._parts, self._size = [], 0
+            yield WS_TOO_BIG

@@ -47,6 +47,8 @@ class Lifespan:
         self._started = False
         self._failure: str | None = None
         self._running = False
+        self._shutdown_called = False
+        self._ended = trio.Event()
 
     async def startup(self, nursery: trio.Nursery) -> None:
         """Run lifespan startup; return when the app is ready.
@@ -56,6 +58,7 @@ class Lifespan:
                 ``lifespan="on"``, or did not finish within the timeout.
         """
         if self._mode == "off":
+            self._ended.set()
             await trio.lowlevel.checkpoint()
             return
         self._running = True
@@ -73,7 +76,14 @@ class Lifespan:
             raise LifespanFailure(self._failure)
 
     async def shutdown(self) -> None:
-        """Send ``lifespan.shutdown`` and wait for the app, within the timeout."""
+        """Send ``lifespan.shutdown`` and wait for the app, within the timeout.
+
+        Calling it again does nothing.
+        """
+        if self._shutdown_called:
+            await trio.lowlevel.checkpoint()
+            return
+        self._shutdown_called = True
         if not (self._running and self._started):
             self._scope.cancel()
             await trio.lowlevel.checkpoint()
@@ -108,6 +118,16 @@ class Lifespan:
                 self._running = False
                 self._startup_done.set()
                 self._shutdown_done.set()
+                self._ended.set()
+
+    @property
+    def has_ended(self) -> bool:
+        """The app's lifespan call has returned (or never ran)."""
+        return self._ended.is_set()
+
+    async def ended(self) -> None:
+        """Wait until the app's lifespan call has returned (or never ran)."""
+        await self._ended.wait()
 
     def _app_failed(self, exc: Exception) -> None:
         if self._startup_done.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -14,10 +15,25 @@ from .._types import Address
 
 
 def bind(config: Config) -> list[trio.SocketListener]:
+    """The listening sockets of ``config``: a TCP port, a Unix socket or an fd.
+
+    Raises:
+        StartupError: one sentence saying what cannot be listened on and why.
+    """
+    what = f"{config.host}:{config.port}"
     try:
         if config.fd is not None:
-            sock = socket.socket(fileno=config.fd)
             what = f"file descriptor {config.fd}"
+            try:
+                sock = socket.socket(fileno=config.fd)
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    problem = "not open" if exc.errno == errno.EBADF else "not a socket"
+                    raise StartupError(
+                        f"Cannot listen on {what}: it is {problem}; --fd takes a "
+                        "listening socket the parent process passed down."
+                    ) from None
+                raise
         elif config.uds:
             what = f"unix socket {config.uds}"
             remove_socket_file(config.uds)
@@ -25,7 +41,6 @@ def bind(config: Config) -> list[trio.SocketListener]:
             sock.bind(config.uds)
             os.chmod(config.uds, 0o666)
         else:
-            what = f"{config.host}:{config.port}"
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             infos = socket.getaddrinfo(
                 config.host,

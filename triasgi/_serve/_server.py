@@ -16,6 +16,7 @@ import trio
 from .._asgi._proxy_headers import TrustedProxies
 from .._config import Config
 from .._errors import StartupError
+from .._events import Request
 from .._logging import AccessLogFormat
 from .._protocol._h1 import H1Limits
 from .._protocol._h1parse import parser_factory
@@ -33,6 +34,16 @@ logger = logging.getLogger("triasgi.error")
 # accept() errors that mean "out of resources for now", not "listener broken".
 _ACCEPT_BATCH = 63
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+#: Seconds the app's tasks get to end once cancelled.  Cancellation reaches
+#: a task at its next checkpoint, within milliseconds; one still running
+#: after this waits where it cannot reach (a thread, a shielded cancel scope).
+CANCEL_GRACE = 1.0
+#: The log line for such a task, with CANCEL_GRACE and what it is.
+STUCK_MESSAGE = (
+    "Still running %g second(s) after being cancelled: %s; the app waits where "
+    "cancellation cannot reach it (in a thread, or in a shielded cancel scope)."
+)
 
 
 @final
@@ -54,6 +65,7 @@ class Server:
         *,
         on_limit_max_requests: Callable[[], None] | None = None,
         first_request_grace: float = 0.0,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         """Create a server; ``run()`` starts it.
 
@@ -69,6 +81,12 @@ class Server:
                 listening socket with others sets it, so that a client that
                 connected just before the shutdown gets its request served
                 instead of a reset connection.
+            on_stuck: called during a graceful shutdown when a task of the
+                app did not end within :data:`CANCEL_GRACE` seconds of its
+                cancellation, with what it is (for the log), after lifespan
+                shutdown has run.  Such a task would keep ``run()`` from ever
+                returning: the CLI's processes exit from here.  Without it,
+                ``run()`` waits for the task.
         """
         self.config = config if config is not None else Config()
         self.app = wrap_app(app, self.config.loop)
@@ -84,6 +102,7 @@ class Server:
         self._max_requests = _max_requests(self.config)
         self._on_max_requests = on_limit_max_requests or self._max_requests_reached
         self._first_request_grace = first_request_grace
+        self._on_stuck = on_stuck
         self._connections_closing = False
         self._static_headers = self._make_static_headers()
         self._static_lines = [
@@ -138,6 +157,20 @@ class Server:
     def shutting_down(self) -> bool:
         """True once :meth:`shutdown` has been called."""
         return self._shutdown_requested.is_set()
+
+    def busy(self) -> str:
+        """What keeps the server from stopping, in words for the log.
+
+        The open connections and the request or WebSocket each serves; with
+        none left, the app's lifespan task.
+        """
+        if not self._connections:
+            return "the app's lifespan task"
+        parts = [_describe_connection(conn) for conn in self._connections]
+        shown = "; ".join(sorted(parts)[:5])
+        if len(parts) > 5:
+            shown += f"; and {len(parts) - 5} more"
+        return f"{len(parts)} connection(s) ({shown})"
 
     @property
     def url(self) -> str:
@@ -345,8 +378,9 @@ class Server:
                     failure = exc
                     root.cancel_scope.cancel()
                 else:
-                    await self._serve_connections(listeners, task_status)
+                    await self._serve_connections(listeners, task_status, lifespan)
                     await lifespan.shutdown()
+                    await self._lifespan_ended(lifespan)
         finally:
             for listener in listeners:
                 listener.socket.close()
@@ -355,8 +389,23 @@ class Server:
         if failure is not None:
             raise StartupError(str(failure))
 
+    async def _lifespan_ended(self, lifespan: Lifespan) -> None:
+        """After lifespan shutdown: the lifespan task ends, or is reported stuck."""
+        if self._on_stuck is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(CANCEL_GRACE):
+            await lifespan.ended()
+        if not lifespan.has_ended:
+            what = "the app's lifespan task"
+            logger.error(STUCK_MESSAGE, CANCEL_GRACE, what)
+            self._on_stuck(what)
+
     async def _serve_connections(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+        self,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Server],
+        lifespan: Lifespan,
     ) -> None:
         async with trio.open_nursery() as connections:
             accept_scopes = [trio.CancelScope() for _ in listeners]
@@ -392,6 +441,16 @@ class Server:
                 )
                 for conn in list(self._connections):
                     conn.cancel()
+                if self._on_stuck is not None:
+                    with trio.move_on_after(CANCEL_GRACE):
+                        await self._connections_closed()
+                    if self._connections:
+                        what = self.busy()
+                        logger.error(STUCK_MESSAGE, CANCEL_GRACE, what)
+                        # The app's own cleanup still runs; then the process
+                        # leaves the stuck task behind.
+                        await lifespan.shutdown()
+                        self._on_stuck(what)
         # Connections served from other nurseries (serve_stream) count too.
         await self._connections_closed()
 
@@ -475,6 +534,28 @@ class Server:
             nursery.start_soon(
                 self._serve, stream, peername(stream.socket), listener_name, True
             )
+
+
+def _describe_connection(conn: HTTP11Connection) -> str:
+    """What one connection serves, for the log: ``GET /x from 10.0.0.1:5000``."""
+    # The server's view into the connection's own fields, for the log only.
+    if conn._websocket is not None:
+        request: Request | None = conn._websocket._request
+        kind = "WebSocket "
+    else:
+        request = conn._cycle.request if conn._cycle is not None else None
+        kind = ""
+    if request is None:
+        what = "idle"
+    else:
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")[:100]
+        what = f"{kind}{method} {target}"
+    client = conn.client
+    if client is not None:
+        host, port = client
+        what += f" from {host}:{port}" if port is not None else f" from {host}"
+    return what
 
 
 async def serve(

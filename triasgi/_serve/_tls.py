@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, final
 
 import trio
@@ -93,9 +94,12 @@ def _make_context(config: Config) -> ssl.SSLContext:
     if config.ssl_keyfile is not None:
         _check_readable(config.ssl_keyfile, "key file")
     try:
-        context.load_cert_chain(
-            certfile, config.ssl_keyfile, config.ssl_keyfile_password
-        )
+        context.load_cert_chain(certfile, config.ssl_keyfile, _password_of(config))
+    except _PasswordNeeded:
+        raise TLSSetupError(
+            f"The TLS key {config.ssl_keyfile or certfile} is encrypted: give its "
+            "password with --ssl-keyfile-password."
+        ) from None
     except ssl.SSLError as exc:
         raise TLSSetupError(_load_error(exc, config)) from None
     except OSError as exc:
@@ -124,6 +128,26 @@ def _make_context(config: Config) -> ssl.SSLContext:
                 f"No usable cipher in --ssl-ciphers {config.ssl_ciphers!r}."
             ) from None
     return context
+
+
+class _PasswordNeeded(Exception):
+    """The key is encrypted and no password was given."""
+
+
+def _password_of(config: Config) -> str | Callable[[], str]:
+    """The key's password, or a callback that refuses to give one.
+
+    Without a password argument OpenSSL asks for one on the terminal and
+    waits: a server must never do that.  The callback runs only when the key
+    is encrypted.
+    """
+    if config.ssl_keyfile_password is not None:
+        return config.ssl_keyfile_password
+
+    def refuse() -> str:
+        raise _PasswordNeeded
+
+    return refuse
 
 
 def _check_readable(path: str, what: str) -> None:
