@@ -455,8 +455,8 @@ def pathsend_note(advertised: dict[str, bool]) -> str:
         )
     if no:
         parts.append(
-            f"{', '.join(no)} did not (FileResponse read the file and sent it in "
-            "64 KiB http.response.body messages)"
+            f"{', '.join(no)} did not advertise {apps.PATHSEND} (FileResponse "
+            "read the file and sent it in 64 KiB http.response.body messages)"
         )
     return f"{TITLES[FILE]}: " + "; ".join(parts) + "."
 

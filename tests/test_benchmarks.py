@@ -353,8 +353,13 @@ def test_the_pathsend_note_names_the_servers_that_advertised_it() -> None:
     assert note == (
         "16 MiB file: triasgi advertised http.response.pathsend (FileResponse "
         "sent the path, the server sent the file); uvicorn-h11, hypercorn-trio "
-        "did not (FileResponse read the file and sent it in 64 KiB "
-        "http.response.body messages)."
+        "did not advertise http.response.pathsend (FileResponse read the file "
+        "and sent it in 64 KiB http.response.body messages)."
+    )
+    assert harness.pathsend_note({BASELINE: False}) == (
+        "16 MiB file: uvicorn-h11 did not advertise http.response.pathsend "
+        "(FileResponse read the file and sent it in 64 KiB http.response.body "
+        "messages)."
     )
 
 
