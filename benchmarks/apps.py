@@ -1,8 +1,9 @@
 """The ASGI app every server in the benchmark serves, one route per scenario.
 
-Plain ASGI with no framework, so that what is measured is the server.  Every
-response that can carry a ``content-length`` carries one, so that no server is
-left to choose between framing it and chunking it.
+Plain ASGI with no framework, so that what is measured is the server, except
+for the file route, which is Starlette's ``FileResponse`` as apps serve files.
+Every response that can carry a ``content-length`` carries one, so that no
+server is left to choose between framing it and chunking it.
 
 Routes:
     ``GET /``: 14 bytes of text (hello GET; also what idle connections ask).
@@ -10,12 +11,27 @@ Routes:
     ``POST /echo``: the request body back, read whole first.
     ``GET /stream``: ``STREAM_CHUNKS`` body messages of ``STREAM_CHUNK_SIZE``
     bytes each, so the server frames it (chunked encoding).
+    ``GET /file-16m``: a 16 MiB file through Starlette's ``FileResponse``,
+    which sends ``http.response.pathsend`` when the scope advertises the
+    extension and reads the file into ``http.response.body`` messages of
+    64 KiB otherwise.  The file is the one named by the ``TRIASGI_BENCH_FILE``
+    environment variable (the harness writes it in its temporary directory);
+    without it, the app writes one at first use in a temporary directory of
+    its own and removes it at exit.  The ``x-pathsend`` header of the answer
+    says whether the scope advertised the extension.
     WebSocket ``/ws``: every text or binary message echoed back.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import random
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 Scope = dict[str, Any]
@@ -28,6 +44,10 @@ LARGE = bytes(range(256)) * 256  # 64 KiB
 STREAM_CHUNKS = 128
 STREAM_CHUNK_SIZE = 64
 _CHUNK = b"x" * (STREAM_CHUNK_SIZE - 1) + b"\n"
+FILE_SIZE = 16 << 20  # 16 MiB
+FILE_ENV = "TRIASGI_BENCH_FILE"
+PATHSEND = "http.response.pathsend"
+PATHSEND_HEADER = "x-pathsend"
 _TEXT = b"text/plain; charset=utf-8"
 _BINARY = b"application/octet-stream"
 
@@ -63,6 +83,42 @@ async def _stream(send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+@functools.lru_cache(maxsize=1)
+def file_bytes() -> bytes:
+    """What ``/file-16m`` serves: ``FILE_SIZE`` fixed pseudo-random bytes."""
+    return random.Random(FILE_SIZE).randbytes(FILE_SIZE)
+
+
+def write_file(path: Path) -> Path:
+    """Write the file that ``/file-16m`` serves to ``path``; returns ``path``."""
+    path.write_bytes(file_bytes())
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _served_file() -> str:
+    given = os.environ.get(FILE_ENV)
+    if given:
+        return given
+    directory = tempfile.mkdtemp(prefix="triasgi-bench-file-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(write_file(Path(directory, "file-16m.bin")))
+
+
+async def _file(scope: Scope, receive: Receive, send: Send) -> None:
+    # Imported here so that the other routes need no Starlette.
+    from starlette.responses import FileResponse
+
+    advertised = PATHSEND in (scope.get("extensions") or {})
+    response = FileResponse(
+        _served_file(),
+        media_type=_BINARY.decode(),
+        headers={PATHSEND_HEADER: "1" if advertised else "0"},
+    )
+    # Starlette's Send takes a MutableMapping, this module's a dict.
+    await response(scope, receive, send)  # type: ignore[arg-type]
+
+
 async def _http(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     if path == "/":
@@ -73,6 +129,8 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
         await _echo(receive, send)
     elif path == "/stream":
         await _stream(send)
+    elif path == "/file-16m":
+        await _file(scope, receive, send)
     else:
         await send(_start(404, _TEXT, 10))
         await send({"type": "http.response.body", "body": b"Not found\n"})

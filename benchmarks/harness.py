@@ -29,13 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
 from . import apps, wrk, wsload
-from .report import BASELINE, HttpSample, Results, format_report
+from .report import BASELINE, FILE, MIB, HttpSample, Results, format_report
 from .servers import (
     REPO_ROOT,
     SERVERS,
@@ -87,6 +87,8 @@ HTTP_SCENARIOS = [
         "/stream",
         16,
     ),
+    # Few connections: each response is 16 MiB.
+    HttpScenario(FILE, f"{apps.FILE_SIZE // MIB} MiB file", "/file-16m", 4),
 ]
 MEMORY = "memory"
 WEBSOCKET = "websocket"
@@ -362,8 +364,10 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _missing_packages(servers: list[str]) -> list[str]:
+def _missing_packages(servers: list[str], scenarios: Collection[str] = ()) -> list[str]:
     needed = {pkg for name in servers for pkg in _NEEDS[split_name(name)[0]]}
+    if FILE in scenarios:
+        needed.add("starlette")  # the app's FileResponse
     return sorted(p for p in needed if importlib.util.find_spec(p) is None)
 
 
@@ -390,8 +394,16 @@ def _fetch(port: int, method: str, path: str, body: bytes | None = None) -> byte
         conn.close()
 
 
-def verify(server: RunningServer, only: tuple[str, ...] | None = None) -> None:
-    """Check that the server gives each scenario it runs the right answer."""
+def verify(
+    server: RunningServer,
+    only: tuple[str, ...] | None = None,
+    *,
+    with_file: bool = False,
+) -> None:
+    """Check that the server gives each scenario it runs the right answer.
+
+    ``/file-16m`` is checked only ``with_file``: it needs the file written.
+    """
     port = server.port
     body = os.urandom(1 << 20)
     checks: dict[str, tuple[Callable[[], bytes], bytes]] = {
@@ -403,12 +415,50 @@ def verify(server: RunningServer, only: tuple[str, ...] | None = None) -> None:
         ),
         "/echo": (lambda: _fetch(port, "POST", "/echo", body), body),
     }
+    if with_file:
+        checks["/file-16m"] = (
+            lambda: _fetch(port, "GET", "/file-16m"),
+            apps.file_bytes(),
+        )
     if only is not None:
         paths = {s.path for s in HTTP_SCENARIOS if s.key in only}
         checks = {path: check for path, check in checks.items() if path in paths}
     for path, (fetch, want) in checks.items():
         if fetch() != want:
             raise ServerError(f"{server.spec.name} answered {path} wrongly")
+
+
+def advertises_pathsend(server: RunningServer) -> bool:
+    """Whether the server's scope advertised ``http.response.pathsend``.
+
+    The app says so in the ``x-pathsend`` header of its ``/file-16m`` answer.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("HEAD", "/file-16m")
+        response = conn.getresponse()
+        response.read()
+        return response.getheader(apps.PATHSEND_HEADER) == "1"
+    finally:
+        conn.close()
+
+
+def pathsend_note(advertised: dict[str, bool]) -> str:
+    """The report's note on which servers got the file sent by path."""
+    yes = [name for name, a in advertised.items() if a]
+    no = [name for name, a in advertised.items() if not a]
+    parts = []
+    if yes:
+        parts.append(
+            f"{', '.join(yes)} advertised {apps.PATHSEND} (FileResponse sent "
+            "the path, the server sent the file)"
+        )
+    if no:
+        parts.append(
+            f"{', '.join(no)} did not advertise {apps.PATHSEND} (FileResponse "
+            "read the file and sent it in 64 KiB http.response.body messages)"
+        )
+    return f"{TITLES[FILE]}: " + "; ".join(parts) + "."
 
 
 # -- the scenarios -------------------------------------------------------------
@@ -734,6 +784,12 @@ def _scenario_lines(options: Options) -> list[str]:
                 else (f"GET {sc.path}")
             )
             line = f"- {sc.title}: wrk -t1 -c{sc.connections} --latency, {method}"
+            if sc.key == FILE:
+                line += (
+                    f", Starlette FileResponse of a {apps.FILE_SIZE // MIB} MiB file "
+                    "in the run's temporary directory (sent with "
+                    f"{apps.PATHSEND} where the server advertises it)"
+                )
             if sc.paced and options.pace_share is None:
                 line += (
                     f", each connection waiting a random think time (exponential, "
@@ -861,6 +917,11 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
     http_scenarios = [s for s in HTTP_SCENARIOS if s.key in options.scenarios]
     want_memory = MEMORY in options.scenarios
     want_ws = WEBSOCKET in options.scenarios
+    want_file = FILE in options.scenarios
+    app_env: dict[str, str] = {}
+    if want_file:
+        # In the run's temporary directory, so that it goes when the run ends.
+        app_env[apps.FILE_ENV] = str(apps.write_file(workdir / "file-16m.bin"))
     ws_servers = [n for n in options.servers if server_spec(n).websocket]
     no_ws = [n for n in ws_servers if split_name(n)[0] == "triasgi"]
     if want_ws and no_ws and not (source / _WS_EXAMPLE).exists():
@@ -888,10 +949,12 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
             log_dir=workdir,
             source=source,
             triasgi_from=triasgi_from if spec.revision is not None else None,
+            extra_env=app_env,
         )
 
     options = calibrated(options, results, serve)
     verified: set[str] = set()
+    advertised: dict[str, bool] = {}
     for round_index in range(options.rounds):
         for name in rotated(options.servers, round_index):
             spec = server_spec(name)
@@ -902,7 +965,10 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
             if scenarios or (want_ws and name in ws_servers):
                 with serve(spec) as server:
                     if name not in verified:
-                        verify(server, spec.only)
+                        file_here = any(s.key == FILE for s in scenarios)
+                        verify(server, spec.only, with_file=file_here)
+                        if file_here:
+                            advertised[name] = advertises_pathsend(server)
                         verified.add(name)
                     for scenario in scenarios:
                         sample = run_http(server, scenario, options, workdir)
@@ -915,6 +981,8 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
                     per_conn = measure_idle_memory(server, options)
                 results.memory.setdefault(name, []).append(per_conn)
                 _log(f"{tag} idle memory: {per_conn / 1024:.1f} KiB per connection")
+    if advertised:
+        results.notes.append(pathsend_note(advertised))
     return options
 
 
@@ -973,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
     }:
         print(wrk.INSTALL_HINT, file=sys.stderr)
         return 2
-    missing = _missing_packages(options.servers)
+    missing = _missing_packages(options.servers, options.scenarios)
     if missing:
         print(
             f"The benchmark peers are not installed ({', '.join(missing)} missing); "

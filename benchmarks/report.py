@@ -11,6 +11,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from .apps import FILE_SIZE
+
 #: The server every ratio is taken against.
 BASELINE = "uvicorn-h11"
 
@@ -22,6 +24,11 @@ MAX_HELLO_P99_RATIO = 1.0
 MAX_IDLE_KIB = 10.0
 #: Paced p99s are compared only when both servers got the pace, within this.
 PACED_RATE_TOLERANCE = 0.05
+#: The large-file scenario, and its goal: at least this ratio of the
+#: baseline's bytes per second, with less server CPU per request.
+FILE = "file-16m"
+MIB = 1 << 20
+MIN_FILE_BYTES_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,63 @@ def http_table(results: Results, titles: dict[str, str] | None = None) -> list[s
                 ]
             )
     return _table(header, rows, left=2)
+
+
+def mib_per_s(requests_per_s: float, response_bytes: int = FILE_SIZE) -> float:
+    """Response bytes per second, in MiB/s, of ``requests_per_s`` responses."""
+    return requests_per_s * response_bytes / MIB
+
+
+def file_table(results: Results, scenario: str = FILE) -> list[str]:
+    """The large-file scenario in bytes per second, with ratios to the baseline."""
+    base_samples = results.http.get((scenario, BASELINE))
+    base = summarize(base_samples) if base_samples else None
+    base_rate = base.requests_per_s if base else None
+    base_cpu = base.cpu_us_per_request if base else None
+    rows = []
+    for server in results.servers:
+        samples = results.http.get((scenario, server))
+        if not samples:
+            continue
+        s = summarize(samples)
+        rows.append(
+            [
+                server + (" (errors!)" if s.errors else ""),
+                f"{s.requests_per_s:,.1f}",
+                f"{mib_per_s(s.requests_per_s):,.0f}",
+                _fmt_ratio(ratio(s.requests_per_s, base_rate)),
+                _fmt_us(s.cpu_us_per_request),
+                _fmt_ratio(ratio(s.cpu_us_per_request, base_cpu)),
+            ]
+        )
+    header = ["server", "req/s", "MiB/s", f"vs {BASELINE}", "CPU/req", f"vs {BASELINE}"]
+    return _table(header, rows)
+
+
+def file_goal(
+    results: Results, server: str = "triasgi", scenario: str = FILE
+) -> str | None:
+    """The large-file goal's line, or None when the scenario did not run for both."""
+    mine = results.http.get((scenario, server))
+    base = results.http.get((scenario, BASELINE))
+    if not mine or not base:
+        return None
+    m, b = summarize(mine), summarize(base)
+    what = (
+        f"{FILE_SIZE // MIB} MiB file: at least {MIN_FILE_BYTES_RATIO:.1f}x "
+        f"{BASELINE}'s bytes per second with lower CPU per request"
+    )
+    rate = ratio(m.requests_per_s, b.requests_per_s)
+    cpu = ratio(m.cpu_us_per_request, b.cpu_us_per_request)
+    if not m.requests_per_s or rate is None or cpu is None:
+        return f"{what}: not measured"
+    met = rate >= MIN_FILE_BYTES_RATIO and cpu < 1.0
+    return (
+        f"{what}: {'met' if met else 'missed'} ({rate:.2f}x the bytes per "
+        f"second, {mib_per_s(m.requests_per_s):,.0f} against "
+        f"{mib_per_s(b.requests_per_s):,.0f} MiB/s; server CPU per request "
+        f"{cpu:.2f}x)"
+    )
 
 
 def _median(values: list[float] | None) -> float | None:
@@ -395,6 +459,9 @@ def goals(
                 f"{MIN_HTTPTOOLS_RATIO:.1f}x uvicorn-httptools: {verdict} "
                 f"({r:.2f}x{cpu_note})"
             )
+    file_line = file_goal(results, server)
+    if file_line is not None:
+        lines.append(file_line)
     idle = _median(results.memory.get(server))
     if idle is not None:
         kib = idle / 1024
@@ -420,6 +487,18 @@ def format_report(results: Results, titles: dict[str, str] | None = None) -> str
             "is half the range of req/s over the rounds; CPU/req is the CPU "
             "time the server process used per request, which a busy machine "
             "disturbs less than req/s.",
+            "",
+        ]
+    if any(scenario == FILE for scenario, _ in results.http):
+        out += [
+            f"{FILE_SIZE // MIB} MiB file (Starlette FileResponse), bytes per second:",
+            "",
+        ]
+        out += file_table(results)
+        out += [
+            "",
+            f"MiB/s is req/s x {FILE_SIZE // MIB} MiB; CPU/req is the server's CPU "
+            "time per file sent.",
             "",
         ]
     if results.memory:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -376,15 +376,18 @@ def running(
     log_dir: Path,
     source: Path = REPO_ROOT,
     triasgi_from: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
     startup_timeout: float = 30.0,
 ) -> Iterator[RunningServer]:
     """Start ``spec`` pinned to ``core``; yield once it answers GET / with 200.
 
-    ``source`` and ``triasgi_from`` say where it imports from (placement()).
+    ``source`` and ``triasgi_from`` say where it imports from (placement());
+    ``extra_env`` is added to its environment (what the app reads).
     """
     port = free_port()
     log = log_dir / f"{spec.name}-{port}.log"
     cwd, env = placement(source, triasgi_from)
+    env.update(extra_env or {})
     log_file = open(log, "wb")
     process = subprocess.Popen(
         ["taskset", "-c", str(core), *spec.command(port)],

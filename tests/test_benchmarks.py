@@ -13,13 +13,16 @@ import pytest
 import trio
 import trio.testing
 
-from benchmarks import floor, harness, servers, wrk, wsload
+from benchmarks import apps, floor, harness, servers, wrk, wsload
 from benchmarks.report import (
     BASELINE,
+    FILE,
     HttpSample,
     Results,
+    file_goal,
     format_report,
     goals,
+    mib_per_s,
     paired_ratio,
     ratio,
     summarize,
@@ -232,6 +235,177 @@ def test_a_cell_without_responses_shows_no_latency() -> None:
         "| stream | triasgi (no responses) | 0 | 0.00x | ±0% | n/a | n/a | n/a | n/a |"
         " n/a | n/a |" in report
     )
+
+
+def test_the_file_scenario_is_a_16_mib_get_with_few_connections() -> None:
+    (scenario,) = [s for s in harness.HTTP_SCENARIOS if s.key == FILE]
+    assert (scenario.title, scenario.path, scenario.connections) == (
+        "16 MiB file",
+        "/file-16m",
+        4,
+    )
+    assert apps.FILE_SIZE == 16 << 20
+    assert FILE in harness.SCENARIOS
+    options = harness.parse_args(["--scenarios", FILE, "--servers", "triasgi"])
+    assert options.scenarios == [FILE]
+    # Every HTTP server runs it, as the 64 KiB response; the floors run neither.
+    takes_part = [
+        name
+        for name, spec in servers.SERVERS.items()
+        if spec.only is None or FILE in spec.only
+    ]
+    assert takes_part == [
+        name
+        for name, spec in servers.SERVERS.items()
+        if spec.only is None or "64k" in spec.only
+    ]
+    assert "trio-floor" not in takes_part
+    assert {"triasgi", "uvicorn-h11", "hypercorn-trio"} <= set(takes_part)
+    (line,) = harness._scenario_lines(options)
+    assert line.startswith("- 16 MiB file: wrk -t1 -c4 --latency, GET /file-16m, ")
+    assert "Starlette FileResponse" in line
+
+
+def test_the_file_scenario_needs_starlette(monkeypatch) -> None:
+    found = {"uvicorn", "h11", "wsproto"}
+    monkeypatch.setattr(
+        harness.importlib.util,
+        "find_spec",
+        lambda name: object() if name in found else None,
+    )
+    assert harness._missing_packages([BASELINE], ["hello"]) == []
+    assert harness._missing_packages([BASELINE], ["hello", FILE]) == ["starlette"]
+
+
+def test_file_bytes_per_second_are_requests_times_16_mib() -> None:
+    assert mib_per_s(1.0) == 16.0
+    assert mib_per_s(12.5) == 200.0
+    assert mib_per_s(3.0, response_bytes=1 << 20) == 3.0
+    assert mib_per_s(0.0) == 0.0
+
+
+def _file_results(rate: float, cpu_seconds: float) -> Results:
+    """triasgi at ``rate`` files/s and ``cpu_seconds`` for 100 files; h11 at 20."""
+    results = Results(servers=["triasgi", BASELINE, "hypercorn-trio"])
+    results.add_http(
+        FILE, BASELINE, HttpSample(20.0, 150.0, 300.0, requests=100, cpu_seconds=2.0)
+    )
+    results.add_http(
+        FILE,
+        "triasgi",
+        HttpSample(rate, 80.0, 120.0, requests=100, cpu_seconds=cpu_seconds),
+    )
+    results.add_http(
+        FILE,
+        "hypercorn-trio",
+        HttpSample(10.0, 300.0, 500.0, requests=100, cpu_seconds=4.0),
+    )
+    return results
+
+
+def test_the_file_report_gives_mib_per_second_and_cpu_per_file() -> None:
+    report = format_report(_file_results(40.0, 0.5), {FILE: "16 MiB file"})
+    assert "16 MiB file (Starlette FileResponse), bytes per second:" in report
+    assert (
+        "| server | req/s | MiB/s | vs uvicorn-h11 | CPU/req | vs uvicorn-h11 |"
+        in report
+    )
+    assert "| triasgi | 40.0 | 640 | 2.00x | 5,000 µs | 0.25x |" in report
+    assert "| uvicorn-h11 | 20.0 | 320 | 1.00x | 20,000 µs | 1.00x |" in report
+    assert "| hypercorn-trio | 10.0 | 160 | 0.50x | 40,000 µs | 2.00x |" in report
+    # The main table has the scenario too, with its ratios to the baseline.
+    assert "| 16 MiB file | triasgi | 40 | 2.00x | ±0% | 80.00 ms | 0.53x |" in report
+    # No file table when the scenario did not run.
+    assert "MiB/s" not in format_report(_results())
+
+
+def test_the_file_goal_wants_more_bytes_and_less_cpu() -> None:
+    what = (
+        "16 MiB file: at least 1.5x uvicorn-h11's bytes per second with lower "
+        "CPU per request"
+    )
+    met = _file_results(30.0, 1.0)
+    assert file_goal(met) == (
+        f"{what}: met (1.50x the bytes per second, 480 against 320 MiB/s; "
+        "server CPU per request 0.50x)"
+    )
+    assert file_goal(met) in goals(met)
+    slow = file_goal(_file_results(29.0, 1.0))
+    assert slow is not None
+    assert slow.startswith(f"{what}: missed (1.45x")
+    costly = file_goal(_file_results(40.0, 2.0))  # as much CPU as uvicorn-h11
+    assert costly is not None
+    assert costly.startswith(f"{what}: missed (2.00x")
+    assert costly.endswith("server CPU per request 1.00x)")
+    unmeasured = Results(servers=["triasgi", BASELINE])
+    unmeasured.add_http(FILE, "triasgi", HttpSample(30.0, 1.0, 1.0))
+    unmeasured.add_http(FILE, BASELINE, HttpSample(20.0, 1.0, 1.0))
+    assert file_goal(unmeasured) == f"{what}: not measured"
+    # Not run for both: no line, and the other goals are as before.
+    assert file_goal(_results()) is None
+    assert not any(line.startswith("16 MiB") for line in goals(_results()))
+
+
+def test_the_pathsend_note_names_the_servers_that_advertised_it() -> None:
+    note = harness.pathsend_note(
+        {"triasgi": True, BASELINE: False, "hypercorn-trio": False}
+    )
+    assert note == (
+        "16 MiB file: triasgi advertised http.response.pathsend (FileResponse "
+        "sent the path, the server sent the file); uvicorn-h11, hypercorn-trio "
+        "did not advertise http.response.pathsend (FileResponse read the file "
+        "and sent it in 64 KiB http.response.body messages)."
+    )
+    assert harness.pathsend_note({BASELINE: False}) == (
+        "16 MiB file: uvicorn-h11 did not advertise http.response.pathsend "
+        "(FileResponse read the file and sent it in 64 KiB http.response.body "
+        "messages)."
+    )
+
+
+async def _get_file(extensions: dict | None) -> list[dict]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/file-16m",
+        "query_string": b"",
+        "headers": [],
+    }
+    if extensions is not None:
+        scope["extensions"] = extensions
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await apps.app(scope, receive, send)
+    return sent
+
+
+async def test_the_app_serves_the_file_by_path_when_advertised(
+    tmp_path, monkeypatch
+) -> None:
+    path = apps.write_file(tmp_path / "file.bin")
+    assert path.read_bytes() == apps.file_bytes()
+    assert len(apps.file_bytes()) == apps.FILE_SIZE
+    monkeypatch.setenv(apps.FILE_ENV, str(path))
+    apps._served_file.cache_clear()
+    try:
+        start, *body = await _get_file(None)
+        headers = dict(start["headers"])
+        assert headers[b"x-pathsend"] == b"0"
+        assert headers[b"content-length"] == b"%d" % apps.FILE_SIZE
+        assert b"".join(m["body"] for m in body) == apps.file_bytes()
+        start, *rest = await _get_file({apps.PATHSEND: {}})
+        assert dict(start["headers"])[b"x-pathsend"] == b"1"
+        assert rest == [{"type": apps.PATHSEND, "path": str(path)}]
+    finally:
+        apps._served_file.cache_clear()
 
 
 def test_wrk_output_is_parsed_in_milliseconds() -> None:
