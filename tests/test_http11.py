@@ -85,8 +85,13 @@ def echo_path_app():
         if scope["type"] != "http":
             return
         body = scope["path"].encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -96,7 +101,9 @@ async def test_keep_alive_serves_several_requests_on_one_connection():
     async with open_server(echo_path_app()) as server:
         stream = await connect(server)
         client = H11Client(stream)
-        bodies = [(await client.request_response("GET", f"/{i}")).body for i in range(3)]
+        bodies = [
+            (await client.request_response("GET", f"/{i}")).body for i in range(3)
+        ]
         await stream.aclose()
     assert bodies == [b"/0", b"/1", b"/2"]
 
@@ -172,7 +179,9 @@ async def test_client_connection_close_is_honoured():
     async with open_server(echo_path_app()) as server:
         stream = await connect(server)
         client = H11Client(stream)
-        reply = await client.request_response("GET", "/x", headers=[("connection", "close")])
+        reply = await client.request_response(
+            "GET", "/x", headers=[("connection", "close")]
+        )
         assert reply.headers[b"connection"] == b"close"
         assert await read_until_closed(stream) == b""
 
@@ -181,8 +190,13 @@ async def test_app_connection_close_closes_after_the_response():
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"connection", b"close")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"bye"})
 
     async with open_server(app) as server:
@@ -202,7 +216,9 @@ async def test_head_response_has_headers_but_no_body():
 
     async with open_server(app) as server:
         stream = await connect(server)
-        await stream.send_all(b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        await stream.send_all(
+            b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+        )
         data = await read_until_closed(stream)
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"content-length: 12" in head
@@ -222,8 +238,13 @@ def body_echo_app(log):
                 break
         await send({"type": "http.response.start", "status": 200})
         for i in range(0, len(body), 3):
-            await send({"type": "http.response.body", "body": body[i:i + 3],
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": body[i : i + 3],
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b""})
 
     return app
@@ -234,8 +255,13 @@ async def test_chunked_request_and_chunked_response_bodies():
     async with open_server(body_echo_app(log)) as server:
         stream = await connect(server)
         client = H11Client(stream)
-        await client.send(h11.Request(method="POST", target="/", headers=[
-            ("host", "a"), ("transfer-encoding", "chunked")]))
+        await client.send(
+            h11.Request(
+                method="POST",
+                target="/",
+                headers=[("host", "a"), ("transfer-encoding", "chunked")],
+            )
+        )
         await client.send(h11.Data(data=b"hello "))
         await trio.sleep(0.01)
         await client.send(h11.Data(data=b"world"))
@@ -261,9 +287,14 @@ async def test_expect_100_continue_is_answered_only_when_the_app_reads(autojump_
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": message["body"]})
 
-    async with open_memory_server(app) as server, open_memory_connection(server) as stream:
-        await stream.send_all(b"POST / HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
-                              b"content-length: 5\r\n\r\n")
+    async with (
+        open_memory_server(app) as server,
+        open_memory_connection(server) as stream,
+    ):
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
+            b"content-length: 5\r\n\r\n"
+        )
         with trio.move_on_after(10):
             early = await stream.receive_some()
             pytest.fail(f"server answered before the app read: {early!r}")
@@ -272,8 +303,17 @@ async def test_expect_100_continue_is_answered_only_when_the_app_reads(autojump_
         assert interim.startswith(b"HTTP/1.1 100 ")
         await stream.send_all(b"hello")
         client = H11Client(stream)
-        client.conn.send(h11.Request(method="POST", target="/", headers=[
-            ("host", "a"), ("content-length", "5"), ("expect", "100-continue")]))
+        client.conn.send(
+            h11.Request(
+                method="POST",
+                target="/",
+                headers=[
+                    ("host", "a"),
+                    ("content-length", "5"),
+                    ("expect", "100-continue"),
+                ],
+            )
+        )
         client.conn.send(h11.Data(data=b"hello"))
         client.conn.send(h11.EndOfMessage())
         reply = await client.response()
@@ -281,10 +321,14 @@ async def test_expect_100_continue_is_answered_only_when_the_app_reads(autojump_
 
 
 async def test_expect_100_continue_without_reading_the_body_closes(autojump_clock):
-    async with open_memory_server(echo_path_app()) as server, \
-            open_memory_connection(server) as stream:
-        await stream.send_all(b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
-                              b"content-length: 5\r\n\r\n")
+    async with (
+        open_memory_server(echo_path_app()) as server,
+        open_memory_connection(server) as stream,
+    ):
+        await stream.send_all(
+            b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
+            b"content-length: 5\r\n\r\n"
+        )
         data = await read_until_closed(stream)
     assert data.startswith(b"HTTP/1.1 200 OK")
     assert b"100 Continue" not in data
@@ -309,12 +353,16 @@ async def test_request_body_is_read_only_as_the_app_asks(autojump_clock):
 
     total = 4 * 1024 * 1024
     sent = 0
-    async with open_memory_server(app) as server, \
-            open_memory_connection(server, lockstep=True) as stream:
+    async with (
+        open_memory_server(app) as server,
+        open_memory_connection(server, lockstep=True) as stream,
+    ):
+
         async def upload():
             nonlocal sent
-            await stream.send_all(b"POST / HTTP/1.1\r\nhost: a\r\n"
-                                  b"content-length: %d\r\n\r\n" % total)
+            await stream.send_all(
+                b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % total
+            )
             piece = b"x" * 16384
             for _ in range(total // len(piece)):
                 await stream.send_all(piece)
@@ -352,8 +400,10 @@ async def test_send_returns_only_once_the_client_has_taken_the_data(autojump_clo
         await send({"type": "http.response.body", "body": b"y" * size})
         sent.set()
 
-    async with open_memory_server(app) as server, \
-            open_memory_connection(server, lockstep=True) as stream:
+    async with (
+        open_memory_server(app) as server,
+        open_memory_connection(server, lockstep=True) as stream,
+    ):
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         first = await stream.receive_some(1000)
         await trio.sleep(30)
@@ -373,18 +423,38 @@ BAD_REQUESTS = [
     pytest.param(b"GET / HTTP/1.1\r\n\r\n", 400, id="missing-host"),
     pytest.param(b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400, id="two-hosts"),
     pytest.param(b"GET / HTTP/1.1\r\nhost : a\r\n\r\n", 400, id="space-before-colon"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +5\r\n\r\nhello", 400,
-                 id="signed-content-length"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n"
-                 b"content-length: 6\r\n\r\nhello!", 400, id="conflicting-content-length"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5, 6\r\n\r\nhello!", 400,
-                 id="content-length-list"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
-                 b"0\r\n\r\n", 501, id="unknown-transfer-coding"),
-    pytest.param(b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400,
-                 id="http10-transfer-encoding"),
-    pytest.param(b"GET / HTTP/1.1\r\nhost: a\r\nx" + b"a" * 20000 + b": 1\r\n\r\n", 431,
-                 id="head-too-large"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +5\r\n\r\nhello",
+        400,
+        id="signed-content-length",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n"
+        b"content-length: 6\r\n\r\nhello!",
+        400,
+        id="conflicting-content-length",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5, 6\r\n\r\nhello!",
+        400,
+        id="content-length-list",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        501,
+        id="unknown-transfer-coding",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        id="http10-transfer-encoding",
+    ),
+    pytest.param(
+        b"GET / HTTP/1.1\r\nhost: a\r\nx" + b"a" * 20000 + b": 1\r\n\r\n",
+        431,
+        id="head-too-large",
+    ),
 ]
 
 
@@ -404,20 +474,32 @@ async def test_malformed_request_gets_an_error_and_close(raw, status, caplog):
     assert data.startswith(b"HTTP/1.1 %d " % status)
     assert b"connection: close" in data.lower()
     assert len(calls) == 1  # only the well-formed request reached the app
-    assert any("request" in r.getMessage().lower() for r in caplog.records
-               if r.levelno == logging.DEBUG)
+    assert any(
+        "request" in r.getMessage().lower()
+        for r in caplog.records
+        if r.levelno == logging.DEBUG
+    )
 
 
 SMUGGLING = [
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n"
-                 b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
-                 b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n", id="cl-te"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
-                 b"content-length: 50\r\n\r\n0\r\n\r\n"
-                 b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n", id="te-cl"),
-    pytest.param(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
-                 b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
-                 b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n", id="te-te"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n",
+        id="cl-te",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
+        b"content-length: 50\r\n\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n",
+        id="te-cl",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n",
+        id="te-te",
+    ),
 ]
 
 
@@ -444,18 +526,26 @@ def failing_app(kind):
         headers = [(b"content-length", b"10")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if kind == "raise-after-start":
-            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"12345", "more_body": True}
+            )
             raise RuntimeError("boom")
         if kind == "body-too-long":
-            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"12345", "more_body": True}
+            )
             await send({"type": "http.response.body", "body": b"123456"})
         if kind == "body-too-short":
-            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"12345", "more_body": True}
+            )
             await send({"type": "http.response.body", "body": b""})
         if kind == "one-body-too-long":
             await send({"type": "http.response.body", "body": b"12345678901"})
         if kind == "return-mid-body":
-            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"12345", "more_body": True}
+            )
 
     return app
 
@@ -470,14 +560,17 @@ async def test_app_failure_before_the_response_gives_500(kind, caplog):
         data = await read_until_closed(stream)
     assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"connection: close" in data
-    assert any(r.levelno == logging.ERROR and r.name == "triasgi.error"
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.ERROR and r.name == "triasgi.error" for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize(
     "kind", ["raise-after-start", "body-too-long", "body-too-short", "return-mid-body"]
 )
-async def test_app_failure_after_the_response_started_closes_the_connection(kind, caplog):
+async def test_app_failure_after_the_response_started_closes_the_connection(
+    kind, caplog
+):
     async with open_server(failing_app(kind)) as server:
         stream = await connect(server)
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -536,12 +629,21 @@ async def test_default_headers_can_be_turned_off_and_extended():
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"x-own", b"1"), (b"x-team", b"app")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"x-own", b"1"), (b"x-team", b"app")],
+            }
+        )
         await send({"type": "http.response.body"})
 
-    async with open_server(app, server_header=False, date_header=False,
-                           headers=["X-Team: infra", "X-Extra:  yes"]) as server:
+    async with open_server(
+        app,
+        server_header=False,
+        date_header=False,
+        headers=["X-Team: infra", "X-Extra:  yes"],
+    ) as server:
         client = H11Client(await connect(server))
         reply = await client.request_response()
         await client.stream.aclose()
@@ -594,8 +696,13 @@ async def test_send_to_a_reset_connection_raises_client_disconnected():
         try:
             with trio.fail_after(10):
                 while True:
-                    await send({"type": "http.response.body", "body": b"x" * 65536,
-                                "more_body": True})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"x" * 65536,
+                            "more_body": True,
+                        }
+                    )
         except OSError as exc:
             outcome.append(type(exc))
 
@@ -604,7 +711,9 @@ async def test_send_to_a_reset_connection_raises_client_disconnected():
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         await streaming.wait()
         # Close with a reset (SO_LINGER 0), as a crashed client would.
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
         await stream.aclose()
         with trio.fail_after(10):
             while not outcome:
@@ -625,8 +734,13 @@ async def test_large_body_reaches_a_slow_reader_whole_and_in_order(chunks):
         headers = [(b"content-length", b"%d" % sum(map(len, parts)))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for i, part in enumerate(parts):
-            await send({"type": "http.response.body", "body": part,
-                        "more_body": i < len(parts) - 1})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": part,
+                    "more_body": i < len(parts) - 1,
+                }
+            )
 
     async with open_server(app) as server:
         client = H11Client(await connect(server))
@@ -684,7 +798,9 @@ async def test_pipelined_requests_sent_while_responses_are_written():
         async def send_requests():
             for i in range(count):
                 close = b"connection: close\r\n" if i == count - 1 else b""
-                await stream.send_all(b"GET /%d HTTP/1.1\r\nhost: a\r\n%s\r\n" % (i, close))
+                await stream.send_all(
+                    b"GET /%d HTTP/1.1\r\nhost: a\r\n%s\r\n" % (i, close)
+                )
                 if i % 3 == 0:
                     await trio.lowlevel.checkpoint()
 
@@ -692,5 +808,30 @@ async def test_pipelined_requests_sent_while_responses_are_written():
             nursery.start_soon(send_requests)
             data = await read_until_closed(stream)
     assert data.count(b"HTTP/1.1 200 OK") == count
-    bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    bodies = [
+        part.rsplit(b"\r\n\r\n", 1)[-1] for part in data.split(b"HTTP/1.1 200 OK")[1:]
+    ]
     assert bodies == [b"/%d" % i for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"http://evil.test/x", b"evil.test"),
+        (b"http://user:pw@evil.test:8080/x?y", b"evil.test:8080"),
+        (b"https://evil.test?y=1", b"evil.test"),
+    ],
+)
+async def test_absolute_form_target_authority_replaces_the_host_header(target, host):
+    scopes = []
+    async with open_server(capture_scope(scopes)) as server:
+        stream = await connect(server)
+        await stream.send_all(
+            b"GET " + target + b" HTTP/1.1\r\nhost: good.test\r\nx-a: 1\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        await read_until_closed(stream)
+    headers = scopes[0]["headers"]
+    assert headers[0] == (b"host", host)
+    assert [name for name, _ in headers].count(b"host") == 1
+    assert (b"x-a", b"1") in headers

@@ -70,6 +70,9 @@ class Outcome(enum.Enum):
     KEEP_ALIVE = "serve the next request"
     CLOSE = "close the connection"
     ANSWER_500 = "answer 500, then close"
+    # The request broke the protocol (a malformed body): answer
+    # ``HTTPCycle.error_status``, then close.
+    REJECT = "answer the request's error status, then close"
 
 
 class HTTPCycle:
@@ -84,6 +87,7 @@ class HTTPCycle:
     __slots__ = (
         "body_complete",
         "disconnected",
+        "error_status",
         "finished",
         "must_close",
         "pending_body",
@@ -103,8 +107,10 @@ class HTTPCycle:
         self.state = ResponseState.START
         # The request body has been given to the app to its end.
         self.body_complete = False
-        # The client has gone (or the request body stalled).
+        # The client has gone (or the request body stalled or broke the
+        # protocol, in which case error_status is the status to answer with).
         self.disconnected = False
+        self.error_status = 0
         # The connection must close after this response.
         self.must_close = False
         # The response is complete or the app has returned: the serving
@@ -257,6 +263,8 @@ class HTTPCycle:
 
     def outcome(self) -> Outcome:
         """What the connection does now that the cycle has ended."""
+        if self.error_status and not self.head_written:
+            return Outcome.REJECT
         if self.disconnected:
             return Outcome.CLOSE
         if self.must_close or self.state is not ResponseState.DONE:

@@ -116,8 +116,12 @@ class AppCall(HTTPCycle):
                 conn.client_gone()
                 return {"type": "http.disconnect"}
             if type(event) is ProtocolError:
+                # The rest of the body cannot be read: for the app the
+                # request ends as if the client had gone; the client gets
+                # the error status if no response has started.
                 logger.debug("Bad request body from %s: %s", conn.client, event.reason)
-                conn.client_gone()
+                self.error_status = event.status
+                conn.request_broken(self)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return {"type": "http.disconnect"}
         after = conn.next_event_nowait() if type(event) is Body else None

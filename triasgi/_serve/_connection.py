@@ -196,6 +196,16 @@ class HTTP11Connection(Transport):
         if self._websocket is not None:
             self._websocket.client_gone()
 
+    def request_broken(self, cycle: AppCall) -> None:
+        """The request body broke the protocol: the app's request ends now.
+
+        The app sees a disconnect and gets the grace period, as when the
+        client goes; the client is still there to get the error answer.
+        """
+        if not cycle.disconnected and cycle.state is not _DONE:
+            cycle.on_disconnect()
+            self.grant_disconnect_grace()
+
     def grant_disconnect_grace(self) -> None:
         """Cancel what the connection runs ``disconnect_grace_period`` from now."""
         assert self._nursery is not None
@@ -509,6 +519,8 @@ class HTTP11Connection(Transport):
         if outcome is not Outcome.KEEP_ALIVE:
             if outcome is Outcome.ANSWER_500:
                 await self._send_error(500)
+            elif outcome is Outcome.REJECT:
+                await self._send_error(cycle.error_status)
             return False
         protocol = self.protocol
         if self.closing or not protocol.keep_alive:
