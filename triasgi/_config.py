@@ -228,11 +228,12 @@ class Config:
     )
 
     # The event loop the app runs on (see docs/asyncio.md).
-    loop: Literal["trio", "asyncio"] = _option(
-        "trio",
+    loop: Literal["auto", "trio", "asyncio"] = _option(
+        "auto",
         "Run the app as trio code, or as asyncio code on a trio-asyncio loop "
-        "(needs the triasgi[asyncio] extra).",
-        choices=("trio", "asyncio"),
+        "(needs the triasgi[asyncio] extra); auto runs apps of asyncio-only "
+        "frameworks (Django, Quart, Sanic...) on asyncio and others on trio.",
+        choices=("auto", "trio", "asyncio"),
     )
 
     # The production edge: TLS, proxies, hostile clients, log format (see

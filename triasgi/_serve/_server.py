@@ -27,6 +27,7 @@ from ._connection import HTTP11Connection
 from ._edge import read_proxy_preamble
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import bind, describe_address, peername, remove_socket_file, sockname
+from ._loop_choice import choose_loop
 from ._tls import TLS, TLSSetupError
 
 logger = logging.getLogger("triasgi.error")
@@ -89,7 +90,9 @@ class Server:
                 ``run()`` waits for the task.
         """
         self.config = config if config is not None else Config()
-        self.app = wrap_app(app, self.config.loop)
+        #: The loop the app runs on, and why (``--loop``).
+        self.loop_choice = choose_loop(app, self.config.loop)
+        self.app = wrap_app(app, self.loop_choice)
         self.addresses: list[Address] = []
         self.state: dict[str, Any] = {}
         self.access_log = self.config.access_log
@@ -355,6 +358,7 @@ class Server:
                 usual and connections come only through :meth:`serve_stream`
                 (the in-memory test helpers use this).
         """
+        logger.info(self.loop_choice.startup_line())
         if self.config.ssl_certfile is not None:
             try:
                 self._tls = TLS(self.config)
