@@ -1,8 +1,8 @@
 """Integration: triasgi behind a real nginx, over TCP and over a Unix socket.
 
-Run with ``nox -s integration`` (it sets TRIASGI_INTEGRATION=1); it needs
-the ``nginx`` binary (Debian: ``apt-get install nginx``) and is skipped
-otherwise, so the main test run stays fast.
+These run with the rest of the suite whenever nginx is installed (Debian:
+``apt-get install nginx``; ``.ci/run`` installs it) and are skipped
+otherwise, except in CI (``CI`` set), where a missing nginx is a failure.
 
 The client connects to nginx from 127.0.0.2, so the address the app sees
 (127.0.0.2, from X-Forwarded-For) differs from the one triasgi's socket
@@ -31,13 +31,10 @@ from triasgi.testing import open_server
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
 )
-pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("TRIASGI_INTEGRATION") != "1",
-        reason="integration test: run it with `nox -s integration`",
-    ),
-    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)"),
-]
+pytestmark = pytest.mark.skipif(
+    NGINX is None and not os.environ.get("CI"),
+    reason="nginx is not installed (apt-get install nginx)",
+)
 
 CLIENT_ADDRESS = "127.0.0.2"
 
@@ -95,6 +92,7 @@ http {{
 async def open_nginx(
     prefix: Path, upstream: str, template: str = NGINX_CONF
 ) -> tuple[trio.Process, int]:
+    assert NGINX is not None, "CI needs nginx: .ci/run installs it"
     port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(template.format(prefix=prefix, port=port, upstream=upstream))
