@@ -358,7 +358,6 @@ class Server:
                 usual and connections come only through :meth:`serve_stream`
                 (the in-memory test helpers use this).
         """
-        logger.info(self.loop_choice.startup_line())
         if self.config.ssl_certfile is not None:
             try:
                 self._tls = TLS(self.config)
@@ -415,6 +414,9 @@ class Server:
             accept_scopes = [trio.CancelScope() for _ in listeners]
             for listener, scope in zip(listeners, accept_scopes, strict=True):
                 connections.start_soon(self._accept_loop, listener, scope, connections)
+            # Beside the "Listening on" lines; an error before this point is
+            # the only line.
+            logger.info(self.loop_choice.startup_line())
             task_status.started(self)
             await self._shutdown_requested.wait()
             for scope in accept_scopes:
