@@ -56,6 +56,7 @@ class Triasgi:
     def __init__(self, process: trio.Process) -> None:
         self.process = process
         self.stderr = b""
+        self.stopped = False
 
     @classmethod
     async def start(cls, cwd, *args: str) -> Triasgi:
@@ -68,7 +69,7 @@ class Triasgi:
 
     async def url(self) -> str:
         with trio.fail_after(20):
-            while not (match := re.search(rb"Listening on (http://\S+)", self.stderr)):
+            while not (match := re.search(rb"Listening on (https?://\S+)", self.stderr)):
                 chunk = await self.process.stderr.receive_some()
                 if not chunk:
                     raise AssertionError(f"triasgi exited: {self.stderr.decode()}")
@@ -76,6 +77,10 @@ class Triasgi:
         return match.group(1).decode()
 
     async def stop(self) -> int:
+        """SIGINT, then the exit status; again, the same status."""
+        if self.stopped:
+            return self.process.returncode
+        self.stopped = True
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGINT)
         with trio.fail_after(20):
