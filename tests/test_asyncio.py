@@ -362,7 +362,9 @@ async def test_asyncio_app_on_trio_gets_500_and_a_hint(caplog):
 async def test_quart_app_on_trio_fails_to_start_with_the_hint(caplog):
     # Quart reports its lifespan error as lifespan.startup.failed, text only.
     with pytest.raises(triasgi.StartupError) as info:
-        await triasgi.serve(quart_app(), triasgi.Config(port=0, lifespan="on"))
+        await triasgi.serve(
+            quart_app(), triasgi.Config(port=0, lifespan="on", loop="trio")
+        )
     assert str(info.value) == "Lifespan startup failed: no running event loop"
     assert ASYNCIO_HINT in [r.getMessage() for r in caplog.records]
 

@@ -28,3 +28,13 @@ def test_every_module_the_architecture_page_names_exists():
     assert len(named) > 10
     for path in named:
         assert (package / path).is_file(), f"docs/architecture.md names {path}"
+
+
+def test_ci_runs_exactly_the_test_command_of_the_readme():
+    readme = (DOCS.parent / "README.md").read_text()
+    ci = (DOCS.parent / ".ci" / "run").read_text()
+    command = next(
+        line for line in readme.splitlines()
+        if line.startswith("python3 -m venv") and "pytest" in line
+    )
+    assert ci.rstrip().splitlines()[-1] == command

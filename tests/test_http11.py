@@ -46,8 +46,9 @@ async def test_scope_has_every_key_of_the_spec():
     assert scope["http_version"] == "1.1"
     assert scope["method"] == "GET"
     assert scope["scheme"] == "http"
-    assert scope["path"] == "/café/a b"
-    assert scope["raw_path"] == b"/caf%C3%A9/a%20b"
+    # The root path is part of the path (docs/cli.md, --root-path).
+    assert scope["path"] == "/mount/café/a b"
+    assert scope["raw_path"] == b"/mount/caf%C3%A9/a%20b"
     assert scope["query_string"] == b"x=1&y=%20"
     assert scope["root_path"] == "/mount"
     assert scope["headers"] == [

@@ -1,8 +1,8 @@
 """Integration: triasgi behind a real nginx, over TCP and over a Unix socket.
 
-Run with ``nox -s integration`` (it sets TRIASGI_INTEGRATION=1); it needs
-the ``nginx`` binary (Debian: ``apt-get install nginx``) and is skipped
-otherwise, so the main test run stays fast.
+These run with the rest of the suite whenever nginx is installed (Debian:
+``apt-get install nginx``; ``.ci/run`` installs it) and are skipped
+otherwise, except in CI (``CI`` set), where a missing nginx is a failure.
 
 The client connects to nginx from 127.0.0.2, so the address the app sees
 (127.0.0.2, from X-Forwarded-For) differs from the one triasgi's socket
@@ -11,30 +11,30 @@ sees (nginx on 127.0.0.1, or a Unix socket peer).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import wsproto
 import wsproto.events
 from conftest import H11Client
+from test_root_path import FASTAPI_APP, Triasgi
 
 from triasgi.testing import open_server
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
 )
-pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("TRIASGI_INTEGRATION") != "1",
-        reason="integration test: run it with `nox -s integration`",
-    ),
-    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)"),
-]
+pytestmark = pytest.mark.skipif(
+    NGINX is None and not os.environ.get("CI"),
+    reason="nginx is not installed (apt-get install nginx)",
+)
 
 CLIENT_ADDRESS = "127.0.0.2"
 
@@ -89,10 +89,13 @@ http {{
 """
 
 
-async def open_nginx(prefix: Path, upstream: str) -> tuple[trio.Process, int]:
+async def open_nginx(
+    prefix: Path, upstream: str, template: str = NGINX_CONF
+) -> tuple[trio.Process, int]:
+    assert NGINX is not None, "CI needs nginx: .ci/run installs it"
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, upstream=upstream))
+    conf.write_text(template.format(prefix=prefix, port=port, upstream=upstream))
     process = await trio.lowlevel.open_process(
         [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
         stdin=subprocess.DEVNULL,
@@ -178,3 +181,61 @@ async def test_websocket_app_sees_the_client_behind_nginx(behind_nginx):
     assert isinstance(messages[0], wsproto.events.AcceptConnection), messages
     texts = [e.data for e in messages if isinstance(e, wsproto.events.TextMessage)]
     assert texts == ["('127.0.0.2', 'ws')"]
+
+
+# -- --root-path behind a proxy that mounts the app under /api/ -----------------
+
+# With a URI in proxy_pass (the trailing slash) nginx strips the location's
+# prefix: /api/items/3 reaches triasgi as /items/3.  Without one it passes
+# the path unchanged.
+ROOT_PATH_CONF = NGINX_CONF.replace(
+    "location / {{\n            proxy_pass {upstream};",
+    "location /api/ {{\n            proxy_pass {upstream};",
+).replace("proxy_set_header Host $host;", "proxy_set_header Host $http_host;")
+
+
+async def stop_nginx(process: trio.Process) -> None:
+    process.terminate()
+    with trio.move_on_after(5) as scope:
+        scope.shield = True
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+@pytest.mark.parametrize("prefix", ["stripped", "kept"])
+async def test_fastapi_with_root_path_behind_nginx(tmp_path, prefix):
+    pytest.importorskip("fastapi")
+    from websockets.trio.client import connect as websockets_connect
+
+    (tmp_path / "fastapiapp.py").write_text(FASTAPI_APP)
+    triasgi_ = await Triasgi.start(tmp_path, "fastapiapp:app", "--root-path", "/api")
+    try:
+        upstream = await triasgi_.url() + ("/" if prefix == "stripped" else "")
+        process, port = await open_nginx(tmp_path, upstream, ROOT_PATH_CONF)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient() as client:
+                item = (await client.get(base + "/api/items/3?x=1")).json()
+                moved = await client.get(base + "/api/moved")
+            async with websockets_connect(
+                f"ws://127.0.0.1:{port}/api/ws", proxy=None
+            ) as ws:
+                ws_seen = json.loads(await ws.recv())
+        finally:
+            await stop_nginx(process)
+        assert await triasgi_.stop() == 0
+    finally:
+        triasgi_.kill()
+    assert item == {
+        "path": "/api/items/3", "raw_path": "/api/items/3", "root_path": "/api",
+        "url": base + "/api/items/3?x=1", "item_id": 3,
+        "url_for": base + "/api/items/3",
+    }
+    assert moved.status_code == 307
+    assert moved.headers["location"] == base + "/api/items/7"
+    assert ws_seen == {
+        "path": "/api/ws", "raw_path": "/api/ws", "root_path": "/api",
+        "url": f"ws://127.0.0.1:{port}/api/ws",
+    }

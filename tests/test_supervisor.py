@@ -503,6 +503,22 @@ async def test_reload_restarts_the_worker_when_a_file_changes(start, app_dir):
     assert body.split()[0] == "v4"
 
 
+async def test_reload_delay_makes_a_burst_of_saves_one_restart(start, app_dir):
+    # uvicorn's --reload-delay: the watcher waits this long after a change for
+    # the next one before it restarts the worker.
+    supervisor = await start("--reload", "--reload-dir", str(app_dir), "--reload-delay", "2")
+    await supervisor.wait_for_log("Watching for changes")
+    await supervisor.wait_for_workers(1)
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v2"'))
+    await trio.sleep(0.5)
+    (app_dir / "pidapp.py").write_text(APP.replace('"v1"', '"v3"'))
+    await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)")
+    status, body = await get(supervisor.port)
+    assert (status, body.split()[0]) == (200, "v3")
+    await trio.sleep(2.5)
+    assert len(re.findall(r"Worker pid \d+ stopped", supervisor.log())) == 1
+
+
 async def test_second_sigint_stops_at_once(start):
     supervisor = await start("--workers", "1", "--timeout-graceful-shutdown", "30")
     await supervisor.wait_for_workers(1)

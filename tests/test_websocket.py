@@ -164,8 +164,8 @@ async def test_scope_has_every_key_of_the_spec():
     assert scope["asgi"] == {"version": "3.0", "spec_version": "2.5"}
     assert scope["http_version"] == "1.1"
     assert scope["scheme"] == "ws"
-    assert scope["path"] == "/café/room"
-    assert scope["raw_path"] == b"/caf%C3%A9/room"
+    assert scope["path"] == "/mount/café/room"
+    assert scope["raw_path"] == b"/mount/caf%C3%A9/room"
     assert scope["query_string"] == b"x=1&y=%20"
     assert scope["root_path"] == "/mount"
     assert (b"x-trace", b"7") in scope["headers"]

@@ -20,6 +20,8 @@ from ._version import __version__
 
 def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType[Any]:
     meta = field.metadata
+    if meta["choices"] and meta["numbered"]:
+        return _NumberedChoice(meta["choices"], case_sensitive=False)
     if meta["choices"]:
         return click.Choice(meta["choices"], case_sensitive=False)
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
@@ -29,8 +31,21 @@ def _click_type(field: dataclasses.Field[Any], hint: Any) -> click.ParamType[Any
     if base is int:
         return click.IntRange(min=meta["minimum"], max=meta["maximum"])
     if base is float:
-        return _Seconds(min=meta["minimum"])
+        return _Seconds(min=meta["minimum"], max=meta["maximum"])
     return click.STRING
+
+
+class _NumberedChoice(click.Choice[str]):
+    """A choice, or its position: ``--ssl-cert-reqs 2`` is ``required``."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if (
+            isinstance(value, str)
+            and value.isdigit()
+            and int(value) < len(self.choices)
+        ):
+            value = self.choices[int(value)]
+        return super().convert(value, param, ctx)
 
 
 class _Seconds(click.FloatRange):
@@ -123,6 +138,45 @@ def _supervise(config: Config, app: str, app_dir: str, factory: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+class _Command(click.Command):
+    """The command; a flag pair also takes a value, as uvicorn's flags do.
+
+    ``--ws-per-message-deflate false`` (uvicorn's form) is
+    ``--no-ws-per-message-deflate``, and ``--access-log=true`` is
+    ``--access-log``: the same words as in the environment.
+    """
+
+    flags: frozenset[str] = frozenset()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _flag_values(args, self.flags))
+
+
+def _flag_values(args: list[str], flags: frozenset[str]) -> list[str]:
+    """``args`` with ``--flag VALUE`` and ``--flag=VALUE`` made plain flags."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if not eq and name in flags and i + 1 < len(args):
+            value = args[i + 1]
+            if value.lower() in _TRUE + _FALSE:
+                i += 1
+                eq = "="
+        if eq and name in flags and value.lower() in _TRUE + _FALSE:
+            arg = name if value.lower() in _TRUE else "--no-" + name[2:]
+        out.append(arg)
+        i += 1
+    return out
+
+
 def build_command() -> click.Command:
     """The click command for ``triasgi``."""
     # Config.__module__ is rewritten to "triasgi"; resolve names where it lives.
@@ -144,7 +198,7 @@ def build_command() -> click.Command:
         ),
     ]
     params += [_option_for(f, hints[f.name]) for f in config_fields()]
-    command = click.Command(
+    command = _Command(
         "triasgi",
         params=params,
         callback=_serve_command,
@@ -154,6 +208,9 @@ def build_command() -> click.Command:
             "TRIASGI_<OPTION>, e.g. TRIASGI_TIMEOUT_KEEP_ALIVE=10."
         ),
         context_settings={"max_content_width": 100},
+    )
+    command.flags = frozenset(
+        "--" + f.name.replace("_", "-") for f in config_fields() if f.metadata["flag"]
     )
     return click.version_option(__version__, "--version", prog_name="triasgi")(command)
 

@@ -17,6 +17,8 @@ LIFESPAN_MODES = ("auto", "on", "off")
 HTTP_PARSERS = ("auto", "h11", "httptools")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
+# In the order of ssl.CERT_NONE, CERT_OPTIONAL and CERT_REQUIRED (0, 1, 2):
+# uvicorn takes those numbers.
 SSL_CERT_REQS = ("none", "optional", "required")
 # The largest value a C int holds: file descriptors and the listen backlog
 # are C ints, and a larger number overflows in the socket calls.
@@ -34,8 +36,12 @@ def _option(
     maximum: int | None = None,
     metavar: str | None = None,
     envvar: tuple[str, ...] = (),
+    numbered: bool = False,
 ) -> Any:
-    """A Config field with the metadata the CLI is generated from."""
+    """A Config field with the metadata the CLI is generated from.
+
+    ``numbered``: a choice may also be given as its position in ``choices``.
+    """
     metadata = {
         "help": help,
         "choices": choices,
@@ -45,6 +51,7 @@ def _option(
         "maximum": maximum,
         "metavar": metavar,
         "envvar": envvar,
+        "numbered": numbered,
     }
     if multiple:
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -178,6 +185,13 @@ class Config:
         multiple=True,
         metavar="GLOB",
     )
+    reload_delay: float = _option(
+        0.25,
+        "With --reload, restart once no file has changed for this many seconds, "
+        "so that a burst of saves makes one restart.",
+        minimum=0.01,
+        maximum=10,
+    )
     timeout_worker_healthcheck: float = _option(
         30.0,
         "Kill and replace a worker whose event loop has not answered the "
@@ -228,11 +242,12 @@ class Config:
     )
 
     # The event loop the app runs on (see docs/asyncio.md).
-    loop: Literal["trio", "asyncio"] = _option(
-        "trio",
+    loop: Literal["auto", "trio", "asyncio"] = _option(
+        "auto",
         "Run the app as trio code, or as asyncio code on a trio-asyncio loop "
-        "(needs the triasgi[asyncio] extra).",
-        choices=("trio", "asyncio"),
+        "(needs the triasgi[asyncio] extra); auto runs apps of asyncio-only "
+        "frameworks (Django, Quart, Sanic...) on asyncio and others on trio.",
+        choices=("auto", "trio", "asyncio"),
     )
 
     # The production edge: TLS, proxies, hostile clients, log format (see
@@ -256,8 +271,10 @@ class Config:
     ssl_cert_reqs: str = _option(
         "none",
         "Client certificates: 'none' asks for none, 'optional' verifies one if "
-        "sent, 'required' refuses a client without a valid one (mTLS).",
+        "sent, 'required' refuses a client without a valid one (mTLS); or "
+        "0, 1, 2 as ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED.",
         choices=SSL_CERT_REQS,
+        numbered=True,
     )
     ssl_ciphers: str | None = _option(
         None,
@@ -352,6 +369,9 @@ class Config:
             if maximum is not None and value is not None and value > maximum:
                 raise ValueError(f"{f.name} must be at most {maximum}, got {value!r}.")
             choices = f.metadata.get("choices")
+            if choices and f.metadata.get("numbered"):
+                value = _numbered_choice(value, choices)
+                setattr(self, f.name, value)
             if choices and value not in choices:
                 raise ValueError(
                     f"{f.name} must be one of {', '.join(choices)}, got {value!r}."
@@ -377,6 +397,17 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy of this config with some settings changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _numbered_choice(value: Any, choices: tuple[str, ...]) -> Any:
+    """The choice at position ``value`` (an int, or a string of digits)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < len(choices):
+        return choices[value]
+    return value
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:

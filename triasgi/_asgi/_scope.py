@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from .._events import Request
 from .._types import Address
@@ -36,6 +36,27 @@ def decode_path(raw_path: bytes) -> str:
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
+def mount(path: str, raw_path: bytes, root_path: str) -> tuple[str, bytes, str]:
+    """``path``, ``raw_path`` and ``root_path`` for an app mounted at ``root_path``.
+
+    The ASGI spec's ``path`` is the whole path, of which ``root_path`` is the
+    mount point (WSGI's ``SCRIPT_NAME + PATH_INFO``).  A proxy that strips
+    the prefix sends ``/items/3`` for ``/api/items/3``: the root path is put
+    back in front of both paths, as uvicorn does.  A path that already starts
+    with the root path, a whole segment of it (``/api`` or ``/api/...``, not
+    ``/apiary``), came from a proxy that kept the prefix and is left alone.
+    A trailing slash of the root path is dropped, so ``/api/`` mounts as
+    ``/api``.
+
+    Returns:
+        ``(path, raw_path, root_path)`` for the scope.
+    """
+    root = root_path.rstrip("/")
+    if not root or path == root or path.startswith(root + "/"):
+        return path, raw_path, root
+    return root + path, quote(root).encode("ascii") + raw_path, root
+
+
 def http_scope(
     request: Request,
     *,
@@ -47,13 +68,16 @@ def http_scope(
 ) -> dict[str, Any]:
     """The ``http`` scope of a request (ASGI HTTP spec, "HTTP connection scope")."""
     raw_path, query_string = split_target(request.target)
+    path = decode_path(raw_path)
+    if root_path:
+        path, raw_path, root_path = mount(path, raw_path, root_path)
     return {
         "type": "http",
         "asgi": dict(ASGI_VERSION),
         "http_version": request.http_version.decode("ascii"),
         "method": request.method.decode("ascii"),
         "scheme": scheme,
-        "path": decode_path(raw_path),
+        "path": path,
         "raw_path": raw_path,
         "query_string": query_string,
         "root_path": root_path,
@@ -83,12 +107,15 @@ def websocket_scope(
 ) -> dict[str, Any]:
     """The ``websocket`` scope of an upgrade request (ASGI WebSocket spec)."""
     raw_path, query_string = split_target(request.target)
+    path = decode_path(raw_path)
+    if root_path:
+        path, raw_path, root_path = mount(path, raw_path, root_path)
     return {
         "type": "websocket",
         "asgi": dict(ASGI_VERSION),
         "http_version": request.http_version.decode("ascii"),
         "scheme": "wss" if scheme == "https" else "ws",
-        "path": decode_path(raw_path),
+        "path": path,
         "raw_path": raw_path,
         "query_string": query_string,
         "root_path": root_path,

@@ -671,11 +671,13 @@ class Supervisor:
         logger.info("Watching for changes in %s.", ", ".join(dirs))
         # The watcher waits in a thread that trio cannot interrupt: the stop
         # event (set when the stop begins) makes it return within ``step``.
+        # ``step`` is also how long the watcher waits after a change for the
+        # next one before it reports them all: --reload-delay.
         async for changes in watchfiles.awatch(
             *dirs,
             watch_filter=watch_filter,
             stop_event=self._watch_stop,
-            step=50,
+            step=max(1, round(config.reload_delay * 1000)),
             rust_timeout=1000,
         ):
             paths = sorted({_shown_path(path) for _, path in changes})

@@ -15,7 +15,8 @@ Cancelling the trio task cancels the asyncio task, which sees
 ``asyncio.CancelledError``; the call returns only once that task has ended
 and every receive() and send() it started has ended too.
 
-With ``loop="trio"`` the app is wrapped too, only to notice the errors an
+Which loop an app gets under ``loop="auto"`` is decided in
+:mod:`._loop_choice`.  On trio the app is wrapped too, only to notice the errors an
 asyncio-only app raises under trio and to say which option fixes them.
 """
 
@@ -35,6 +36,7 @@ import trio
 
 from .._errors import StartupError
 from .._types import ASGIApp, Message, Receive, Scope, Send
+from ._loop_choice import LoopChoice
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -56,21 +58,18 @@ TRIO_HINT = (
     "The app awaited trio code while running as asyncio code: serve it "
     "without --loop asyncio."
 )
-MISSING_EXTRA = (
-    "--loop asyncio needs the trio-asyncio package: pip install 'triasgi[asyncio]'."
-)
 
 
-def wrap_app(app: ASGIApp, loop: str) -> ASGIApp:
-    """The app as the server calls it, for the ``loop`` setting.
+def wrap_app(app: ASGIApp, choice: LoopChoice) -> ASGIApp:
+    """The app as the server calls it, on the loop chosen for it.
 
     Returns:
         An :class:`AsyncioApp` for ``"asyncio"``; for ``"trio"``, the app
         behind a thin wrapper that logs :data:`ASYNCIO_HINT` when the app
         fails the way asyncio-only code fails under trio.
     """
-    if loop == "asyncio":
-        return AsyncioApp(app)
+    if choice.loop == "asyncio":
+        return AsyncioApp(app, choice)
     return _hint_on_mismatch(app)
 
 
@@ -104,10 +103,12 @@ class AsyncioApp:
 
     Attributes:
         app: the wrapped asyncio app.
+        choice: why it runs on asyncio.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, choice: LoopChoice) -> None:
         self.app = app
+        self.choice = choice
         self._loop: Any = None
 
     @asynccontextmanager
@@ -125,7 +126,7 @@ class AsyncioApp:
         try:
             trio_asyncio = importlib.import_module("trio_asyncio")
         except ImportError:
-            raise StartupError(MISSING_EXTRA) from None
+            raise StartupError(self.choice.missing_extra()) from None
         loop: Any = None
         try:
             async with trio_asyncio.open_loop() as loop:

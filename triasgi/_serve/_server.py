@@ -27,6 +27,7 @@ from ._connection import HTTP11Connection
 from ._edge import read_proxy_preamble
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import bind, describe_address, peername, remove_socket_file, sockname
+from ._loop_choice import choose_loop
 from ._tls import TLS, TLSSetupError
 
 logger = logging.getLogger("triasgi.error")
@@ -89,7 +90,9 @@ class Server:
                 ``run()`` waits for the task.
         """
         self.config = config if config is not None else Config()
-        self.app = wrap_app(app, self.config.loop)
+        #: The loop the app runs on, and why (``--loop``).
+        self.loop_choice = choose_loop(app, self.config.loop)
+        self.app = wrap_app(app, self.loop_choice)
         self.addresses: list[Address] = []
         self.state: dict[str, Any] = {}
         self.access_log = self.config.access_log
@@ -411,6 +414,9 @@ class Server:
             accept_scopes = [trio.CancelScope() for _ in listeners]
             for listener, scope in zip(listeners, accept_scopes, strict=True):
                 connections.start_soon(self._accept_loop, listener, scope, connections)
+            # Beside the "Listening on" lines; an error before this point is
+            # the only line.
+            logger.info(self.loop_choice.startup_line())
             task_status.started(self)
             await self._shutdown_requested.wait()
             for scope in accept_scopes:
