@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"_process"},
     {"_run"},
     {"_cli"},
-    {"__init__", "__main__", "testing"},
+    {"__init__", "__main__", "testing", "logging"},
 ]
 SANS_IO = {"_protocol", "_asgi"}
 IO_MODULES = {"trio", "anyio", "socket", "ssl", "selectors", "asyncio"}
