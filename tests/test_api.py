@@ -9,12 +9,13 @@ import pytest
 import trio
 
 import triasgi
+import triasgi.logging
 import triasgi.testing
 from triasgi import Config
 from triasgi._cli import build_command
 
 
-@pytest.mark.parametrize("module", [triasgi, triasgi.testing])
+@pytest.mark.parametrize("module", [triasgi, triasgi.logging, triasgi.testing])
 def test_public_names_are_documented_and_live_in_the_public_module(module):
     public = [name for name in dir(module) if not name.startswith("_")]
     assert public

@@ -21,12 +21,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "triasgi"
 LAYERS: list[set[str]] = [
     {"_types", "_errors", "_events", "_version"},
     {"_protocol", "_asgi"},
-    {"_config", "_logging", "_importer"},
+    {"_config", "_config_file", "_logging", "_importer"},
     {"_serve"},
     {"_process"},
     {"_run"},
     {"_cli"},
-    {"__init__", "__main__", "testing"},
+    {"__init__", "__main__", "testing", "logging"},
 ]
 SANS_IO = {"_protocol", "_asgi"}
 IO_MODULES = {"trio", "anyio", "socket", "ssl", "selectors", "asyncio"}

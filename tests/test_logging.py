@@ -199,7 +199,12 @@ async def test_log_config_file_routes_access_lines(tmp_path, suffix, restore_log
     ("[1, 2]", "list.json", "The log config {path} must hold a mapping (a logging dictConfig)."),
     ('{"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}', "bad-handler.json",
      "The log config {path} is not valid: "),
-    ("x = 1", "conf.ini", "The log config {path} must end in .json, .toml, .yaml or .yml."),
+    ("x = 1", "conf.txt", "The log config {path} must end in .json, .toml, .yaml or .yml "
+     "(a dictConfig), or .ini, .cfg or .conf (a fileConfig)."),
+    ("[loggers]\nkeys=root\n", "no-formatters.ini",
+     "The log config {path} is not valid: it lacks the section or key 'formatters'."),
+    ("not an ini file", "garbage.ini", "Cannot parse the log config {path}: "),
+    (None, "missing.ini", "Cannot read the log config {path}: no such file or directory."),
 ])
 def test_bad_log_config_is_one_sentence(tmp_path, content, name, message, restore_logging):
     path = tmp_path / name
@@ -222,3 +227,120 @@ def test_cli_bad_log_config_exits_1_with_one_line(tmp_path):
         f"Error: Cannot read the log config {path}: no such file or directory."
     ]
 
+
+
+# -- what the command writes -------------------------------------------------------------
+
+
+def cli_lines_until(pattern, *args, cwd=None, env=None):
+    """Run ``triasgi ARGS`` until a stderr line matches ``pattern``; the lines."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "triasgi", *args],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    lines = []
+    try:
+        while not any(re.search(pattern, line) for line in lines):
+            line = process.stderr.readline()
+            assert line, lines
+            lines.append(line.rstrip("\n"))
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("log_format", "line"),
+    [
+        ("text", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO     Listening on http://\S+ "),
+        ("plain", r"INFO     Listening on http://\S+ "),
+    ],
+)
+def test_cli_text_lines_start_with_the_local_time(log_format, line):
+    lines = cli_lines_until("Listening on", "examples.hello:app", "--port", "0",
+                            "--log-format", log_format)
+    assert re.match(line, lines[-1]), lines
+
+
+def test_cli_ini_log_config(tmp_path):
+    path = tmp_path / "logging.ini"
+    path.write_text(
+        "[loggers]\nkeys=root,triasgi\n\n"
+        "[handlers]\nkeys=stderr\n\n"
+        "[formatters]\nkeys=mine\n\n"
+        "[logger_root]\nlevel=WARNING\nhandlers=\n\n"
+        "[logger_triasgi]\nlevel=INFO\nhandlers=stderr\nqualname=triasgi\npropagate=0\n\n"
+        "[handler_stderr]\nclass=StreamHandler\nformatter=mine\nargs=(sys.stderr,)\n\n"
+        "[formatter_mine]\nformat=INI %(levelname)s %(name)s %(message)s\n"
+    )
+    lines = cli_lines_until("Listening on", "examples.hello:app", "--port", "0",
+                            "--log-config", str(path))
+    assert lines[-1].startswith("INI INFO triasgi.error Listening on http://")
+
+
+def test_cli_log_config_names_the_public_json_formatter(tmp_path):
+    path = tmp_path / "logging.json"
+    path.write_text(json.dumps({
+        "version": 1,
+        "formatters": {"json": {"()": "triasgi.logging.JSONFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {"triasgi": {"handlers": ["stderr"], "level": "INFO"}},
+    }))
+    lines = cli_lines_until("Listening on", "examples.hello:app", "--port", "0",
+                            "--log-config", str(path))
+    record = json.loads(lines[-1])
+    assert record["logger"] == "triasgi.error"
+    assert record["message"].startswith("Listening on http://")
+
+
+def test_json_formatter_keeps_its_old_name():
+    import triasgi._logging
+    import triasgi.logging
+
+    assert triasgi.logging.JSONFormatter is triasgi._logging.JSONFormatter
+
+
+def test_cli_warns_about_a_log_config_written_for_uvicorn(tmp_path):
+    path = tmp_path / "uvicorn-logging.yaml"
+    path.write_text(
+        "version: 1\n"
+        "formatters:\n  default:\n    format: '%(levelname)s %(message)s'\n"
+        "handlers:\n  default:\n    class: logging.StreamHandler\n"
+        "    formatter: default\n    stream: ext://sys.stderr\n"
+        "loggers:\n"
+        "  uvicorn: {handlers: [default], level: INFO}\n"
+        "  uvicorn.error: {level: INFO}\n"
+        "  uvicorn.access: {handlers: [default], level: INFO, propagate: false}\n"
+        "  myapp: {handlers: [default], level: DEBUG}\n"
+    )
+    lines = cli_lines_until("log config", "examples.hello:app", "--port", "0",
+                            "--log-config", str(path))
+    assert lines[-1] == (
+        f"The log config {path} configures uvicorn, uvicorn.error, uvicorn.access, "
+        "which triasgi does not have; triasgi logs to triasgi.error and "
+        "triasgi.access."
+    )
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_debug_log_level_shows_where_the_app_failed_to_import(tmp_path, workers):
+    (tmp_path / "broken.py").write_text(
+        "import json\n\ndef load():\n    raise RuntimeError('config missing')\n\nload()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "triasgi", "broken:app", "--port", "0", "--log-level",
+         "debug", *workers],
+        capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    stderr = result.stderr
+    assert "Loading the app broken:app failed:" in stderr
+    assert "Traceback (most recent call last):" in stderr
+    assert re.search(r'broken\.py", line 4, in load\n', stderr), stderr
+    assert "RuntimeError: config missing" in stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        "Error: Importing module 'broken' failed: RuntimeError: config missing."
+    )

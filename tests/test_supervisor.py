@@ -519,6 +519,21 @@ async def test_reload_delay_makes_a_burst_of_saves_one_restart(start, app_dir):
     assert len(re.findall(r"Worker pid \d+ stopped", supervisor.log())) == 1
 
 
+async def test_reload_dirs_from_the_environment_one_per_line(start, app_dir):
+    # Directory names with spaces, given under the documented name.
+    watched = [app_dir / "templates dir", app_dir / "more code"]
+    for directory in watched:
+        directory.mkdir()
+    supervisor = await start(
+        "--reload", env={"TRIASGI_RELOAD_DIR": "\n".join(map(str, watched))}
+    )
+    log = await supervisor.wait_for_log("Watching for changes")
+    assert f"Watching for changes in {watched[0]}, {watched[1]}." in log
+    await supervisor.wait_for_workers(1)
+    (watched[1] / "helpers.py").write_text("X = 1\n")
+    await supervisor.wait_for_log(r"Worker pid \d+ stopped \(exit code 0\)")
+
+
 async def test_second_sigint_stops_at_once(start):
     supervisor = await start("--workers", "1", "--timeout-graceful-shutdown", "30")
     await supervisor.wait_for_workers(1)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import typing
 from typing import Any, Literal
 
 import click
+from click.core import ParameterSource
 
 from . import _config
 from ._config import Config, config_fields, env_name
+from ._config_file import ConfigFile, ConfigFileError, read_config_file
 from ._errors import StartupError
 from ._importer import AppImportError, load_app
 from ._logging import LogConfigError, configure_logging
@@ -63,6 +67,25 @@ class _Seconds(click.FloatRange):
         return seconds
 
 
+class _Lines(click.types.StringParamType):
+    """A repeatable option's values in one environment variable, one per line.
+
+    A single value is taken whole, spaces included
+    (``TRIASGI_HEADER="x-frame-options: DENY"``).
+    """
+
+    name = "text"
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [line.strip() for line in rv.splitlines() if line.strip()]
+
+
+class _FileError(click.ClickException):
+    """A usage error in a file or the environment: one line, exit status 2."""
+
+    exit_code = 2
+
+
 def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:
     meta = field.metadata
     name = field.name.replace("_", "-")
@@ -77,10 +100,14 @@ def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:
         )
     if meta["multiple"]:
         singular = name[:-1] if name.endswith("s") else name
+        # The option's name first (TRIASGI_HEADER, as documented), then the
+        # field's (TRIASGI_HEADERS, as in Config).
+        envvar = [env_name(singular.replace("-", "_")), *envvar]
         return click.Option(
             [f"--{singular}", field.name],
             multiple=True,
-            help=meta["help"],
+            type=_LINES,
+            help=meta["help"] + " In the environment, one value per line.",
             envvar=envvar,
             metavar=meta["metavar"],
         )
@@ -96,20 +123,48 @@ def _option_for(field: dataclasses.Field[Any], hint: Any) -> click.Option:
     )
 
 
-def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> None:
+_LINES = _Lines()
+
+
+def _serve_command(
+    app: str | None,
+    app_dir: str,
+    factory: bool,
+    config_file: str | None,
+    env_file: str | None,
+    **settings: Any,
+) -> None:
+    ctx = click.get_current_context()
+    misspelled = _misspelled_environment(ctx.command)
+    if misspelled:
+        raise _FileError(misspelled)
     for field in config_fields():
         if field.metadata["multiple"]:
             settings[field.name] = list(settings[field.name])
     try:
-        config = Config(**settings)
+        found = read_config_file(config_file)
+    except ConfigFileError as exc:
+        raise _FileError(str(exc)) from None
+    from_file = _settings_from_file(ctx, found)
+    app = from_file.pop("app", app)
+    app_dir = from_file.pop("app_dir", app_dir)
+    factory = from_file.pop("factory", factory)
+    if app is None:
+        raise click.UsageError(
+            "Missing argument 'APP': give the app as 'module:attribute'."
+        )
+    try:
+        config = Config(**{**settings, **from_file})
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise _blame(exc, settings, found, from_file) from None
     try:
         configure_logging(
             config.log_level, log_format=config.log_format, log_config=config.log_config
         )
     except LogConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if found is not None:
+        logging.getLogger("triasgi.error").info("Read settings from %s.", found.path)
     if config.workers is not None or config.reload:
         _supervise(config, app, app_dir, factory)
         return
@@ -121,6 +176,110 @@ def _serve_command(app: str, app_dir: str, factory: bool, **settings: Any) -> No
         run_config(asgi_app, config)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _settings_from_file(ctx: click.Context, found: ConfigFile | None) -> dict[str, Any]:
+    """The file's settings that neither the command line nor the environment set."""
+    if found is None:
+        return {}
+    return {
+        key: value
+        for key, value in found.settings.items()
+        if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None)
+    }
+
+
+def _blame(
+    exc: ValueError,
+    settings: dict[str, Any],
+    found: ConfigFile | None,
+    from_file: dict[str, Any],
+) -> click.ClickException:
+    """The error of a bad setting, naming the config file when it is the cause."""
+    if found is not None and from_file:
+        try:
+            Config(**settings)
+        except ValueError:
+            pass
+        else:
+            return _FileError(f"The config file {found.path} has a bad value: {exc}")
+    return click.UsageError(str(exc))
+
+
+def _misspelled_environment(command: click.Command) -> str | None:
+    """One sentence about a TRIASGI_* variable that looks like a misspelled option."""
+    known: set[str] = set()
+    for param in command.params:
+        envvar = param.envvar
+        known.update([envvar] if isinstance(envvar, str) else envvar or ())
+    known = {name for name in known if name.startswith("TRIASGI_")}
+    for name in sorted(os.environ):
+        if not name.startswith("TRIASGI_") or name in known:
+            continue
+        for candidate in sorted(known):
+            if _looks_like(name[8:], candidate[8:]):
+                return (
+                    f"The environment variable {name} is not a triasgi option: did "
+                    f"you mean {candidate}?"
+                )
+    return None
+
+
+def _looks_like(given: str, option: str) -> bool:
+    """Whether ``given`` is ``option`` mistyped: other underscores, or 1-2 typos."""
+    if given.replace("_", "") == option.replace("_", ""):
+        return True
+    # Short names are close to many words: TRIASGI_ID is not TRIASGI_FD.
+    allowed = 0 if len(option) <= 3 else 1 if len(option) < 8 else 2
+    return _edit_distance(given, option) <= allowed
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, with a swap of two neighbours counted as one edit."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            cost = min(
+                previous[j] + 1,
+                current[j - 1] + 1,
+                previous[j - 1] + (char_a != char_b),
+            )
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _load_env_file(
+    ctx: click.Context, param: click.Parameter, path: str | None
+) -> None:
+    """--env-file: put the file's variables in the environment, before options.
+
+    A variable already in the environment wins over the file's.  The app and
+    worker processes see the variables; TRIASGI_* ones set options.
+    """
+    if path is None:
+        return
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        raise _FileError(
+            "--env-file needs the python-dotenv package: pip install 'triasgi[dotenv]'."
+        ) from None
+    try:
+        with open(path, encoding="utf-8") as file:
+            values = dotenv_values(stream=file)
+    except OSError as exc:
+        problem = (exc.strerror or str(exc)).lower()
+        raise _FileError(f"Cannot read the env file {path}: {problem}.") from None
+    except UnicodeDecodeError:
+        raise _FileError(f"The env file {path} is not UTF-8 text.") from None
+    for name, value in values.items():
+        if value is not None:
+            os.environ.setdefault(name, value)
 
 
 def _supervise(config: Config, app: str, app_dir: str, factory: bool) -> None:
@@ -182,7 +341,8 @@ def build_command() -> click.Command:
     # Config.__module__ is rewritten to "triasgi"; resolve names where it lives.
     hints = typing.get_type_hints(Config, globalns=vars(_config))
     params: list[click.Parameter] = [
-        click.Argument(["app"], envvar="TRIASGI_APP", metavar="APP"),
+        # Required, unless the config file names it.
+        click.Argument(["app"], envvar="TRIASGI_APP", metavar="APP", required=False),
         click.Option(
             ["--app-dir"],
             default=".",
@@ -196,6 +356,25 @@ def build_command() -> click.Command:
             envvar="TRIASGI_FACTORY",
             help="APP names a factory: call it with no arguments to get the app.",
         ),
+        click.Option(
+            ["--env-file", "env_file"],
+            envvar="TRIASGI_ENV_FILE",
+            metavar="PATH",
+            is_eager=True,
+            expose_value=True,
+            callback=_load_env_file,
+            help="Load environment variables from this dotenv file (the "
+            "triasgi[dotenv] extra); TRIASGI_* lines in it set options, and "
+            "variables already set win.",
+        ),
+        click.Option(
+            ["--config", "config_file"],
+            envvar="TRIASGI_CONFIG",
+            metavar="PATH",
+            help="Read settings from this TOML file, with the names of "
+            "triasgi.Config (default: [tool.triasgi] in ./pyproject.toml); the "
+            "command line and the environment win over it.",
+        ),
     ]
     params += [_option_for(f, hints[f.name]) for f in config_fields()]
     command = _Command(
@@ -205,7 +384,8 @@ def build_command() -> click.Command:
         help=(
             "Serve the ASGI app APP, given as 'module:attribute'.\n\n"
             "Every option can also be set in the environment as "
-            "TRIASGI_<OPTION>, e.g. TRIASGI_TIMEOUT_KEEP_ALIVE=10."
+            "TRIASGI_<OPTION>, e.g. TRIASGI_TIMEOUT_KEEP_ALIVE=10, or in a "
+            "config file (--config)."
         ),
         context_settings={"max_content_width": 100},
     )

@@ -16,7 +16,7 @@ from typing import Any, Literal, final
 LIFESPAN_MODES = ("auto", "on", "off")
 HTTP_PARSERS = ("auto", "h11", "httptools")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-LOG_FORMATS = ("text", "json")
+LOG_FORMATS = ("text", "plain", "json")
 # In the order of ssl.CERT_NONE, CERT_OPTIONAL and CERT_REQUIRED (0, 1, 2):
 # uvicorn takes those numbers.
 SSL_CERT_REQS = ("none", "optional", "required")
@@ -348,11 +348,14 @@ class Config:
     log_config: str | None = _option(
         None,
         "Configure logging from this logging.config.dictConfig file (.json, "
-        ".toml, .yaml or .yml).",
+        ".toml, .yaml or .yml) or fileConfig file (.ini, .cfg or .conf).",
         metavar="PATH",
     )
     log_format: str = _option(
-        "text", "Log lines as plain text or as JSON objects.", choices=LOG_FORMATS
+        "text",
+        "Log lines as text with the local time, as text without it (plain: "
+        "journald and container runtimes add their own), or as JSON objects.",
+        choices=LOG_FORMATS,
     )
 
     def __post_init__(self) -> None:

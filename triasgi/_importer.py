@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import Any
+
+logger = logging.getLogger("triasgi.error")
 
 
 class AppImportError(Exception):
@@ -69,9 +72,22 @@ def load_app(
         factory: call the attribute with no arguments to get the app.
         app_dir: put this directory first on ``sys.path`` before importing.
 
+    With the ``debug`` log level, a failure also logs the traceback of the
+    exception behind it, to show where in the app it happened.
+
     Raises:
         AppImportError: with one sentence describing what went wrong.
     """
+    try:
+        return _load_app(import_str, factory=factory, app_dir=app_dir)
+    except AppImportError as exc:
+        cause = exc.__cause__
+        if cause is not None:
+            logger.debug("Loading the app %s failed:", import_str, exc_info=cause)
+        raise
+
+
+def _load_app(import_str: str, *, factory: bool, app_dir: str | None) -> Any:
     if app_dir is not None:
         sys.path.insert(0, app_dir)
     app = import_from_string(import_str)

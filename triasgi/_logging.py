@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import logging.config
@@ -25,8 +26,18 @@ class LogConfigError(Exception):
     """A ``log_config`` file cannot be used; the message is one sentence."""
 
 
+#: The loggers triasgi writes to.
+LOGGERS = ("triasgi", "triasgi.error", "triasgi.access")
+# Loggers of other servers, which a log config written for them names.
+_OTHER_SERVERS = ("uvicorn", "hypercorn", "gunicorn", "granian", "daphne")
+
+
 def configure_logging(
-    level: str, *, log_format: str = "text", log_config: str | None = None
+    level: str,
+    *,
+    log_format: str = "text",
+    log_config: str | None = None,
+    warn: bool = True,
 ) -> None:
     """Send triasgi's loggers to stderr at ``level``.
 
@@ -36,31 +47,54 @@ def configure_logging(
 
     Args:
         level: the level name, as ``log_level``.
-        log_format: ``"text"`` or ``"json"`` (one JSON object per line).
+        log_format: ``"text"`` (with the local time), ``"plain"`` (text
+            without it) or ``"json"`` (one JSON object per line).
         log_config: a :func:`logging.config.dictConfig` file (``.json``,
-            ``.toml``, ``.yaml`` or ``.yml``); when given, it configures
-            logging instead and ``level`` and ``log_format`` are not used.
+            ``.toml``, ``.yaml`` or ``.yml``) or a
+            :func:`logging.config.fileConfig` file (``.ini``, ``.cfg``,
+            ``.conf``); when given, it configures logging instead and
+            ``level`` and ``log_format`` are not used.
+        warn: log a warning when ``log_config`` configures loggers triasgi
+            does not have (a worker process leaves that to the supervisor).
 
     Raises:
         LogConfigError: the ``log_config`` file cannot be read or applied.
     """
     if log_config is not None:
-        _apply_log_config(log_config)
+        named = _apply_log_config(log_config)
+        foreign = [name for name in named if _is_foreign_logger(name)]
+        if foreign and warn:
+            logging.getLogger("triasgi.error").warning(
+                "The log config %s configures %s, which triasgi does not have; "
+                "triasgi logs to triasgi.error and triasgi.access.",
+                log_config,
+                ", ".join(foreign),
+            )
         return
     numeric = TRACE if level == "trace" else logging.getLevelName(level.upper())
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+        handler.setFormatter(TextFormatter(timestamps=log_format != "plain"))
     root = logging.getLogger("triasgi")
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     root.propagate = False
 
 
-def _apply_log_config(path: str) -> None:
+def _is_foreign_logger(name: str) -> bool:
+    """A logger another server writes to, or a triasgi logger that does not exist."""
+    if name.startswith("triasgi."):
+        return name not in LOGGERS
+    return name.partition(".")[0] in _OTHER_SERVERS
+
+
+def _apply_log_config(path: str) -> list[str]:
+    """Apply the log config file ``path``; the names of the loggers it configures."""
     suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".ini", ".cfg", ".conf"):
+        return _apply_file_config(path)
     try:
         with open(path, "rb") as file:
             raw = file.read()
@@ -87,7 +121,8 @@ def _apply_log_config(path: str) -> None:
             data = yaml.safe_load(raw)
         else:
             raise LogConfigError(
-                f"The log config {path} must end in .json, .toml, .yaml or .yml."
+                f"The log config {path} must end in .json, .toml, .yaml or .yml "
+                "(a dictConfig), or .ini, .cfg or .conf (a fileConfig)."
             )
     except LogConfigError:
         raise
@@ -103,11 +138,81 @@ def _apply_log_config(path: str) -> None:
         logging.config.dictConfig(data)
     except (ValueError, TypeError, AttributeError, ImportError) as exc:
         raise LogConfigError(f"The log config {path} is not valid: {exc}.") from None
+    loggers = data.get("loggers")
+    return [str(name) for name in loggers] if isinstance(loggers, dict) else []
+
+
+def _apply_file_config(path: str) -> list[str]:
+    """A :func:`logging.config.fileConfig` file, as uvicorn and gunicorn take."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except OSError as exc:
+        raise LogConfigError(
+            f"Cannot read the log config {path}: {(exc.strerror or str(exc)).lower()}."
+        ) from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        problem = " ".join(str(exc).split())
+        raise LogConfigError(
+            f"Cannot parse the log config {path}: {problem}."
+        ) from None
+    try:
+        logging.config.fileConfig(parser, disable_existing_loggers=False)
+    except KeyError as exc:
+        raise LogConfigError(
+            f"The log config {path} is not valid: it lacks the section or key {exc}."
+        ) from None
+    except Exception as exc:
+        problem = " ".join(str(exc).split()).rstrip(".")
+        raise LogConfigError(
+            f"The log config {path} is not valid: {problem}."
+        ) from None
+    names = []
+    for key in parser.get("loggers", "keys", fallback="").split(","):
+        section = f"logger_{key.strip()}"
+        if key.strip() and key.strip() != "root" and parser.has_section(section):
+            names.append(parser.get(section, "qualname", fallback=key.strip()))
+    return names
+
+
+@final
+class TextFormatter(logging.Formatter):
+    """triasgi's text lines: the local time, the level, the message.
+
+    Args:
+        timestamps: start each line with the local time, to the millisecond
+            (off for ``--log-format plain``, where journald or a container
+            runtime adds its own).
+        pid: show the process id after the level (with worker processes).
+    """
+
+    default_msec_format = "%s.%03d"
+
+    def __init__(self, *, timestamps: bool = True, pid: bool = False) -> None:
+        self.timestamps = timestamps
+        self.pid = pid
+        parts = ["%(asctime)s"] if timestamps else []
+        parts.append("%(levelname)-8s")
+        if pid:
+            parts.append("[%(process)d]")
+        parts.append("%(message)s")
+        super().__init__(" ".join(parts))
+
+    def with_pid(self) -> TextFormatter:
+        """The same lines with the process id."""
+        return TextFormatter(timestamps=self.timestamps, pid=True)
 
 
 @final
 class JSONFormatter(logging.Formatter):
-    """One JSON object per record; access lines carry their fields too."""
+    """One JSON object per record; access lines carry their fields too.
+
+    Each line has ``time`` (UTC, ISO 8601), ``level``, ``logger`` and
+    ``message``, ``exc_info`` with an exception, and on access lines the
+    request's fields (``client``, ``method``, ``path``, ``status`` ...).
+    Name it in a log config as ``triasgi.logging.JSONFormatter``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

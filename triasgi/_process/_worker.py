@@ -39,7 +39,7 @@ import trio
 from .._config import Config
 from .._errors import StartupError
 from .._importer import AppImportError, load_app
-from .._logging import LogConfigError, configure_logging
+from .._logging import LogConfigError, TextFormatter, configure_logging
 from .._serve._server import Server
 from ._single import abandon, freeze_startup_objects, serve_then_stop, stop_at_once
 
@@ -47,9 +47,6 @@ logger = logging.getLogger("triasgi.error")
 
 #: The exit status of a worker that reported ``fail``.
 EXIT_STARTUP_FAILED = 3
-
-LOG_FORMAT = "%(levelname)-8s [%(process)d] %(message)s"
-_PLAIN_FORMAT = "%(levelname)-8s %(message)s"
 
 # On a graceful stop, seconds between closing our copy of the shared listening
 # socket and closing idle connections: a client whose connection we accepted
@@ -66,13 +63,13 @@ def heartbeat_interval(config: Config) -> float:
 def use_pid_log_format() -> None:
     """Show the process id on each log line: there are several processes.
 
-    Only the plain default format is changed; a format the user chose (JSON,
-    a logging configuration file) is left alone.
+    Only the text format is changed; a format the user chose (JSON, a
+    logging configuration file) is left alone.
     """
     for handler in logging.getLogger("triasgi").handlers:
         formatter = handler.formatter
-        if type(formatter) is logging.Formatter and formatter._fmt == _PLAIN_FORMAT:
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        if isinstance(formatter, TextFormatter):
+            handler.setFormatter(formatter.with_pid())
 
 
 class _Reports:
@@ -194,7 +191,10 @@ def main() -> None:
     config = Config(**spec["config"])
     try:
         configure_logging(
-            config.log_level, log_format=config.log_format, log_config=config.log_config
+            config.log_level,
+            log_format=config.log_format,
+            log_config=config.log_config,
+            warn=False,  # the supervisor has warned
         )
     except LogConfigError:
         configure_logging(config.log_level)  # the file changed since the CLI read it
