@@ -12,6 +12,7 @@ from conftest import H11Client, connect, read_until_closed
 
 import triasgi
 from triasgi import Config, Server
+from triasgi._serve._connection import HTTP11Connection
 from triasgi.testing import open_memory_connection
 
 # The whole module runs against both request parsers (--http).
@@ -86,6 +87,42 @@ async def test_idle_connection_serves_its_next_request_in_the_grace(autojump_clo
             assert b"connection: close" in data
             assert await idle.receive_some() == b""
             assert trio.current_time() - start == pytest.approx(0.5)
+    assert log == [
+        "lifespan.startup",
+        "request done",
+        "request done",
+        "lifespan.shutdown",
+    ]
+
+
+async def test_request_waiting_in_the_socket_at_shutdown_is_served(monkeypatch):
+    # The next request reaches the server's socket just as the shutdown finds
+    # the connection idle, before the connection task could see it: closing
+    # on it unread would reset it.
+    log = []
+    client = None
+    begin_shutdown = HTTP11Connection.begin_shutdown
+
+    def request_arrives_then_begin_shutdown(conn):
+        os.write(client.socket.fileno(), REQUEST)
+        begin_shutdown(conn)
+
+    monkeypatch.setattr(
+        HTTP11Connection, "begin_shutdown", request_arrives_then_begin_shutdown
+    )
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            triasgi.serve, recording_app(log), Config(port=0, access_log=False)
+        )
+        client = await connect(server)
+        await client.send_all(REQUEST)
+        assert (await client.receive_some()).startswith(b"HTTP/1.1 200 ")
+        server.shutdown()
+        with trio.fail_after(5):
+            data = await read_until_closed(client)
+        await client.aclose()
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in data
     assert log == [
         "lifespan.startup",
         "request done",
