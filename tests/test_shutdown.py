@@ -12,6 +12,7 @@ from conftest import H11Client, connect, read_until_closed
 
 import triasgi
 from triasgi import Config, Server
+from triasgi._serve._connection import HTTP11Connection
 from triasgi.testing import open_memory_connection
 
 # The whole module runs against both request parsers (--http).
@@ -59,6 +60,96 @@ async def test_idle_keep_alive_connections_close_at_once(autojump_clock):
             assert await stream.receive_some() == b""
             assert trio.current_time() == start
     assert log == ["lifespan.startup", "request done", "lifespan.shutdown"]
+
+
+async def test_idle_connection_serves_its_next_request_in_the_grace(autojump_clock):
+    # A worker's grace: the next request of an idle keep-alive connection,
+    # on its way as the shutdown begins, is served and told the connection
+    # closes; one that stays idle through the grace is closed at its end.
+    log = []
+    server = Server(
+        recording_app(log), Config(access_log=False), first_request_grace=0.5
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(server.run, listen=False))
+        async with (
+            open_memory_connection(server) as busy,
+            open_memory_connection(server) as idle,
+        ):
+            await busy.send_all(REQUEST)
+            assert b"connection: close" not in await busy.receive_some()
+            start = trio.current_time()
+            server.shutdown()
+            await trio.sleep(0.4)
+            await busy.send_all(REQUEST)
+            data = await read_until_closed(busy)
+            assert data.startswith(b"HTTP/1.1 200 OK")
+            assert b"connection: close" in data
+            assert await idle.receive_some() == b""
+            assert trio.current_time() - start == pytest.approx(0.5)
+    assert log == [
+        "lifespan.startup",
+        "request done",
+        "request done",
+        "lifespan.shutdown",
+    ]
+
+
+async def test_request_waiting_in_the_socket_at_shutdown_is_served(monkeypatch):
+    # The next request reaches the server's socket just as the shutdown finds
+    # the connection idle, before the connection task could see it: closing
+    # on it unread would reset it.
+    log = []
+    client = None
+    begin_shutdown = HTTP11Connection.begin_shutdown
+
+    def request_arrives_then_begin_shutdown(conn):
+        os.write(client.socket.fileno(), REQUEST)
+        begin_shutdown(conn)
+
+    monkeypatch.setattr(
+        HTTP11Connection, "begin_shutdown", request_arrives_then_begin_shutdown
+    )
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            triasgi.serve, recording_app(log), Config(port=0, access_log=False)
+        )
+        client = await connect(server)
+        await client.send_all(REQUEST)
+        assert (await client.receive_some()).startswith(b"HTTP/1.1 200 ")
+        server.shutdown()
+        with trio.fail_after(5):
+            data = await read_until_closed(client)
+        await client.aclose()
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in data
+    assert log == [
+        "lifespan.startup",
+        "request done",
+        "request done",
+        "lifespan.shutdown",
+    ]
+
+
+async def test_request_crossing_the_shutdown_close_meets_no_reset():
+    # An idle connection is closed with our EOF first; a request the client
+    # sent before seeing it is read and dropped, not answered with a reset.
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            triasgi.serve, recording_app([]), Config(port=0, access_log=False)
+        )
+        client = await connect(server)
+        await client.send_all(REQUEST)
+        assert (await client.receive_some()).startswith(b"HTTP/1.1 200 ")
+        server.shutdown()
+        with trio.fail_after(5):
+            assert await client.receive_some() == b""
+            for _ in range(3):
+                await client.send_all(REQUEST)
+                await trio.sleep(0.05)
+            # A reset would make the sends or this read fail.
+            assert await client.receive_some() == b""
+        await client.aclose()
 
 
 async def test_in_flight_request_finishes_then_lifespan_shuts_down(autojump_clock):

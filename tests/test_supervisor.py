@@ -283,6 +283,130 @@ class Load:
                 await trio.sleep(0.01)
 
 
+class KeepAliveLoad:
+    """Clients that each keep a connection and send requests back to back.
+
+    Every response is checked.  A connection the server closes after a
+    response that said ``connection: close`` is opened again; any other end
+    of a request is a failure: a reset, a connection closed before or within
+    a response (an empty reply), a bad response, no answer within 5 seconds.
+    """
+
+    REQUEST = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pids: set[int] = set()
+        self.failures: list[str] = []
+        self.done = 0
+        self.closed_by_server = 0
+
+    async def client(self) -> None:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+            except OSError as exc:
+                self.failures.append(f"connect: {exc!r}")
+                await trio.sleep(0.01)
+                continue
+            async with stream:
+                await self._requests(stream)
+
+    async def _requests(self, stream: trio.SocketStream) -> None:
+        """Requests on one connection until the server says close or fails one."""
+        while True:
+            try:
+                with trio.fail_after(5):
+                    await stream.send_all(self.REQUEST)
+                    head, body = await self._response(stream)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                self.failures.append(f"request {self.done + 1}: {exc!r}")
+                return
+            lines = head.split(b"\r\n")
+            headers = dict(line.split(b": ", 1) for line in lines[1:])
+            if lines[0] != b"HTTP/1.1 200 OK" or not body.startswith(b"v1 "):
+                self.failures.append(f"bad response: {head!r} {body!r}")
+                return
+            self.pids.add(pid_of(body.decode()))
+            self.done += 1
+            if headers.get(b"connection") == b"close":
+                self.closed_by_server += 1
+                return
+
+    @staticmethod
+    async def _response(stream: trio.SocketStream) -> tuple[bytes, bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(data)} response bytes")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))
+        while len(body) < length:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError(f"closed within a body: {data!r}")
+            body += chunk
+        assert len(body) == length, "a response longer than its content-length"
+        return head, body
+
+
+async def until_stopped(supervisor: Supervisor, pids: set[int]) -> None:
+    """Wait until each worker of ``pids`` has stopped, as the log says."""
+    while not pids <= set(
+        map(int, re.findall(r"Worker pid (\d+) stopped", supervisor.log()))
+    ):
+        await trio.sleep(0.05)
+
+
+async def test_sighup_under_keep_alive_load_loses_no_request(start):
+    # The old worker closes the connections it finds idle, whose next request
+    # may already be in its socket or on the wire: it must be served (with
+    # connection: close), never met with a reset.
+    supervisor = await start("--workers", "2", "--no-access-log")
+    await supervisor.wait_for_workers(2)
+    load = KeepAliveLoad(supervisor.port)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(load.client)
+            for n in range(1, 4):
+                await trio.sleep(1.5)
+                supervisor.send(signal.SIGHUP)
+                await supervisor.wait_for_log("Reload complete", count=n)
+            # Until the last old worker has stopped, under load.
+            serving = await supervisor.wait_for_workers(2)
+            started = re.findall(r"Started worker pid (\d+)", supervisor.log())
+            await until_stopped(supervisor, set(map(int, started)) - serving)
+            nursery.cancel_scope.cancel()
+    assert load.failures == []
+    assert len(started) == 8
+    assert len(load.pids) >= 6  # the new workers served, too
+    assert load.closed_by_server >= 30
+    assert load.done > 1000
+
+
+async def test_limit_max_requests_under_keep_alive_load_loses_no_request(start):
+    supervisor = await start(
+        "--workers", "2", "--no-access-log", "--limit-max-requests", "1500"
+    )
+    await supervisor.wait_for_workers(2)
+    load = KeepAliveLoad(supervisor.port)
+    retiring = r"Worker pid (\d+) reached limit_max_requests; its replacement is ready"
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(load.client)
+            log = await supervisor.wait_for_log(retiring, count=3)
+            retired = set(map(int, re.findall(retiring, log)[:3]))
+            await until_stopped(supervisor, retired)
+            nursery.cancel_scope.cancel()
+    assert load.failures == []
+    assert retired <= load.pids
+    assert load.closed_by_server >= 30
+
+
 async def test_workers_serve_from_distinct_worker_pids(start):
     supervisor = await start("--workers", "2")
     workers = await supervisor.wait_for_workers(2)

@@ -48,10 +48,11 @@ logger = logging.getLogger("triasgi.error")
 #: The exit status of a worker that reported ``fail``.
 EXIT_STARTUP_FAILED = 3
 
-# On a graceful stop, seconds between closing our copy of the shared listening
-# socket and closing idle connections: a client whose connection we accepted
-# just before gets its request served rather than reset.  The other workers
-# keep accepting meanwhile.
+# On a graceful stop, seconds an idle connection waits for a request after we
+# closed our copy of the shared listening socket: a client whose connection we
+# accepted just before, or whose next request is on its way, is served (with
+# connection: close) rather than finding its connection closed.  The other
+# workers keep accepting meanwhile.
 FIRST_REQUEST_GRACE = 0.5
 
 

@@ -25,11 +25,23 @@ itself, and the connection task, already waiting for the next bytes, is
 not woken.  Any other ending wakes it (``_wake``) by cancelling its read
 scope.  A keep-alive request then takes four task steps, not six
 (docs/performance.md).
+
+Graceful shutdown (``begin_shutdown``) must not lose a request that has
+reached us.  Closing a socket with unread bytes makes the kernel answer with
+a reset, which can also destroy a response still on its way to the client;
+and an idle keep-alive connection is idle only until its client's next
+request, which may be on the wire as we decide.  So a closing connection
+answers every request it gets with ``connection: close``; an idle one waits
+for a request until the server's ``close_idle_at`` (a worker's first-request
+grace) and then once more serves bytes already waiting in the socket; and a
+connection closed for shutdown sends its EOF first and reads what still
+comes until the client's EOF (``_close``), instead of closing on it.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +189,12 @@ class HTTP11Connection(Transport):
             self._nursery.cancel_scope.cancel()
 
     def begin_shutdown(self) -> None:
-        """Graceful shutdown: finish the request in flight, then close."""
+        """Graceful shutdown: finish the request in flight, then close.
+
+        Each response from now on says ``connection: close``.  An idle
+        connection serves the request it gets until ``server.close_idle_at``,
+        or that it finds waiting then, and closes (see the module docstring).
+        """
         self.closing = True
         self.protocol.closing = True
         if self._websocket is not None:
@@ -229,12 +246,14 @@ class HTTP11Connection(Transport):
 
     async def _close(self) -> None:
         # Lingering matters only when the client may still be sending: after
-        # an error, or with a request (body) we did not read to the end.
+        # an error, with a request (body) we did not read to the end, or on a
+        # graceful shutdown, when the client may be sending its next request
+        # as we close.
         protocol = self.protocol
         while protocol.body_pending:
             if type(self.next_event_nowait()) not in (Body, EndBody):
                 break
-        if self._eof or (not self._inbox and protocol.quiet):
+        if self._eof or (not self._inbox and protocol.quiet and not self.closing):
             return
         if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
             return  # a hard stop does not linger
@@ -350,8 +369,10 @@ class HTTP11Connection(Transport):
                     # came in the same pass of the scheduler as the wake).
                     if cycle.finished and not await self._after_response(cycle):
                         return
-                elif self.closing or self._eof:
+                elif self._eof:
                     return
+                # Otherwise a pipelined request, or a shutdown, which
+                # _await_head handles.
                 continue
             if action is _TIMED_OUT:
                 now = trio.current_time()
@@ -457,12 +478,12 @@ class HTTP11Connection(Transport):
         request line ``limit_request_line`` bytes (slowloris, or a line that
         never ends: 408 from :meth:`_drive`, or 414 here).
         """
-        if self.closing:
-            return _END
         config = self.server.config
         scope = self._scope
         assert scope is not None
         if not self.protocol.pending_head_size():
+            if self.closing:
+                return self._await_head_at_shutdown(scope)
             # The keep-alive deadline.  It is set once and left in place while
             # requests come and go: moving a deadline for every request costs
             # more than the occasional early one, which _drive recognizes
@@ -480,6 +501,49 @@ class HTTP11Connection(Transport):
             logger.debug("Request head from %s: %d", self.client, 414)
             return 414
         return None
+
+    def _await_head_at_shutdown(self, scope: trio.CancelScope) -> object:
+        """An idle connection on a graceful shutdown: wait, serve, or close.
+
+        Until ``server.close_idle_at`` it reads on, and the request that comes
+        is served with ``connection: close``.  Then it ends, unless bytes wait
+        in the socket: a request sent as we decided to close, which a close
+        would turn into a reset.  A head that has begun to arrive is not
+        idle, and gets the request-header deadline as usual.
+        """
+        now = trio.current_time()
+        close_at = self.server.close_idle_at
+        if now < close_at:
+            if scope.deadline > close_at:
+                scope.deadline = close_at
+            return None
+        if self._bytes_waiting():
+            self._head_deadline = now + self.server.config.timeout_request_header
+            scope.deadline = self._head_deadline
+            return None
+        return _END
+
+    def _bytes_waiting(self) -> bool:
+        """Whether the socket has unread bytes (or the client's EOF) for us.
+
+        One non-blocking peek, made only when a connection closes for a
+        shutdown; a stream without a socket (in memory) says no.
+        """
+        stream = self.stream
+        raw = self._raw_socket
+        if raw is None:
+            # TLS: the socket under it, with TLS records waiting.
+            transport = getattr(stream, "transport_stream", None)
+            raw = getattr(getattr(transport, "socket", None), "_sock", None)
+            if not isinstance(raw, socket.socket):
+                return False
+        try:
+            raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # reading will say what it is
+        return True
 
     def cycle_finished(self, cycle: AppCall) -> None:
         """A request's response is complete, or its app call has returned.

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
+from math import inf
 from typing import Any, final
 
 import trio
@@ -77,11 +78,13 @@ class Server:
                 requests have been admitted; by default the server shuts
                 down gracefully.  A worker uses it to ask its supervisor for
                 a replacement first.
-            first_request_grace: on shutdown, seconds between closing the
-                listeners and closing idle connections.  A worker sharing its
-                listening socket with others sets it, so that a client that
-                connected just before the shutdown gets its request served
-                instead of a reset connection.
+            first_request_grace: on shutdown, seconds an idle connection
+                waits for a request after the listeners have closed; the
+                request is served with ``connection: close``.  A worker
+                sharing its listening socket with others sets it, so that a
+                client that connected just before the shutdown, or whose next
+                request is on its way, is served instead of finding its
+                connection closed.
             on_stuck: called during a graceful shutdown when a task of the
                 app did not end within :data:`CANCEL_GRACE` seconds of its
                 cancellation, with what it is (for the log), after lifespan
@@ -105,6 +108,9 @@ class Server:
         self._max_requests = _max_requests(self.config)
         self._on_max_requests = on_limit_max_requests or self._max_requests_reached
         self._first_request_grace = first_request_grace
+        #: On a graceful shutdown, when idle connections stop waiting for a
+        #: request (``first_request_grace`` after it began); inf before.
+        self.close_idle_at = inf
         self._on_stuck = on_stuck
         self._connections_closing = False
         self._static_headers = self._make_static_headers()
@@ -237,14 +243,15 @@ class Server:
     ) -> tuple[trio.abc.Stream, Address | None, Address | None, Any] | None:
         """PROXY preamble and TLS handshake; None when the connection is over.
 
-        A shutdown cancels this at once: no request has started yet.
+        A shutdown cancels this once ``close_idle_at`` has come: no request
+        has started yet.
         """
         if not self.config.proxy_protocol and self._tls is None:
             return stream, client, sockname, None
         with trio.CancelScope() as scope:
             self._opening.add(scope)
             if self._connections_closing:
-                scope.cancel()
+                scope.deadline = self.close_idle_at
             try:
                 return await self._handshakes(stream, client, sockname)
             finally:
@@ -423,13 +430,17 @@ class Server:
                 scope.cancel()
             for listener in listeners:
                 listener.socket.close()
-            if self._first_request_grace and self._connections:
-                await trio.sleep(self._first_request_grace)
+            # From now on every response says connection: close, and an idle
+            # connection serves the request that reaches it within the grace
+            # (HTTP11Connection.begin_shutdown).
+            self.close_idle_at = trio.current_time() + self._first_request_grace
             self._connections_closing = True
-            for opening in list(self._opening):
-                opening.cancel()  # no request has started on these yet
             for conn in list(self._connections):
                 conn.begin_shutdown()
+            for opening in self._opening:
+                # A PROXY preamble or TLS handshake under way gets the grace
+                # too, and no more: no request has started on these yet.
+                opening.deadline = self.close_idle_at
             if self._in_flight:
                 logger.info(
                     "Waiting up to %g seconds for %d in-flight request(s).",
