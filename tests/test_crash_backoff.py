@@ -17,7 +17,7 @@ from typing import BinaryIO
 import pytest
 import trio
 
-from triasgi._process._supervisor import _backoff
+from triasgi._process._children import backoff as _backoff
 
 FLAKY = textwrap.dedent(
     """

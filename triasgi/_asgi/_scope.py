@@ -7,6 +7,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from .._events import Request
 from .._types import Address
+from ._proxy_headers import TrustedProxies, apply_proxy_headers
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
@@ -126,3 +127,23 @@ def websocket_scope(
         "state": state.copy(),
         "extensions": {"websocket.http.response": {}},
     }
+
+
+def add_edge_facts(
+    scope: dict[str, Any],
+    tls: dict[str, Any] | None,
+    trusted: TrustedProxies | None,
+    *,
+    forwarded: bool = True,
+) -> dict[str, Any]:
+    """Add what the connection's edge knows to an HTTP or WebSocket scope.
+
+    The ``tls`` extension on a TLS connection, and the client, scheme and
+    server a trusted proxy forwarded (``proxy_headers``); ``forwarded``
+    False says the request has no forwarding header at all.
+    """
+    if tls is not None:
+        scope["extensions"]["tls"] = tls
+    if forwarded and trusted is not None:
+        apply_proxy_headers(scope, trusted)
+    return scope

@@ -23,7 +23,6 @@ Everything runs under one nursery::
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import functools
 import json
 import logging
@@ -31,13 +30,15 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from typing import Any, final
+from typing import final
 
 import trio
 
 from .._config import Config
 from .._serve._listeners import bind, describe_address, remove_socket_file, sockname
 from .._serve._server import CANCEL_GRACE
+from ._children import WorkerProcess, backoff, describe_exit, kill_at_once
+from ._reload import watch_files
 from ._worker import FIRST_REQUEST_GRACE, heartbeat_interval, use_pid_log_format
 
 logger = logging.getLogger("triasgi.error")
@@ -52,7 +53,6 @@ _SIGNALS = (
 # A worker that dies sooner than this after it started counts towards a
 # crash loop, and the next start waits longer and longer.
 _QUICK_CRASH_SECONDS = 10.0
-_MAX_BACKOFF_SECONDS = 30.0
 # Between SIGABRT (which makes a worker print its stack) and SIGKILL.
 _ABORT_GRACE_SECONDS = 1.0
 # Time a stopping worker gets beyond its own shutdown timeouts: its first
@@ -96,74 +96,6 @@ def run_supervisor(
     trio.run(supervisor.run)
 
 
-def describe_exit(returncode: int, *, expected: bool = False) -> str:
-    """A worker's exit status in words: "exit code 1", "killed by SIGSEGV"."""
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    text = f"killed by {name}"
-    if -returncode == signal.SIGKILL and not expected:
-        text += (
-            "; if nobody sent it, the system may have run out of memory "
-            "(see dmesg or the container's memory limit)"
-        )
-    return text
-
-
-@final
-class _Worker:
-    """The supervisor's view of one worker process."""
-
-    def __init__(self) -> None:
-        self.process: trio.Process | None = None
-        self.started_at = 0.0
-        self.last_beat = 0.0
-        self.ready = trio.Event()
-        self.exited = trio.Event()
-        self.settled = trio.Event()  # ready, or exited before that
-        self.reports_done = trio.Event()
-        self.failure: str | None = None
-        self.stop_requested = False
-        self.health_killed = False
-        self.retiring = False
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def active(self) -> bool:
-        """Starting or serving, and not asked to stop."""
-        return not (self.stop_requested or self.exited.is_set())
-
-    def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.returncode is None:
-            try:
-                self.process.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-    def stop(self) -> None:
-        """Ask for a graceful stop: finish in-flight requests, then exit."""
-        if not self.stop_requested:
-            self.stop_requested = True
-            self.signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.stop_requested = True
-        self.signal(signal.SIGKILL)
-
-
-async def _kill_at_once(process: trio.Process) -> None:
-    """How trio.run_process ends a worker whose task is cancelled."""
-    process.kill()
-    await trio.lowlevel.checkpoint()
-
-
 @final
 class Supervisor:
     """Keeps ``workers`` processes serving on the sockets it bound once."""
@@ -176,7 +108,7 @@ class Supervisor:
         self._app_dir = app_dir
         self._factory = factory
         self._target = config.workers or 1
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
         self._worker_config = config
         self._fds: tuple[int, ...] = ()
         self._stopping = False
@@ -250,7 +182,7 @@ class Supervisor:
     def _request_stop(self) -> None:
         self._stopping = True
         self._stop_requested.set()
-        # Lets the file watcher's thread return at once, see _watch_files.
+        # Lets the file watcher's thread return at once (_reload.py).
         self._watch_stop.set()
 
     def _fail(self, message: str) -> None:
@@ -267,7 +199,7 @@ class Supervisor:
         await self._start_first_workers()
         ops.start_soon(self._keep_workers)
         if self._config.reload:
-            ops.start_soon(self._watch_files)
+            ops.start_soon(watch_files, self._config, self._watch_stop, self._reload)
 
     async def _start_first_workers(self) -> None:
         async def start_one() -> None:
@@ -286,14 +218,14 @@ class Supervisor:
         if not self._stopping and not self._waiting_for_change:
             logger.info("%d worker(s) serving.", self._active_count())
 
-    async def _start_worker(self) -> _Worker | str:
+    async def _start_worker(self) -> WorkerProcess | str:
         """Start one worker and wait until it serves.
 
         Returns:
             The serving worker, or the sentence saying why it could not start.
         """
         assert self._root is not None
-        worker = _Worker()
+        worker = WorkerProcess()
         try:
             await self._root.start(self._run_worker, worker)
         except OSError as exc:
@@ -319,7 +251,7 @@ class Supervisor:
         )
 
     async def _run_worker(
-        self, worker: _Worker, *, task_status: trio.TaskStatus[None]
+        self, worker: WorkerProcess, *, task_status: trio.TaskStatus[None]
     ) -> None:
         """Run one worker process and read its reports until it exits."""
         read_fd, write_fd = os.pipe()
@@ -341,7 +273,7 @@ class Supervisor:
                             stdin=json.dumps(spec).encode(),
                             pass_fds=(*self._fds, write_fd),
                             check=False,
-                            deliver_cancel=_kill_at_once,
+                            deliver_cancel=kill_at_once,
                         )
                     )
                 finally:
@@ -366,7 +298,7 @@ class Supervisor:
         self._worker_exited(worker)
 
     async def _read_reports(
-        self, worker: _Worker, reports: trio.abc.ReceiveStream
+        self, worker: WorkerProcess, reports: trio.abc.ReceiveStream
     ) -> None:
         pending = b""
         try:
@@ -379,7 +311,7 @@ class Supervisor:
         finally:
             worker.reports_done.set()
 
-    def _on_report(self, worker: _Worker, line: str) -> None:
+    def _on_report(self, worker: WorkerProcess, line: str) -> None:
         kind, _, text = line.partition(" ")
         now = trio.current_time()
         if kind == "beat":
@@ -399,7 +331,7 @@ class Supervisor:
         else:
             logger.debug("Unknown report from worker pid %d: %r", worker.pid, line)
 
-    def _worker_exited(self, worker: _Worker) -> None:
+    def _worker_exited(self, worker: WorkerProcess) -> None:
         process = worker.process
         if process is None or process.returncode is None:
             return
@@ -453,7 +385,7 @@ class Supervisor:
             await self._wanted.wait()
             self._wanted = trio.Event()
             while self._missing():
-                delay = _backoff(self._crash_streak)
+                delay = backoff(self._crash_streak)
                 if delay:
                     logger.warning(
                         "Workers keep exiting soon after they start (%d times in "
@@ -507,7 +439,7 @@ class Supervisor:
                 logger.info("Reload complete.")
             self._wanted.set()
 
-    async def _retire(self, worker: _Worker) -> None:
+    async def _retire(self, worker: WorkerProcess) -> None:
         """A worker reached limit_max_requests: replace it, then stop it."""
         async with self._roll_lock:
             if not worker.active:
@@ -557,7 +489,7 @@ class Supervisor:
                     assert self._ops is not None
                     self._ops.start_soon(self._kill_if_still_running, worker)
 
-    async def _kill_if_still_running(self, worker: _Worker) -> None:
+    async def _kill_if_still_running(self, worker: WorkerProcess) -> None:
         with trio.move_on_after(_ABORT_GRACE_SECONDS):
             await worker.exited.wait()
         if not worker.exited.is_set():
@@ -616,13 +548,13 @@ class Supervisor:
             + _STOP_MARGIN_SECONDS
         )
 
-    def _stop_bounded(self, worker: _Worker) -> None:
+    def _stop_bounded(self, worker: WorkerProcess) -> None:
         """Stop one worker gracefully while the others serve; kill it if it hangs."""
         worker.stop()
         assert self._root is not None
         self._root.start_soon(self._kill_if_not_stopped, worker)
 
-    async def _kill_if_not_stopped(self, worker: _Worker) -> None:
+    async def _kill_if_not_stopped(self, worker: WorkerProcess) -> None:
         limit = self._stop_limit()
         with trio.move_on_after(limit):
             await worker.exited.wait()
@@ -655,71 +587,6 @@ class Supervisor:
                 worker.kill()
         for worker in workers:
             await worker.exited.wait()
-
-    # -- --reload ------------------------------------------------------------
-
-    async def _watch_files(self) -> None:
-        import watchfiles
-
-        config = self._config
-        dirs = config.reload_dirs or [os.getcwd()]
-        watch_filter = _ReloadFilter(
-            watchfiles.DefaultFilter(),
-            ["*.py", *config.reload_includes],
-            config.reload_excludes,
-        )
-        logger.info("Watching for changes in %s.", ", ".join(dirs))
-        # The watcher waits in a thread that trio cannot interrupt: the stop
-        # event (set when the stop begins) makes it return within ``step``.
-        # ``step`` is also how long the watcher waits after a change for the
-        # next one before it reports them all: --reload-delay.
-        async for changes in watchfiles.awatch(
-            *dirs,
-            watch_filter=watch_filter,
-            stop_event=self._watch_stop,
-            step=max(1, round(config.reload_delay * 1000)),
-            rust_timeout=1000,
-        ):
-            paths = sorted({_shown_path(path) for _, path in changes})
-            shown = ", ".join(paths[:3]) + (" and more" if len(paths) > 3 else "")
-            await self._reload(f"{shown} changed")
-
-
-@final
-class _ReloadFilter:
-    """Which changed files restart the worker under --reload."""
-
-    def __init__(self, base: Any, includes: list[str], excludes: list[str]) -> None:
-        self._base = base
-        self._includes = includes
-        self._excludes = excludes
-
-    def __call__(self, change: Any, path: str) -> bool:
-        if not self._base(change, path):
-            return False
-        name = os.path.basename(path)
-        if any(_matches(name, path, pattern) for pattern in self._excludes):
-            return False
-        return any(_matches(name, path, pattern) for pattern in self._includes)
-
-
-def _matches(name: str, path: str, pattern: str) -> bool:
-    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(path, pattern)
-
-
-def _shown_path(path: str) -> str:
-    cwd = os.getcwd()
-    return path[len(cwd) + 1 :] if path.startswith(cwd + os.sep) else path
-
-
-def _backoff(streak: int) -> float:
-    """Seconds to wait before the next start after ``streak`` quick crashes."""
-    if streak <= 1:
-        return 0.0
-    # The cap reaches 30 seconds at a streak of 8; capping the exponent too
-    # keeps the power small however long the streak grows.
-    exponent = min(streak - 2, 16)
-    return float(min(0.5 * 2**exponent, _MAX_BACKOFF_SECONDS))
 
 
 def _systemd_socket() -> int | None:

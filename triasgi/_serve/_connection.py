@@ -41,7 +41,6 @@ comes until the client's EOF (``_close``), instead of closing on it.
 from __future__ import annotations
 
 import logging
-import socket
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +48,15 @@ import trio
 
 from .._asgi._http import Outcome
 from .._asgi._messages import ResponseState
-from .._asgi._proxy_headers import apply_proxy_headers
-from .._asgi._scope import http_scope
+from .._asgi._scope import add_edge_facts, http_scope
 from .._errors import ClientDisconnected
-from .._events import NEED_DATA, Body, EndBody, Event, ProtocolError, Request
+from .._events import NEED_DATA, Body, EndBody, ProtocolError, Request
 from .._protocol._h1 import H1Protocol
 from .._protocol._websocket import is_websocket_upgrade
 from .._types import Address
 from ._call import AppCall
-from ._transport import NO_WRITE_TIMEOUT, READ_ERRORS, READ_SIZE, Transport
+from ._inbox import Inbox
+from ._transport import NO_WRITE_TIMEOUT, READ_ERRORS, READ_SIZE
 from ._waiters import Waiters
 from ._websocket import WebSocketSession
 
@@ -84,7 +83,7 @@ _TIMED_OUT = object()
 _DONE = ResponseState.DONE
 
 
-class HTTP11Connection(Transport):
+class HTTP11Connection(Inbox):
     """Serves HTTP/1.1 requests on one stream until either side closes it."""
 
     # Slots: every idle connection holds one of these.
@@ -92,22 +91,15 @@ class HTTP11Connection(Transport):
         "_apps_done",
         "_cancel_requested",
         "_cycle",
-        "_data_lot",
-        "_eof",
-        "_eof_fed",
         "_head_deadline",
         "_idle_since",
-        "_inbox",
         "_nursery",
-        "_reader_done",
-        "_reader_lot",
         "_scope",
         "_session_over",
         "_websocket",
         "_woken",
         "apps_running",
         "closing",
-        "protocol",
         "scheme",
         "server",
         "sockname",
@@ -124,24 +116,17 @@ class HTTP11Connection(Transport):
         *,
         tls: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(stream, client, server.config.timeout_write)
+        super().__init__(
+            stream,
+            client,
+            server.config.timeout_write,
+            H1Protocol(server.new_parser, server.h1_limits),
+        )
         self.server = server
         self.sockname = sockname
         self.scheme = scheme
         self.tls = tls
-        self.protocol = H1Protocol(server.new_parser, server.h1_limits)
         self.closing = False
-        # What has been read and nobody has taken yet.  bytes, not
-        # a bytearray: the usual single read is then handed on without a copy.
-        self._inbox = b""
-        self._eof = False
-        self._eof_fed = False
-        # The connection task parks in one while the inbox is full; the tasks
-        # that take from the inbox park in the other until there is more or EOF.
-        self._reader_lot = Waiters()
-        self._data_lot = Waiters()
-        # Set when the connection task has handed reading over (WebSocket).
-        self._reader_done = False
         self.apps_running = 0
         self._apps_done = Waiters()
         self._nursery: trio.Nursery | None = None
@@ -269,77 +254,6 @@ class HTTP11Connection(Transport):
             while await self.receive_directly():
                 pass
             self._eof = True
-
-    # -- events from what has been read ---------------------------------------
-
-    def _feed(self) -> bool:
-        """Move what has been read into the protocol; False if there was nothing."""
-        if self._eof_fed:
-            self._inbox = b""
-            return False
-        if self._inbox:
-            self.protocol.receive_data(self._inbox)
-            self._inbox = b""
-            self._reader_lot.unpark_all()
-            return True
-        if self._eof:
-            self._eof_fed = True
-            self.protocol.receive_data(b"")
-            return True
-        return False
-
-    def next_event_nowait(self) -> Event:
-        """The next event from what has arrived so far (maybe NEED_DATA)."""
-        event = self.protocol.next_event()
-        if event is NEED_DATA and self._feed():
-            event = self.protocol.next_event()
-        return event
-
-    async def next_event(self) -> Event:
-        """The next event, waiting for the connection task to read more.
-
-        For the app call's task; the connection task itself uses
-        :meth:`_read_event`.
-        """
-        while True:
-            event = self.next_event_nowait()
-            if event is not NEED_DATA:
-                return event
-            await self._data_lot.park()
-
-    async def _read_event(self) -> Event:
-        """The next event, reading the stream: for the connection task."""
-        while True:
-            event = self.next_event_nowait()
-            if event is not NEED_DATA:
-                return event
-            data = await self.receive_directly()
-            if data:
-                self._inbox += data
-            else:
-                self.client_gone()
-
-    async def receive_bytes(self) -> bytes:
-        """The next bytes from the client, waiting for some; b"" at EOF.
-
-        For a protocol that takes the connection over from HTTP/1.1
-        (WebSocket), whose task reads all the time anyway and so notices a
-        disconnect at once.  The connection task hands over: it stops after
-        its next read (see ``_serve_websocket``), and from then on this reads
-        the stream itself.
-        """
-        if self._reader_done and not self._inbox and not self._eof:
-            data = await self.receive_directly()
-            if not data:
-                self.client_gone()
-            return data
-        await trio.lowlevel.checkpoint()
-        while not self._inbox and not self._eof:
-            await self._data_lot.park()
-        data = self._inbox
-        self._inbox = b""
-        self._reader_lot.unpark_all()
-        return data
 
     async def _send_error(self, status: int) -> None:
         """Answer with a plain-text error; the connection closes after it."""
@@ -517,33 +431,11 @@ class HTTP11Connection(Transport):
             if scope.deadline > close_at:
                 scope.deadline = close_at
             return None
-        if self._bytes_waiting():
+        if self.bytes_waiting():
             self._head_deadline = now + self.server.config.timeout_request_header
             scope.deadline = self._head_deadline
             return None
         return _END
-
-    def _bytes_waiting(self) -> bool:
-        """Whether the socket has unread bytes (or the client's EOF) for us.
-
-        One non-blocking peek, made only when a connection closes for a
-        shutdown; a stream without a socket (in memory) says no.
-        """
-        stream = self.stream
-        raw = self._raw_socket
-        if raw is None:
-            # TLS: the socket under it, with TLS records waiting.
-            transport = getattr(stream, "transport_stream", None)
-            raw = getattr(getattr(transport, "socket", None), "_sock", None)
-            if not isinstance(raw, socket.socket):
-                return False
-        try:
-            raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False
-        except OSError:
-            pass  # reading will say what it is
-        return True
 
     def cycle_finished(self, cycle: AppCall) -> None:
         """A request's response is complete, or its app call has returned.
@@ -634,7 +526,7 @@ class HTTP11Connection(Transport):
         discarded = 0
         with trio.move_on_after(self.server.config.timeout_keep_alive):
             while discarded <= _MAX_DISCARD:
-                event = await self._read_event()
+                event = await self.read_event()
                 if type(event) is EndBody:
                     return True
                 if type(event) is not Body:
@@ -659,14 +551,7 @@ class HTTP11Connection(Transport):
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True
     ) -> dict[str, Any]:
-        """Add what the edge knows to an HTTP or WebSocket scope.
-
-        The ``tls`` extension on a TLS connection, and the client, scheme and
-        server a trusted proxy forwarded (``proxy_headers``); ``forwarded``
-        False says the request has no forwarding header at all.
-        """
-        if self.tls is not None:
-            scope["extensions"]["tls"] = self.tls
-        if forwarded and self.server.trusted_proxies is not None:
-            apply_proxy_headers(scope, self.server.trusted_proxies)
-        return scope
+        """Add what the edge knows to an HTTP or WebSocket scope."""
+        return add_edge_facts(
+            scope, self.tls, self.server.trusted_proxies, forwarded=forwarded
+        )

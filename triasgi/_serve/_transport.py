@@ -114,6 +114,28 @@ class Transport:
             return b""
         return bytes(data)  # no copy for bytes, which is what a socket gives
 
+    def bytes_waiting(self) -> bool:
+        """Whether the socket has unread bytes (or the client's EOF) for us.
+
+        One non-blocking peek, made only when a connection closes for a
+        shutdown; a stream without a socket (in memory) says no.
+        """
+        stream = self.stream
+        raw = self._raw_socket
+        if raw is None:
+            # TLS: the socket under it, with TLS records waiting.
+            transport = getattr(stream, "transport_stream", None)
+            raw = getattr(getattr(transport, "socket", None), "_sock", None)
+            if not isinstance(raw, socket.socket):
+                return False
+        try:
+            raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # reading will say what it is
+        return True
+
     # -- writing -------------------------------------------------------------
 
     async def write(
