@@ -11,6 +11,15 @@ from ._proxy_headers import TrustedProxies, apply_proxy_headers
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
 
+# The response extensions of every http scope (docs/behaviour.md), copied
+# for each; their values, empty dicts, are shared.  The serving layer adds
+# ``tls`` on a TLS connection.
+_HTTP_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "http.response.trailers": {},
+    "http.response.early_hint": {},
+    "http.response.pathsend": {},
+}
+
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into ``(raw_path, query_string)``.
@@ -86,13 +95,7 @@ def http_scope(
         "client": client,
         "server": server,
         "state": state.copy(),
-        # Response extensions (docs/behaviour.md); the serving layer adds
-        # ``tls`` on a TLS connection.
-        "extensions": {
-            "http.response.trailers": {},
-            "http.response.early_hint": {},
-            "http.response.pathsend": {},
-        },
+        "extensions": _HTTP_EXTENSIONS.copy(),
     }
 
 

@@ -44,6 +44,7 @@ logger = logging.getLogger("triasgi.error")
 _HEAD = ResponseState.HEAD
 _COMMANDS = frozenset({Informational, Trailers, PathSend})
 _BODY = ResponseState.BODY
+_TRAILERS = ResponseState.TRAILERS
 _DONE = ResponseState.DONE
 
 
@@ -142,7 +143,7 @@ class AppCall(HTTPCycle):
         if body is None:
             await trio.lowlevel.checkpoint()
             return
-        if body.__class__ in _COMMANDS:
+        if type(body) is not bytes and body.__class__ in _COMMANDS:
             await self._run_command(body)  # type: ignore[arg-type]
             return
         last = not message.get("more_body", False)
@@ -161,9 +162,16 @@ class AppCall(HTTPCycle):
         except ResponseError as exc:
             self.must_close = True
             raise ASGIProtocolError(f"Invalid response: {exc}.") from None
-        self.after_body(last)
-        # The response is complete on the wire, or waits for its trailers.
-        final = last and not trailers
+        # HTTPCycle.after_body, inline: this runs for every body message.
+        if not last:
+            self.state = _BODY
+            final = False
+        elif trailers:
+            self.state = _TRAILERS
+            final = False  # the response ends with its trailers
+        else:
+            self.state = _DONE
+            final = True
         if chunks:
             # The response is complete once the kernel has its last byte,
             # before the write's schedule point: by then the client may have

@@ -536,17 +536,19 @@ class HTTP11Connection(Inbox):
 
     def _build_scope(self, request: Request) -> dict[str, Any]:
         server = self.server
-        return self.finish_scope(
-            http_scope(
-                request,
-                scheme=self.scheme,
-                client=self.client,
-                server=self.sockname,
-                root_path=server.config.root_path,
-                state=server.state,
-            ),
-            forwarded=request.forwarded,
+        scope = http_scope(
+            request,
+            scheme=self.scheme,
+            client=self.client,
+            server=self.sockname,
+            root_path=server.config.root_path,
+            state=server.state,
         )
+        if self.tls is None and (
+            server.trusted_proxies is None or not request.forwarded
+        ):
+            return scope  # nothing to add: the common case, without a call
+        return self.finish_scope(scope, forwarded=request.forwarded)
 
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True
