@@ -653,3 +653,32 @@ def test_a_revision_exports_its_triasgi_package_alone(tmp_path) -> None:
     assert where["triasgi"] == found.resolve() / "triasgi" / "__init__.py"
     assert where["benchmarks.apps"].is_relative_to(harness.REPO_ROOT)
     harness.check_imports(harness.REPO_ROOT, found, commit.stdout.strip())
+
+
+def test_instruction_counts_come_from_the_callgrind_summary():
+    from benchmarks.instructions import per_request, read_summary
+
+    text = b"events: Ir\nsummary: 123456789\ntotals: 1\n"
+    assert read_summary(text) == 123456789
+    assert per_request(1_000_000, 3_000_000, 300, 1300) == 2000
+    with pytest.raises(ValueError, match="no summary"):
+        read_summary(b"events: Ir\n")
+    with pytest.raises(ValueError, match="more requests"):
+        per_request(1, 2, 10, 10)
+
+
+def test_instructions_refuses_an_unknown_scenario(capsys):
+    import shutil
+
+    from benchmarks.instructions import main
+
+    if shutil.which("valgrind") is None:
+        with pytest.raises(SystemExit) as info:
+            main(["--baseline", "HEAD", "--scenarios", "nope"])
+        assert info.value.code == 2
+        assert "valgrind is missing" in capsys.readouterr().err
+    else:
+        with pytest.raises(SystemExit) as info:
+            main(["--baseline", "HEAD", "--scenarios", "nope"])
+        assert info.value.code == 2
+        assert "unknown scenario 'nope'" in capsys.readouterr().err

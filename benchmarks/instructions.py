@@ -1,0 +1,183 @@
+"""Instructions per request of triasgi against another revision, under callgrind.
+
+Timing cannot show a difference of 1% on a shared machine; instruction
+counts do not depend on the load.  Each server runs under valgrind's
+callgrind while a raw keep-alive client sends N requests one after the
+other; the instructions of ``--requests`` requests less those of
+``--warm`` requests give the cost of the difference (startup cancels out).
+
+    python -m benchmarks.instructions --baseline a537609
+    python -m benchmarks.instructions --baseline HEAD~1 --scenarios hello --parsers h11
+
+Needs valgrind (Debian package ``valgrind``); a run of the defaults takes a
+few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PATHS = {"hello": b"/", "64k": b"/64k", "stream": b"/stream"}
+_SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+
+
+def read_summary(text: bytes) -> int:
+    """The instruction count of a callgrind output file."""
+    match = _SUMMARY.search(text)
+    if match is None:
+        raise ValueError("no summary line in the callgrind output")
+    return int(match.group(1))
+
+
+def per_request(few: int, many: int, n_few: int, n_many: int) -> float:
+    """Instructions per request from two runs of ``n_few`` and ``n_many`` requests."""
+    if n_many <= n_few:
+        raise ValueError("the second run must send more requests")
+    return (many - few) / (n_many - n_few)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _send_requests(port: int, path: bytes, count: int) -> None:
+    """``count`` keep-alive GETs, each answered before the next is sent."""
+    request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    buffer = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for _ in range(count):
+            sock.sendall(request)
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end >= 0:
+                    head = buffer[:end].lower()
+                    if b"content-length:" in head:
+                        length = int(
+                            head.split(b"content-length:")[1].split(b"\r\n")[0]
+                        )
+                        if len(buffer) >= end + 4 + length:
+                            buffer = buffer[end + 4 + length :]
+                            break
+                    else:
+                        last = buffer.find(b"\r\n0\r\n\r\n", end)
+                        if last >= 0:
+                            buffer = buffer[last + 7 :]
+                            break
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                buffer += chunk
+
+
+def measure(
+    package_dir: Path, parser: str, scenario: str, count: int, out: Path
+) -> int:
+    """Instructions of a server (triasgi from ``package_dir``) over ``count`` GETs."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{package_dir}{os.pathsep}{REPO_ROOT}",
+        PYTHONHASHSEED="0",
+    )
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, "-m", "triasgi", "benchmarks.apps:app", "--port", str(port),
+        "--no-access-log", "--log-level", "warning", "--http", parser,
+        "--timeout-keep-alive", "300", "--lifespan", "off",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env, cwd=tempfile.gettempdir(),
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(
+                        "the server under callgrind did not start"
+                    ) from None
+                time.sleep(0.1)
+        _send_requests(port, PATHS[scenario], count)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    return read_summary(out.read_bytes())
+
+
+@contextlib.contextmanager
+def _export(revision: str, into: Path) -> Iterator[Path]:
+    """The triasgi package of ``revision``, exported into ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", revision, "triasgi"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if archive.returncode:
+        raise SystemExit(f"--baseline {revision!r} names no commit of the repository.")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    yield into
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--baseline", required=True, help="the revision to compare with"
+    )
+    parser.add_argument(
+        "--scenarios", default="hello,stream", help="of hello, 64k, stream"
+    )
+    parser.add_argument("--parsers", default="h11,httptools")
+    parser.add_argument(
+        "--warm", type=int, default=300, help="requests of the first run"
+    )
+    parser.add_argument("--requests", type=int, default=1300, help="of the second run")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        parser.exit(2, "valgrind is missing: apt-get install -y valgrind\n")
+    scenarios = args.scenarios.split(",")
+    unknown = [name for name in scenarios if name not in PATHS]
+    if unknown:
+        parser.exit(2, f"unknown scenario {unknown[0]!r}: use {', '.join(PATHS)}\n")
+    with tempfile.TemporaryDirectory(prefix="triasgi-instructions-") as tmp:
+        work = Path(tmp)
+        baseline_dir = work / "baseline"
+        baseline_dir.mkdir()
+        with _export(args.baseline, baseline_dir):
+            trees = {"baseline": baseline_dir, "working tree": REPO_ROOT}
+            print(f"instructions per request, working tree / {args.baseline}:")
+            for http in args.parsers.split(","):
+                for scenario in scenarios:
+                    counts = {}
+                    for name, tree in trees.items():
+                        few, many = (
+                            measure(tree, http, scenario, n, work / f"cg.{n}")
+                            for n in (args.warm, args.requests)
+                        )
+                        counts[name] = per_request(few, many, args.warm, args.requests)
+                    old, new = counts["baseline"], counts["working tree"]
+                    print(
+                        f"  {scenario:7} {http:9} {old / 1000:9.1f}k {new / 1000:9.1f}k"
+                        f"  {new / old:.3f}x",
+                        flush=True,
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
