@@ -109,27 +109,26 @@ def websocket_scope(
     root_path: str,
     state: dict[str, Any],
 ) -> dict[str, Any]:
-    """The ``websocket`` scope of an upgrade request (ASGI WebSocket spec)."""
-    raw_path, query_string = split_target(request.target)
-    path = decode_path(raw_path)
-    if root_path:
-        path, raw_path, root_path = mount(path, raw_path, root_path)
-    return {
-        "type": "websocket",
-        "asgi": dict(ASGI_VERSION),
-        "http_version": request.http_version.decode("ascii"),
-        "scheme": "wss" if scheme == "https" else "ws",
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query_string,
-        "root_path": root_path,
-        "headers": list(request.headers),
-        "client": client,
-        "server": server,
-        "subprotocols": list(subprotocols),
-        "state": state.copy(),
-        "extensions": {"websocket.http.response": {}},
-    }
+    """The ``websocket`` scope of an upgrade request (ASGI WebSocket spec).
+
+    The keys it shares with the ``http`` scope have the same values, but for
+    the scheme (``ws``, ``wss``); it has no ``method``.
+    """
+    scope = http_scope(
+        request,
+        scheme=scheme,
+        client=client,
+        server=server,
+        root_path=root_path,
+        state=state,
+    )
+    del scope["method"]
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss" if scheme == "https" else "ws"
+    scope["headers"] = list(request.headers)
+    scope["subprotocols"] = list(subprotocols)
+    scope["extensions"] = {"websocket.http.response": {}}
+    return scope
 
 
 def add_edge_facts(
