@@ -495,3 +495,98 @@ async def test_run_with_workers_serves_from_worker_processes(app_dir, start_cli)
     assert response.text == "root_path=/w"
     running.process.send_signal(signal.SIGTERM)
     assert await running.wait() == 0
+
+
+# -- --bind: several listeners ----------------------------------------------------
+
+
+async def _get_unix(path: str) -> bytes:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+async def test_bind_serves_every_address_given(start_cli, tmp_path, workers):
+    sock_path = str(tmp_path / "app.sock")
+    running = await start_cli(
+        "myapp:app", "--bind", "127.0.0.1:0", "--bind", "[::1]:0",
+        "--bind", f"unix:{sock_path}", "--no-access-log", *workers,
+    )  # fmt: skip
+    await running.read_stderr_until(rb"Listening on unix socket")
+    urls = re.findall(rb"Listening on (http://\S+)", running.stderr)
+    assert len(urls) == 2
+    assert any(b"[::1]" in url for url in urls)
+    async with httpx.AsyncClient() as client:
+        for url in urls:
+            response = await client.get(url.decode() + "/")
+            assert response.text == "root_path="
+    assert (await _get_unix(sock_path)).endswith(b"root_path=")
+    running.process.send_signal(signal.SIGTERM)
+    assert await running.wait() == 0
+    assert not os.path.exists(sock_path)  # removed when the server stops
+
+
+async def test_bind_from_the_environment_one_address_per_line(start_cli, tmp_path):
+    sock_path = str(tmp_path / "env.sock")
+    running = await start_cli(
+        "myapp:app", env={"TRIASGI_BIND": f"127.0.0.1:0\nunix:{sock_path}"}
+    )
+    url = await running.url()
+    await running.read_stderr_until(rb"Listening on unix socket")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url + "/")).status_code == 200
+    assert (await _get_unix(sock_path)).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bind", "::1:8000"], "bind addresses look like HOST:PORT"),
+        (["--bind", "unix:"], "bind addresses look like"),
+        (["--bind", "host:70000"], "bind addresses look like"),
+        (["--bind", "127.0.0.1:0", "--uds", "/tmp/x.sock"], "bind replaces uds and fd"),
+    ],
+)
+async def test_a_bad_bind_is_one_sentence_and_exit_2(start_cli, args, message):
+    code, err = await run_cli(start_cli, "myapp:app", *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+async def test_a_bind_that_cannot_listen_closes_the_others(start_cli):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    try:
+        code, err = await run_cli(
+            start_cli, "myapp:app", "--bind", "127.0.0.1:0", "--bind", f"127.0.0.1:{taken}"
+        )
+    finally:
+        blocker.close()
+    assert code != 0
+    assert f"Cannot listen on 127.0.0.1:{taken}" in err
+    assert "Traceback" not in err
+
+
+async def test_serve_reports_every_bound_address():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+
+    config = triasgi.Config(bind=["127.0.0.1:0", "127.0.0.1:0"], lifespan="off")
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(triasgi.serve, app, config)
+        assert len(server.addresses) == 2
+        async with httpx.AsyncClient() as client:
+            for host, port in server.addresses:
+                response = await client.get(f"http://{host}:{port}/")
+                assert response.status_code == 204
+        nursery.cancel_scope.cancel()

@@ -81,6 +81,13 @@ class Config:
         minimum=0,
         maximum=C_INT_MAX,
     )
+    bind: list[str] = _option(
+        (),
+        "Listen on this address: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N "
+        "(repeatable; in place of --host/--port, --uds and --fd).",
+        multiple=True,
+        metavar="ADDRESS",
+    )
     backlog: int = _option(
         2048,
         "Maximum number of connections waiting to be accepted.",
@@ -381,6 +388,13 @@ class Config:
                 )
         for header in self.headers:
             _check_header(header)
+        for address in self.bind:
+            parse_bind(address)
+        if self.bind and (self.uds or self.fd is not None):
+            raise ValueError(
+                "bind replaces uds and fd: give the Unix socket as 'unix:PATH' and "
+                "the descriptor as 'fd://N' among the bind addresses."
+            )
         _check_edge_settings(self)
 
     @property
@@ -421,6 +435,41 @@ def config_fields() -> list[dataclasses.Field[Any]]:
 def env_name(field_name: str) -> str:
     """The environment variable that sets ``field_name``."""
     return "TRIASGI_" + field_name.upper()
+
+
+def parse_bind(address: str) -> tuple[str, str | int, int | None]:
+    """A ``bind`` address as ``(kind, where, port)``, as gunicorn writes them.
+
+    ``HOST:PORT`` and ``[IPV6]:PORT`` are TCP (``HOST`` alone takes port
+    8000); ``unix:PATH`` is a Unix socket; ``fd://N`` an inherited socket.
+
+    Raises:
+        ValueError: one sentence naming the address and the forms.
+    """
+    forms = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if path:
+            return "unix", path, None
+    elif address.startswith("fd://"):
+        number = address[len("fd://") :]
+        if number.isdigit() and int(number) <= C_INT_MAX:
+            return "fd", int(number), None
+    else:
+        host, port = address, "8000"
+        if address.startswith("["):
+            host, bracket, rest = address[1:].partition("]")
+            if bracket and (not rest or rest.startswith(":")):
+                port = rest[1:] or port
+            else:
+                host = ""
+        elif address.count(":") == 1:
+            host, _, port = address.partition(":")
+        elif ":" in address:
+            host = ""  # an IPv6 address needs its brackets to take a port
+        if host and port.isdigit() and int(port) <= 65535:
+            return "tcp", host, int(port)
+    raise ValueError(f"bind addresses look like {forms}, got {address!r}.")
 
 
 def _check_header(header: str) -> None:

@@ -35,7 +35,13 @@ from typing import final
 import trio
 
 from .._config import Config
-from .._serve._listeners import bind, describe_address, remove_socket_file, sockname
+from .._serve._listeners import (
+    bind,
+    describe_address,
+    remove_socket_file,
+    sockname,
+    unix_paths,
+)
 from .._serve._server import CANCEL_GRACE
 from ._children import WorkerProcess, backoff, describe_exit, kill_at_once
 from ._reload import watch_files
@@ -135,20 +141,28 @@ class Supervisor:
         """
         config = self._config
         activated = _systemd_socket()
-        if activated is not None and config.fd is None and not config.uds:
+        if (
+            activated is not None
+            and config.fd is None
+            and not (config.uds or config.bind)
+        ):
             logger.info("Using the socket passed by systemd (fd %d).", activated)
             config = config.replace(fd=activated)
         listeners = self._listeners = bind(config)
         try:
-            sock = listeners[0].socket
-            self._fds = (sock.fileno(),)
+            self._fds = tuple(listener.socket.fileno() for listener in listeners)
             self._worker_config = config.replace(
-                fd=sock.fileno(), uds=None, workers=None, reload=False
+                bind=[f"fd://{fd}" for fd in self._fds],
+                fd=None,
+                uds=None,
+                workers=None,
+                reload=False,
             )
-            logger.info(
-                "Listening on %s (press CTRL+C to quit)",
-                describe_address(sockname(sock), config),
-            )
+            for listener in listeners:
+                logger.info(
+                    "Listening on %s (press CTRL+C to quit)",
+                    describe_address(sockname(listener.socket), config),
+                )
             with trio.open_signal_receiver(*_SIGNALS) as signals:
                 async with trio.open_nursery() as root:
                     self._root = root
@@ -157,8 +171,8 @@ class Supervisor:
         finally:
             for listener in listeners:
                 listener.socket.close()
-            if config.uds and config.fd is None:
-                remove_socket_file(config.uds)
+            for path in unix_paths(config):
+                remove_socket_file(path)
         if self._failure is not None:
             raise SupervisorError(self._failure)
         logger.info("Supervisor stopped.")

@@ -40,6 +40,7 @@ from .._config import Config
 from .._errors import StartupError
 from .._importer import AppImportError, load_app
 from .._logging import LogConfigError, TextFormatter, configure_logging
+from .._serve._listeners import bind_targets
 from .._serve._server import Server
 from ._single import abandon, freeze_startup_objects, serve_then_stop, stop_at_once
 
@@ -204,9 +205,9 @@ def main() -> None:
     # print where it was stuck.
     faulthandler.enable()
     # Descriptors the app's own child processes must not hold open.
-    for fd in (spec["report_fd"], config.fd):
-        if fd is not None:
-            os.set_inheritable(fd, False)
+    listening = [where for kind, where, _ in bind_targets(config) if kind == "fd"]
+    for fd in (spec["report_fd"], *listening):
+        os.set_inheritable(int(fd), False)
     try:
         code = trio.run(_serve_worker, spec, config)
     except KeyboardInterrupt:

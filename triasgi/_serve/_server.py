@@ -27,7 +27,14 @@ from ._asyncio import open_app_loop, wrap_app
 from ._connection import HTTP11Connection
 from ._edge import read_proxy_preamble
 from ._lifespan import Lifespan, LifespanFailure
-from ._listeners import bind, describe_address, peername, remove_socket_file, sockname
+from ._listeners import (
+    bind,
+    describe_address,
+    peername,
+    remove_socket_file,
+    sockname,
+    unix_paths,
+)
 from ._loop_choice import choose_loop
 from ._tls import TLS, TLSSetupError
 
@@ -394,8 +401,9 @@ class Server:
         finally:
             for listener in listeners:
                 listener.socket.close()
-            if listen and self.config.uds and self.config.fd is None:
-                remove_socket_file(self.config.uds)
+            if listen:
+                for path in unix_paths(self.config):
+                    remove_socket_file(path)
         if failure is not None:
             raise StartupError(str(failure))
 
