@@ -344,3 +344,57 @@ def test_debug_log_level_shows_where_the_app_failed_to_import(tmp_path, workers)
     assert stderr.rstrip().splitlines()[-1] == (
         "Error: Importing module 'broken' failed: RuntimeError: config missing."
     )
+
+
+def _startup_lines(*options: str, terminal: bool) -> bytes:
+    """What ``triasgi`` writes to stderr until it listens (a pty or a pipe)."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "triasgi", "tests.conftest:hello_app",
+               "--port", "0", "--lifespan", "off", *options]  # fmt: skip
+    if terminal:
+        controller, stderr = os.openpty()
+    else:
+        controller, stderr = os.pipe()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+    os.close(stderr)
+    output = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"Listening on" not in output and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+        os.close(controller)
+    assert b"Listening on" in output, output
+    return output
+
+
+@pytest.mark.parametrize(
+    ("options", "terminal", "coloured"),
+    [
+        ((), True, True),
+        (("--no-use-colors",), True, False),
+        (("--use-colors",), False, False),
+        (("--log-format", "json"), True, False),
+    ],
+    ids=["terminal", "turned off", "pipe", "json"],
+)
+def test_level_names_are_coloured_on_a_terminal_only(options, terminal, coloured):
+    output = _startup_lines(*options, terminal=terminal)
+    assert (b"\x1b[32mINFO    \x1b[0m" in output) is coloured
+    assert (b"\x1b[" in output) is coloured

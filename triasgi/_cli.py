@@ -159,7 +159,10 @@ def _serve_command(
         raise _blame(exc, settings, found, from_file) from None
     try:
         configure_logging(
-            config.log_level, log_format=config.log_format, log_config=config.log_config
+            config.log_level,
+            log_format=config.log_format,
+            log_config=config.log_config,
+            colors=config.use_colors,
         )
     except LogConfigError as exc:
         raise click.ClickException(str(exc)) from None

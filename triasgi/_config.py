@@ -364,6 +364,12 @@ class Config:
         "journald and container runtimes add their own), or as JSON objects.",
         choices=LOG_FORMATS,
     )
+    use_colors: bool = _option(
+        True,
+        "Colour the level of text log lines when stderr is a terminal "
+        "(--no-use-colors: never).",
+        flag=True,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -38,6 +38,7 @@ def configure_logging(
     log_format: str = "text",
     log_config: str | None = None,
     warn: bool = True,
+    colors: bool = True,
 ) -> None:
     """Send triasgi's loggers to stderr at ``level``.
 
@@ -56,6 +57,8 @@ def configure_logging(
             ``level`` and ``log_format`` are not used.
         warn: log a warning when ``log_config`` configures loggers triasgi
             does not have (a worker process leaves that to the supervisor).
+        colors: colour the level of text lines when stderr is a terminal
+            (``use_colors``).
 
     Raises:
         LogConfigError: the ``log_config`` file cannot be read or applied.
@@ -76,7 +79,12 @@ def configure_logging(
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(TextFormatter(timestamps=log_format != "plain"))
+        handler.setFormatter(
+            TextFormatter(
+                timestamps=log_format != "plain",
+                colors=colors and sys.stderr.isatty(),
+            )
+        )
     root = logging.getLogger("triasgi")
     root.handlers[:] = [handler]
     root.setLevel(numeric)
@@ -185,23 +193,50 @@ class TextFormatter(logging.Formatter):
             (off for ``--log-format plain``, where journald or a container
             runtime adds its own).
         pid: show the process id after the level (with worker processes).
+        colors: colour the level name (for a terminal).
     """
 
     default_msec_format = "%s.%03d"
 
-    def __init__(self, *, timestamps: bool = True, pid: bool = False) -> None:
+    def __init__(
+        self, *, timestamps: bool = True, pid: bool = False, colors: bool = False
+    ) -> None:
         self.timestamps = timestamps
         self.pid = pid
+        self.colors = colors
         parts = ["%(asctime)s"] if timestamps else []
-        parts.append("%(levelname)-8s")
+        # With colours the level arrives padded and wrapped (formatMessage).
+        parts.append("%(levelname)s" if colors else "%(levelname)-8s")
         if pid:
             parts.append("[%(process)d]")
         parts.append("%(message)s")
         super().__init__(" ".join(parts))
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not self.colors:
+            return super().formatMessage(record)
+        level = record.levelname
+        colour = _LEVEL_COLOURS.get(level, "")
+        record.levelname = f"{colour}{level:<8}\x1b[0m" if colour else f"{level:<8}"
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.levelname = level
+
     def with_pid(self) -> TextFormatter:
         """The same lines with the process id."""
-        return TextFormatter(timestamps=self.timestamps, pid=True)
+        return TextFormatter(timestamps=self.timestamps, pid=True, colors=self.colors)
+
+
+# ANSI colours of the level names on a terminal, as uvicorn's.
+_LEVEL_COLOURS = {
+    "TRACE": "\x1b[34m",
+    "DEBUG": "\x1b[36m",
+    "INFO": "\x1b[32m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
 
 
 @final

@@ -34,7 +34,10 @@ def run(app: ASGIApp | str, config: Config | None = None, **settings: Any) -> No
             "('module:attribute'), so that each worker process can import it."
         )
     configure_logging(
-        config.log_level, log_format=config.log_format, log_config=config.log_config
+        config.log_level,
+        log_format=config.log_format,
+        log_config=config.log_config,
+        colors=config.use_colors,
     )
     if config.workers is not None or config.reload:
         from ._process._supervisor import run_supervisor

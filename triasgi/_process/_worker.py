@@ -197,6 +197,7 @@ def main() -> None:
             log_format=config.log_format,
             log_config=config.log_config,
             warn=False,  # the supervisor has warned
+            colors=config.use_colors,
         )
     except LogConfigError:
         configure_logging(config.log_level)  # the file changed since the CLI read it
