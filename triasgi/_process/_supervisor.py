@@ -572,13 +572,7 @@ class Supervisor:
         limit = self._stop_limit()
         with trio.move_on_after(limit):
             await worker.exited.wait()
-        if not worker.exited.is_set():
-            logger.warning(
-                "Worker pid %d did not stop within %g seconds; killing it.",
-                worker.pid,
-                limit,
-            )
-            worker.kill()
+        _kill_if_running(worker, limit)
 
     async def _stop_workers(self) -> None:
         workers = list(self._workers)
@@ -592,13 +586,7 @@ class Supervisor:
             for worker in workers:
                 await worker.exited.wait()
         for worker in workers:
-            if not worker.exited.is_set():
-                logger.warning(
-                    "Worker pid %d did not stop within %g seconds; killing it.",
-                    worker.pid,
-                    limit,
-                )
-                worker.kill()
+            _kill_if_running(worker, limit)
         for worker in workers:
             await worker.exited.wait()
 
@@ -618,3 +606,14 @@ def _systemd_socket() -> int | None:
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     return 3  # SD_LISTEN_FDS_START
+
+
+def _kill_if_running(worker: WorkerProcess, limit: float) -> None:
+    """Kill a worker that has not stopped within ``limit`` seconds of being told."""
+    if not worker.exited.is_set():
+        logger.warning(
+            "Worker pid %d did not stop within %g seconds; killing it.",
+            worker.pid,
+            limit,
+        )
+        worker.kill()

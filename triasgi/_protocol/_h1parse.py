@@ -85,10 +85,6 @@ class ParsedRequest:
         self.headers = headers
 
 
-RequestHead = h11.Request | ParsedRequest
-"""A request head from either backend."""
-
-
 class _HeadCollector:
     """The httptools callbacks for one request head."""
 

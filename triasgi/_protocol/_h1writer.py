@@ -248,13 +248,7 @@ class ResponseWriter:
         """
         if not self._trailers:
             return self.end()
-        lines = [b"0\r\n"]
-        for name, value in trailers:
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise ResponseError(f"Invalid trailer field {name!r}: {value!r}")
-            lines.append(b"%s: %s\r\n" % (name, value))
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        return b"".join([b"0\r\n", *_field_lines(trailers, "trailer field"), b"\r\n"])
 
     def end(self) -> bytes:
         """The end of the response.
@@ -278,12 +272,22 @@ def informational_head(
     Raises:
         ResponseError: a header name or value is not allowed.
     """
-    lines = [
-        b"HTTP/1.1 %d %s\r\n" % (status, reason or REASON_PHRASES.get(status, b""))
-    ]
-    for name, value in headers:
+    status_line = b"HTTP/1.1 %d %s\r\n" % (
+        status,
+        reason or REASON_PHRASES.get(status, b""),
+    )
+    return b"".join([status_line, *_field_lines(headers, "response header"), b"\r\n"])
+
+
+def _field_lines(fields: Sequence[tuple[bytes, bytes]], what: str) -> list[bytes]:
+    """``name: value`` lines of header or trailer fields, each checked.
+
+    Raises:
+        ResponseError: a name is not a token, or a value holds CR, LF or NUL.
+    """
+    lines = []
+    for name, value in fields:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            raise ResponseError(f"Invalid response header {name!r}: {value!r}")
+            raise ResponseError(f"Invalid {what} {name!r}: {value!r}")
         lines.append(b"%s: %s\r\n" % (name, value))
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return lines
