@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "triasgi"
 LAYERS: list[set[str]] = [
     {"_types", "_errors", "_events", "_version"},
     {"_protocol", "_asgi"},
-    {"_config", "_config_file", "_logging", "_importer"},
+    {"_config", "_config_file", "_logging", "_importer", "_metrics"},
     {"_serve"},
     {"_process"},
     {"_run"},

@@ -371,6 +371,16 @@ class Config:
         flag=True,
     )
 
+    # Metrics (see docs/metrics.md).
+    metrics_bind: str | None = _option(
+        None,
+        "Serve Prometheus metrics at /metrics on this address of its own: "
+        "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (needs the "
+        "triasgi[metrics] extra); under --workers the supervisor serves the "
+        "sum of the workers'.",
+        metavar="ADDRESS",
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -396,6 +406,8 @@ class Config:
             _check_header(header)
         for address in self.bind:
             parse_bind(address)
+        if self.metrics_bind is not None:
+            parse_bind(self.metrics_bind, default_port=None, setting="metrics_bind")
         if self.bind and (self.uds or self.fd is not None):
             raise ValueError(
                 "bind replaces uds and fd: give the Unix socket as 'unix:PATH' and "
@@ -443,14 +455,17 @@ def env_name(field_name: str) -> str:
     return "TRIASGI_" + field_name.upper()
 
 
-def parse_bind(address: str) -> tuple[str, str | int, int | None]:
+def parse_bind(
+    address: str, *, default_port: int | None = 8000, setting: str = "bind"
+) -> tuple[str, str | int, int | None]:
     """A ``bind`` address as ``(kind, where, port)``, as gunicorn writes them.
 
-    ``HOST:PORT`` and ``[IPV6]:PORT`` are TCP (``HOST`` alone takes port
-    8000); ``unix:PATH`` is a Unix socket; ``fd://N`` an inherited socket.
+    ``HOST:PORT`` and ``[IPV6]:PORT`` are TCP (``HOST`` alone takes
+    ``default_port``, or is refused without one); ``unix:PATH`` is a Unix
+    socket; ``fd://N`` an inherited socket.
 
     Raises:
-        ValueError: one sentence naming the address and the forms.
+        ValueError: one sentence naming the setting, the address and the forms.
     """
     forms = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
     if address.startswith("unix:"):
@@ -462,7 +477,7 @@ def parse_bind(address: str) -> tuple[str, str | int, int | None]:
         if number.isdigit() and int(number) <= C_INT_MAX:
             return "fd", int(number), None
     else:
-        host, port = address, "8000"
+        host, port = address, "" if default_port is None else str(default_port)
         if address.startswith("["):
             host, bracket, rest = address[1:].partition("]")
             if bracket and (not rest or rest.startswith(":")):
@@ -475,7 +490,7 @@ def parse_bind(address: str) -> tuple[str, str | int, int | None]:
             host = ""  # an IPv6 address needs its brackets to take a port
         if host and port.isdigit() and int(port) <= 65535:
             return "tcp", host, int(port)
-    raise ValueError(f"bind addresses look like {forms}, got {address!r}.")
+    raise ValueError(f"{setting} addresses look like {forms}, got {address!r}.")
 
 
 def _check_header(header: str) -> None:
@@ -510,6 +525,7 @@ def _check_edge_settings(config: Config) -> None:
     """Settings that need parsing: a bad one raises ValueError at once."""
     from ._asgi._proxy_headers import TrustedProxies
     from ._logging import AccessLogFormat
+    from ._metrics import MISSING_PROMETHEUS_CLIENT, have_prometheus_client
     from ._protocol._h1parse import HAVE_HTTPTOOLS, MISSING_HTTPTOOLS
 
     if config.ssl_certfile is None:
@@ -529,3 +545,5 @@ def _check_edge_settings(config: Config) -> None:
         raise ValueError(MISSING_HTTPTOOLS)
     if config.access_log_format is not None:
         AccessLogFormat(config.access_log_format)
+    if config.metrics_bind is not None and not have_prometheus_client():
+        raise ValueError(MISSING_PROMETHEUS_CLIENT)
