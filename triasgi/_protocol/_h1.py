@@ -113,6 +113,7 @@ class H1Protocol:
         "_limits",
         "_new_parser",
         "_parser",
+        "_request_body_bytes",
         "_te_trailers",
         "_writer",
         "closing",
@@ -133,6 +134,8 @@ class H1Protocol:
         self.closing = False
         #: Body bytes of the current response framed so far (the access log).
         self.response_body_bytes = 0
+        # Request body bytes parsed since the metrics last took them.
+        self._request_body_bytes = 0
 
     # -- bytes in, events out ------------------------------------------------
 
@@ -165,6 +168,7 @@ class H1Protocol:
                 reason = "a chunk size over 16 hex digits"
                 self._parser = _FailedParser(reason)
                 return ProtocolError(H1_STREAM, 400, reason)
+            self._request_body_bytes += len(event.data)
             return Body(H1_STREAM, event.data)
         if kind is h11.EndOfMessage:
             return H1_END_BODY
@@ -185,6 +189,12 @@ class H1Protocol:
         # here, but this request's parser is done) is never asked for: the
         # serving layer starts the next request first.
         return CONNECTION_LOST
+
+    def take_request_body_bytes(self) -> int:
+        """Request body bytes parsed since the last call (for the metrics)."""
+        count = self._request_body_bytes
+        self._request_body_bytes = 0
+        return count
 
     @property
     def expects_100_continue(self) -> bool:

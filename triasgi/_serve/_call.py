@@ -31,6 +31,7 @@ from .._events import (
     Trailers,
 )
 from .._logging import AccessEntry, log_access
+from .._metrics import http_protocol
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
 from .._types import Message
@@ -273,7 +274,25 @@ class AppCall(HTTPCycle):
         conn = self.conn
         if conn.server.access_log:
             self._log_access()
+        if conn.server.metrics is not None:
+            self.count(self.status)
         conn.cycle_finished(self)
+
+    def count(self, status: int) -> None:
+        """Count the request, answered with ``status``, in the server's metrics."""
+        conn = self.conn
+        metrics = conn.server.metrics
+        assert metrics is not None
+        protocol = conn.protocol
+        request = self.request
+        metrics.request_done(
+            request.method,
+            status,
+            http_protocol(request.http_version),
+            protocol.take_request_body_bytes(),
+            protocol.response_body_bytes,
+            time.perf_counter() - self.started_at,
+        )
 
     def on_disconnect(self) -> None:
         super().on_disconnect()

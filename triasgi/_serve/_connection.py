@@ -51,6 +51,7 @@ from .._asgi._messages import ResponseState
 from .._asgi._scope import add_edge_facts, http_scope
 from .._errors import ClientDisconnected
 from .._events import NEED_DATA, Body, EndBody, ProtocolError, Request
+from .._metrics import http_protocol
 from .._protocol._h1 import H1Protocol
 from .._protocol._websocket import is_websocket_upgrade
 from .._types import Address
@@ -164,6 +165,15 @@ class HTTP11Connection(Inbox):
                     await trio.aclose_forcefully(self.stream)
                     while self.apps_running:
                         await self._apps_done.park()
+            metrics = self.server.metrics
+            if metrics is not None:
+                # Only the disconnect grace period's deadline, or cancel(),
+                # cancels the nursery.
+                metrics.connection_closed(
+                    self.protocol.take_request_body_bytes(),
+                    grace_cancelled=nursery.cancel_scope.cancelled_caught
+                    and not self._cancel_requested,
+                )
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -195,6 +205,9 @@ class HTTP11Connection(Inbox):
         if cycle is not None and not cycle.disconnected and cycle.state is not _DONE:
             cycle.on_disconnect()
             self.grant_disconnect_grace()
+            metrics = self.server.metrics
+            if metrics is not None:
+                metrics.disconnected(http_protocol(cycle.request.http_version))
         if self._websocket is not None:
             self._websocket.client_gone()
 
@@ -257,6 +270,8 @@ class HTTP11Connection(Inbox):
 
     async def _send_error(self, status: int) -> None:
         """Answer with a plain-text error; the connection closes after it."""
+        if self._cycle is not None and self.server.metrics is not None:
+            self._cycle.count(status)  # a request the app did not answer
         data = self.protocol.error_response(status, self.server.default_header_lines())
         try:
             await self.write(data)

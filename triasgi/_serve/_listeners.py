@@ -44,6 +44,15 @@ def bind_targets(config: Config) -> list[tuple[str, str | int, int | None]]:
     return [("tcp", config.host, config.port)]
 
 
+def listen_on(address: str, *, backlog: int) -> trio.SocketListener:
+    """One listening socket on an address of its own (``--metrics-bind``).
+
+    Raises:
+        StartupError: as for :func:`bind`.
+    """
+    return _listen(*parse_bind(address, default_port=None), backlog=backlog)
+
+
 def unix_paths(config: Config) -> list[str]:
     """The Unix socket files ``config`` creates (and removes when it stops)."""
     return [str(where) for kind, where, _ in bind_targets(config) if kind == "unix"]

@@ -19,6 +19,7 @@ from .._config import Config
 from .._errors import StartupError
 from .._events import Request
 from .._logging import AccessLogFormat
+from .._metrics import Metrics, Snapshot
 from .._protocol._h1 import H1Limits
 from .._protocol._h1parse import parser_factory
 from .._protocol._proxy import ProxyProtocolError
@@ -36,6 +37,7 @@ from ._listeners import (
     unix_paths,
 )
 from ._loop_choice import choose_loop
+from ._metrics_endpoint import MetricsEndpoint
 from ._tls import TLS, TLSSetupError
 
 logger = logging.getLogger("triasgi.error")
@@ -65,6 +67,10 @@ class Server:
             port when port 0 was asked for) and ``(path, None)`` for a Unix
             socket.
         state: the lifespan state namespace; each request gets a shallow copy.
+        metrics: the counts behind ``metrics_bind`` (docs/metrics.md), or
+            None.  Each place that counts checks this attribute, and only
+            this, so that a server without metrics pays nothing more.
+        metrics_address: where the metrics endpoint listens, once running.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class Server:
         on_limit_max_requests: Callable[[], None] | None = None,
         first_request_grace: float = 0.0,
         on_stuck: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Create a server; ``run()`` starts it.
 
@@ -98,6 +105,9 @@ class Server:
                 shutdown has run.  Such a task would keep ``run()`` from ever
                 returning: the CLI's processes exit from here.  Without it,
                 ``run()`` waits for the task.
+            metrics: count into this, and serve no endpoint: a worker, whose
+                supervisor serves the sum of its workers'.  Without it, a
+                ``metrics_bind`` setting makes the server count and serve.
         """
         self.config = config if config is not None else Config()
         #: The loop the app runs on, and why (``--loop``).
@@ -106,6 +116,10 @@ class Server:
         self.addresses: list[Address] = []
         self.state: dict[str, Any] = {}
         self.access_log = self.config.access_log
+        self.metrics = metrics
+        if metrics is None and self.config.metrics_bind is not None:
+            self.metrics = Metrics()
+        self.metrics_address: Address | None = None
         self._shutdown_requested = trio.Event()
         self._connections: set[HTTP11Connection] = set()
         self._closed_lot = trio.lowlevel.ParkingLot()
@@ -223,6 +237,8 @@ class Server:
         Accepted sockets start here directly rather than through
         serve_stream: one coroutine frame less for each idle connection.
         """
+        if accepted and self.metrics is not None:
+            self.metrics.connection_opened()
         try:
             edge = await self._open_edge(stream, client, sockname)
             if edge is None:
@@ -291,6 +307,13 @@ class Server:
             stream = tls_stream
             tls = self._tls.extension(tls_stream)
         return stream, client, sockname, tls
+
+    def metrics_snapshot(self) -> Snapshot:
+        """The counts of :attr:`metrics`, with the gauges the server keeps."""
+        assert self.metrics is not None
+        return self.metrics.snapshot(
+            requests_in_flight=self._in_flight, connections_open=self._open_sockets
+        )
 
     # -- used by connections -------------------------------------------------
 
@@ -379,8 +402,16 @@ class Server:
                 raise StartupError(str(exc)) from None
         listeners = bind(self.config) if listen else []
         failure: LifespanFailure | None = None
+        endpoint: MetricsEndpoint | None = None
         try:
             self.addresses = [sockname(ln.socket) for ln in listeners]
+            if listen and self.config.metrics_bind is not None:
+                endpoint = MetricsEndpoint(
+                    self.config.metrics_bind,
+                    self.config.backlog,
+                    self.metrics_snapshot,
+                )
+                self.metrics_address = endpoint.address
             lifespan = Lifespan(
                 self.app,
                 self.config.lifespan,
@@ -389,6 +420,8 @@ class Server:
                 shutdown_timeout=self.config.timeout_lifespan_shutdown,
             )
             async with open_app_loop(self.app), trio.open_nursery() as root:
+                if endpoint is not None:
+                    root.start_soon(endpoint.run)
                 try:
                     await lifespan.startup(root)
                 except LifespanFailure as exc:
@@ -398,9 +431,13 @@ class Server:
                     await self._serve_connections(listeners, task_status, lifespan)
                     await lifespan.shutdown()
                     await self._lifespan_ended(lifespan)
+                    if endpoint is not None:
+                        endpoint.close()
         finally:
             for listener in listeners:
                 listener.socket.close()
+            if endpoint is not None:
+                endpoint.close_socket()
             if listen:
                 for path in unix_paths(self.config):
                     remove_socket_file(path)

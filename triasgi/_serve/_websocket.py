@@ -577,11 +577,20 @@ class WebSocketSession:
     def _log_access(
         self, status: int, headers: list[tuple[bytes, bytes]], body_bytes: int = 0
     ) -> None:
-        """The access line of the handshake: 101, or the HTTP answer instead."""
+        """The access line of the handshake: 101, or the HTTP answer instead.
+
+        The metrics count the handshake here too, as a ``websocket`` request.
+        """
         conn = self._conn
+        request = self._request
+        metrics = conn.server.metrics
+        if metrics is not None:
+            seconds = time.perf_counter() - self._started_at
+            metrics.request_done(
+                request.method, status, "websocket", 0, body_bytes, seconds
+            )
         if not conn.server.access_log:
             return
-        request = self._request
         entry = AccessEntry(
             client=self.scope.get("client", conn.client),
             method=request.method.decode("ascii"),
