@@ -281,6 +281,59 @@ async def test_disconnects_and_grace_period_cancellations(start, metrics_app):
     assert requests_total(samples, "GET", 200, "http/1.1") == 0
 
 
+async def test_workers_are_summed_and_a_killed_worker_s_counts_stay(start, metrics_app):
+    served, url, metrics = await serve(start, metrics_app, "--workers", "2")
+    pids = await served.wait_for_workers(2)
+    sent = 0
+    serving: set[int] = set()
+    # A connection per request, so that both workers serve.
+    no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+    async with (
+        httpx.AsyncClient(limits=no_keep_alive) as client,
+        httpx.AsyncClient() as scraper,
+    ):
+
+        async def send(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                response = await client.get(url + "/")
+                assert response.status_code == 200
+                serving.add(int(response.text))
+                sent += 1
+
+        with trio.fail_after(20):
+            while serving != pids or sent < 20:
+                await send(1)
+
+        def all_counted(samples: Samples) -> bool:
+            return requests_total(samples, "GET", 200, "http/1.1") == sent
+
+        samples = await scrape_until(scraper, metrics, all_counted)
+        assert value(samples, "triasgi_workers") == 2
+        assert value(samples, "triasgi_worker_restarts_total", reason="died") == 0
+        assert value(samples, "triasgi_connections_total") == sent
+
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        await served.wait_for_log(f"Worker pid {victim} died unexpectedly")
+        (replacement,) = await served.wait_for_workers(2) - pids
+
+        def replaced(samples: Samples) -> bool:
+            return (
+                value(samples, "triasgi_worker_restarts_total", reason="died") == 1
+                and value(samples, "triasgi_workers") == 2
+            )
+
+        samples = await scrape_until(scraper, metrics, replaced)
+        # What the killed worker had reported is still in the sum.
+        assert requests_total(samples, "GET", 200, "http/1.1") == sent
+        await send(10)
+        samples = await scrape_until(scraper, metrics, all_counted)
+    assert value(samples, "triasgi_request_duration_seconds_count", protocol="http/1.1") == sent
+    assert value(samples, "triasgi_worker_restarts_total", reason="unresponsive") == 0
+    assert replacement not in pids
+
+
 async def test_endpoint_answers_get_and_head_at_metrics_only():
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200})

@@ -5,12 +5,15 @@ serving in-process.  It binds the socket once and starts each worker as
 ``python -m triasgi._process._worker`` with :func:`trio.run_process`, passing the
 socket by descriptor inheritance and the settings as JSON on the worker's
 stdin.  Each worker reports on a pipe (see :mod:`triasgi._process._worker`):
-``ready``, a ``beat`` every so often, ``retire`` and ``fail <sentence>``.
+``ready``, a ``beat`` every so often, ``retire`` and ``fail <sentence>``,
+and with ``metrics_bind`` its ``metrics``, which the supervisor sums and
+serves (``_metrics_sum.py``).
 
 Everything runs under one nursery::
 
     root nursery
     ├── signal loop          INT/TERM stop, HUP reload, TTIN/TTOU scale
+    ├── metrics endpoint     --metrics-bind only
     ├── worker task, each    the process, and the reader of its reports
     └── operations nursery   cancelled when the stop begins
         ├── the first workers, started together
@@ -35,6 +38,7 @@ from typing import final
 import trio
 
 from .._config import Config
+from .._metrics import Snapshot
 from .._serve._listeners import (
     bind,
     describe_address,
@@ -42,8 +46,10 @@ from .._serve._listeners import (
     sockname,
     unix_paths,
 )
+from .._serve._metrics_endpoint import MetricsEndpoint, describe_metrics_address
 from .._serve._server import CANCEL_GRACE
 from ._children import WorkerProcess, backoff, describe_exit, kill_at_once
+from ._metrics_sum import MetricsSum
 from ._reload import watch_files
 from ._worker import FIRST_REQUEST_GRACE, heartbeat_interval, use_pid_log_format
 
@@ -129,6 +135,7 @@ class Supervisor:
         self._root: trio.Nursery | None = None
         self._listeners: list[trio.SocketListener] = []
         self._ops: trio.Nursery | None = None
+        self._metrics = MetricsSum() if config.metrics_bind is not None else None
 
     # -- the program ---------------------------------------------------------
 
@@ -149,6 +156,7 @@ class Supervisor:
             logger.info("Using the socket passed by systemd (fd %d).", activated)
             config = config.replace(fd=activated)
         listeners = self._listeners = bind(config)
+        endpoint: MetricsEndpoint | None = None
         try:
             self._fds = tuple(listener.socket.fileno() for listener in listeners)
             self._worker_config = config.replace(
@@ -157,20 +165,33 @@ class Supervisor:
                 uds=None,
                 workers=None,
                 reload=False,
+                metrics_bind=None,  # the workers report; we serve
             )
+            if config.metrics_bind is not None:
+                endpoint = MetricsEndpoint(
+                    config.metrics_bind, config.backlog, self._metrics_snapshot
+                )
             for listener in listeners:
                 logger.info(
                     "Listening on %s (press CTRL+C to quit)",
                     describe_address(sockname(listener.socket), config),
                 )
+            if endpoint is not None:
+                logger.info(
+                    "Serving metrics on %s", describe_metrics_address(endpoint.address)
+                )
             with trio.open_signal_receiver(*_SIGNALS) as signals:
                 async with trio.open_nursery() as root:
                     self._root = root
+                    if endpoint is not None:
+                        root.start_soon(endpoint.run)
                     await self._supervise(signals)
                     root.cancel_scope.cancel()  # ends the signal loop
         finally:
             for listener in listeners:
                 listener.socket.close()
+            if endpoint is not None:
+                endpoint.close_socket()
             for path in unix_paths(config):
                 remove_socket_file(path)
         if self._failure is not None:
@@ -276,6 +297,7 @@ class Supervisor:
             "factory": self._factory,
             "report_fd": write_fd,
             "config": dataclasses.asdict(self._worker_config),
+            "metrics": self._metrics is not None,
         }
         try:
             async with trio.open_nursery() as nursery:
@@ -307,6 +329,8 @@ class Supervisor:
             await trio.aclose_forcefully(reports)
             if worker in self._workers:
                 self._workers.remove(worker)
+            if self._metrics is not None:
+                self._metrics.exited(worker)
             worker.exited.set()
             worker.settled.set()
         self._worker_exited(worker)
@@ -337,6 +361,8 @@ class Supervisor:
             logger.info("Worker pid %d is ready.", worker.pid)
         elif kind == "fail":
             worker.failure = text
+        elif kind == "metrics" and self._metrics is not None:
+            self._metrics.report(worker, text)
         elif kind == "retire":
             if not self._stopping and worker.active and not worker.retiring:
                 worker.retiring = True
@@ -357,6 +383,7 @@ class Supervisor:
             return
         if not worker.ready.is_set():
             return  # _start_worker reports it
+        self._count_restart("unresponsive" if worker.health_killed else "died")
         if worker.health_killed:
             status = describe_exit(code, expected=True)
             logger.warning(
@@ -449,6 +476,7 @@ class Supervisor:
                     self._wanted.set()
                     return
                 self._stop_bounded(worker)
+                self._count_restart("reload")
             if old:
                 logger.info("Reload complete.")
             self._wanted.set()
@@ -473,7 +501,19 @@ class Supervisor:
                 worker.pid,
             )
             self._stop_bounded(worker)
+            self._count_restart("max_requests")
             self._wanted.set()
+
+    # -- metrics -------------------------------------------------------------
+
+    def _count_restart(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.restarted(reason)
+
+    def _metrics_snapshot(self) -> Snapshot:
+        assert self._metrics is not None
+        serving = sum(1 for w in self._workers if w.active and w.ready.is_set())
+        return self._metrics.snapshot(serving)
 
     # -- health --------------------------------------------------------------
 

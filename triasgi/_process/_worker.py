@@ -15,6 +15,9 @@ per report:
     me with SIGTERM.
 ``fail <sentence>``
     the app could not be imported or could not start; the worker exits.
+``metrics <json>``
+    with ``metrics`` in the settings: what the worker has counted
+    (``_metrics.py``), after each ``beat`` and once more when it stops.
 
 Signals: SIGTERM starts a graceful shutdown, bounded as in a single process:
 a task of the app that cancellation cannot reach is abandoned with the
@@ -40,6 +43,7 @@ from .._config import Config
 from .._errors import StartupError
 from .._importer import AppImportError, load_app
 from .._logging import LogConfigError, TextFormatter, configure_logging
+from .._metrics import Metrics
 from .._serve._listeners import bind_targets
 from .._serve._server import Server
 from ._single import abandon, freeze_startup_objects, serve_then_stop, stop_at_once
@@ -125,6 +129,7 @@ async def _serve_reporting(
             on_limit_max_requests=retire.set,
             first_request_grace=FIRST_REQUEST_GRACE,
             on_stuck=abandon,
+            metrics=Metrics() if spec.get("metrics") else None,
         )
         started = trio.Event()
         stopped = trio.Event()
@@ -145,6 +150,7 @@ async def _serve_reporting(
             await reports.send("ready")
             nursery.start_soon(_heartbeat, reports, server, heartbeat_interval(config))
             nursery.start_soon(_ask_to_retire, reports, retire)
+    await _report_metrics(reports, server)  # the last counts
     return 0
 
 
@@ -172,6 +178,7 @@ async def _obey_signals(
 async def _heartbeat(reports: _Reports, server: Server, interval: float) -> None:
     while True:
         await reports.send("beat")
+        await _report_metrics(reports, server)
         if reports.broken:
             # Nobody reads our reports: the supervisor is gone.
             if not server.shutting_down:
@@ -179,6 +186,14 @@ async def _heartbeat(reports: _Reports, server: Server, interval: float) -> None
                 server.shutdown()
             return
         await trio.sleep(interval)
+
+
+async def _report_metrics(reports: _Reports, server: Server) -> None:
+    if server.metrics is None:
+        await trio.lowlevel.checkpoint()
+        return
+    snapshot = server.metrics_snapshot()
+    await reports.send("metrics", json.dumps(snapshot, separators=(",", ":")))
 
 
 async def _ask_to_retire(reports: _Reports, retire: trio.Event) -> None:
