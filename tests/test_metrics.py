@@ -334,6 +334,47 @@ async def test_workers_are_summed_and_a_killed_worker_s_counts_stay(start, metri
     assert replacement not in pids
 
 
+async def test_a_reload_keeps_the_counts_of_the_workers_it_replaces(start, metrics_app):
+    served, url, metrics = await serve(start, metrics_app, "--workers", "2")
+    old = await served.wait_for_workers(2)
+    async with httpx.AsyncClient() as client:
+        for _ in range(10):
+            assert (await client.get(url + "/")).status_code == 200
+        served.send(signal.SIGHUP)
+        await served.wait_for_log("Reload complete")
+        for pid in old:
+            await served.wait_for_log(rf"Worker pid {pid} stopped \(exit code 0\)")
+
+        def reloaded(samples: Samples) -> bool:
+            return value(samples, "triasgi_worker_restarts_total", reason="reload") == 2
+
+        samples = await scrape_until(client, metrics, reloaded)
+    assert requests_total(samples, "GET", 200, "http/1.1") == 10
+    assert value(samples, "triasgi_workers") == 2
+    assert value(samples, "triasgi_worker_restarts_total", reason="died") == 0
+
+
+async def test_a_worker_that_stops_gracefully_reports_its_last_counts(
+    start, metrics_app
+):
+    served, url, metrics = await serve(start, metrics_app, "--workers", "1")
+    (worker,) = await served.wait_for_workers(1)
+    async with httpx.AsyncClient() as client:
+        for _ in range(10):
+            assert (await client.get(url + "/")).status_code == 200
+    # At once, before its next heartbeat most likely: the counts since the
+    # last one go with its last report.
+    os.kill(worker, signal.SIGTERM)
+    await served.wait_for_log(f"Worker pid {worker} left without being asked to")
+    async with httpx.AsyncClient() as scraper:
+        samples = await scrape_until(
+            scraper,
+            metrics,
+            lambda s: value(s, "triasgi_worker_restarts_total", reason="died") == 1,
+        )
+    assert requests_total(samples, "GET", 200, "http/1.1") == 10
+
+
 async def test_endpoint_answers_get_and_head_at_metrics_only():
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200})
