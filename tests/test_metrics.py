@@ -145,7 +145,7 @@ async def serve(start: Any, app: str, *args: str) -> tuple[Supervisor, str, str]
 
 
 async def test_scrapes_under_load_count_every_request_exactly(start, metrics_app):
-    served, url, metrics = await serve(start, metrics_app, "--no-access-log")
+    _, url, metrics = await serve(start, metrics_app, "--no-access-log")
     # (method, path, body) of each request, all sent at once.
     load = (
         [("GET", "/", b"")] * 40
@@ -203,14 +203,26 @@ async def test_scrapes_under_load_count_every_request_exactly(start, metrics_app
     for (method, status), count in answered.items():
         assert requests_total(samples, method, status, "http/1.1") == count
     assert requests_total(samples, "GET", 101, "websocket") == 2
-    counted = sum(v for (name, _), v in samples.items() if name == "triasgi_requests_total")
+    counted = sum(
+        v for (name, _), v in samples.items() if name == "triasgi_requests_total"
+    )
     assert counted == len(load) + 2
-    assert value(samples, "triasgi_request_duration_seconds_count", protocol="http/1.1") == len(load)
     assert value(
-        samples, "triasgi_request_duration_seconds_bucket", protocol="http/1.1", le="+Inf"
+        samples, "triasgi_request_duration_seconds_count", protocol="http/1.1"
     ) == len(load)
-    assert value(samples, "triasgi_request_duration_seconds_sum", protocol="http/1.1") > 0
-    assert value(samples, "triasgi_request_duration_seconds_count", protocol="websocket") == 2
+    assert value(
+        samples,
+        "triasgi_request_duration_seconds_bucket",
+        protocol="http/1.1",
+        le="+Inf",
+    ) == len(load)
+    assert (
+        value(samples, "triasgi_request_duration_seconds_sum", protocol="http/1.1") > 0
+    )
+    assert (
+        value(samples, "triasgi_request_duration_seconds_count", protocol="websocket")
+        == 2
+    )
     assert value(samples, "triasgi_request_body_bytes_total") == 10 * 1000 + 5 * 3
     assert value(samples, "triasgi_response_body_bytes_total") == body_bytes_out
     assert value(samples, "triasgi_disconnects_total", protocol="http/1.1") == 0
@@ -224,7 +236,7 @@ async def test_scrapes_under_load_count_every_request_exactly(start, metrics_app
 
 
 async def test_open_connections_and_requests_in_flight_are_gauges(start, metrics_app):
-    served, url, metrics = await serve(start, metrics_app, "--no-access-log")
+    served, _, metrics = await serve(start, metrics_app, "--no-access-log")
     host, port = "127.0.0.1", served.port
     async with httpx.AsyncClient() as scraper:
         before = await scrape(scraper, metrics)
@@ -252,7 +264,7 @@ async def test_open_connections_and_requests_in_flight_are_gauges(start, metrics
 
 
 async def test_disconnects_and_grace_period_cancellations(start, metrics_app):
-    served, url, metrics = await serve(
+    served, _, metrics = await serve(
         start, metrics_app, "--disconnect-grace-period", "0.2"
     )
 
@@ -329,7 +341,10 @@ async def test_workers_are_summed_and_a_killed_worker_s_counts_stay(start, metri
         assert requests_total(samples, "GET", 200, "http/1.1") == sent
         await send(10)
         samples = await scrape_until(scraper, metrics, all_counted)
-    assert value(samples, "triasgi_request_duration_seconds_count", protocol="http/1.1") == sent
+    assert (
+        value(samples, "triasgi_request_duration_seconds_count", protocol="http/1.1")
+        == sent
+    )
     assert value(samples, "triasgi_worker_restarts_total", reason="unresponsive") == 0
     assert replacement not in pids
 
@@ -410,9 +425,7 @@ async def test_metrics_bind_from_the_environment_on_a_unix_socket(
     start, metrics_app, tmp_path
 ):
     path = tmp_path / "metrics.sock"
-    served = await start(
-        app=metrics_app, env={"TRIASGI_METRICS_BIND": f"unix:{path}"}
-    )
+    served = await start(app=metrics_app, env={"TRIASGI_METRICS_BIND": f"unix:{path}"})
     await served.wait_for_log(f"Serving metrics on unix socket {path}, path /metrics")
     transport = httpx.AsyncHTTPTransport(uds=str(path))
     async with (
@@ -436,7 +449,9 @@ async def test_metrics_bind_from_a_config_file(start, metrics_app, app_dir):
     assert value(samples, "triasgi_requests_in_flight") == 0
 
 
-def run_command(cwd: Path, *args: str, code: str = "") -> subprocess.CompletedProcess[str]:
+def run_command(
+    cwd: Path, *args: str, code: str = ""
+) -> subprocess.CompletedProcess[str]:
     """The command, to its exit; ``code`` runs first in the same process."""
     program = f"{code}\nfrom triasgi._cli import main\nmain({list(args)!r})\n"
     return subprocess.run(

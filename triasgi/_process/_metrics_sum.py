@@ -28,9 +28,15 @@ RESTART_REASONS = ("died", "unresponsive", "max_requests", "reload")
 
 @final
 class MetricsSum:
-    """What the supervisor's metrics endpoint serves."""
+    """What the supervisor's metrics endpoint serves.
 
-    def __init__(self) -> None:
+    Args:
+        workers: the supervisor's list of its worker processes, which it
+            keeps up to date.
+    """
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self._workers = workers
         self._exited = Metrics()
         self._latest: dict[WorkerProcess, Snapshot] = {}
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
@@ -57,8 +63,8 @@ class MetricsSum:
         """A worker was replaced, for one of :data:`RESTART_REASONS`."""
         self._restarts[reason] += 1
 
-    def snapshot(self, workers: int) -> Snapshot:
-        """The sum, with ``workers`` serving, for :func:`triasgi._metrics.render`."""
+    def snapshot(self) -> Snapshot:
+        """The sum, for :func:`triasgi._metrics.render`."""
         total = Metrics()
         total.add(self._exited.snapshot(requests_in_flight=0, connections_open=0))
         in_flight = connections_open = 0
@@ -69,6 +75,8 @@ class MetricsSum:
         summed = total.snapshot(
             requests_in_flight=in_flight, connections_open=connections_open
         )
-        summed["workers"] = workers
+        summed["workers"] = sum(
+            1 for worker in self._workers if worker.active and worker.ready.is_set()
+        )
         summed["worker_restarts"] = dict(self._restarts)
         return summed

@@ -14,7 +14,6 @@ import trio
 from .._config import Config
 from .._errors import StartupError
 from .._serve._listeners import describe_address
-from .._serve._metrics_endpoint import describe_metrics_address
 from .._serve._server import CANCEL_GRACE, STUCK_MESSAGE, Server
 from .._types import ASGIApp
 
@@ -53,11 +52,6 @@ async def _serve_until_signalled(app: ASGIApp, config: Config) -> None:
                     logger.info(
                         "Listening on %s (press CTRL+C to quit)",
                         describe_address(address, config),
-                    )
-                if server.metrics_address is not None:
-                    logger.info(
-                        "Serving metrics on %s",
-                        describe_metrics_address(server.metrics_address),
                     )
     if failure is not None:
         raise failure

@@ -38,7 +38,6 @@ from typing import final
 import trio
 
 from .._config import Config
-from .._metrics import Snapshot
 from .._serve._listeners import (
     bind,
     describe_address,
@@ -46,7 +45,7 @@ from .._serve._listeners import (
     sockname,
     unix_paths,
 )
-from .._serve._metrics_endpoint import MetricsEndpoint, describe_metrics_address
+from .._serve._metrics_endpoint import MetricsEndpoint
 from .._serve._server import CANCEL_GRACE
 from ._children import WorkerProcess, backoff, describe_exit, kill_at_once
 from ._metrics_sum import MetricsSum
@@ -135,7 +134,8 @@ class Supervisor:
         self._root: trio.Nursery | None = None
         self._listeners: list[trio.SocketListener] = []
         self._ops: trio.Nursery | None = None
-        self._metrics = MetricsSum() if config.metrics_bind is not None else None
+        # Workers report metrics only with metrics_bind; counting costs nothing.
+        self._metrics = MetricsSum(self._workers)
 
     # -- the program ---------------------------------------------------------
 
@@ -169,16 +169,12 @@ class Supervisor:
             )
             if config.metrics_bind is not None:
                 endpoint = MetricsEndpoint(
-                    config.metrics_bind, config.backlog, self._metrics_snapshot
+                    config.metrics_bind, config.backlog, self._metrics.snapshot
                 )
             for listener in listeners:
                 logger.info(
                     "Listening on %s (press CTRL+C to quit)",
                     describe_address(sockname(listener.socket), config),
-                )
-            if endpoint is not None:
-                logger.info(
-                    "Serving metrics on %s", describe_metrics_address(endpoint.address)
                 )
             with trio.open_signal_receiver(*_SIGNALS) as signals:
                 async with trio.open_nursery() as root:
@@ -297,7 +293,7 @@ class Supervisor:
             "factory": self._factory,
             "report_fd": write_fd,
             "config": dataclasses.asdict(self._worker_config),
-            "metrics": self._metrics is not None,
+            "metrics": self._config.metrics_bind is not None,
         }
         try:
             async with trio.open_nursery() as nursery:
@@ -329,8 +325,7 @@ class Supervisor:
             await trio.aclose_forcefully(reports)
             if worker in self._workers:
                 self._workers.remove(worker)
-            if self._metrics is not None:
-                self._metrics.exited(worker)
+            self._metrics.exited(worker)
             worker.exited.set()
             worker.settled.set()
         self._worker_exited(worker)
@@ -361,7 +356,7 @@ class Supervisor:
             logger.info("Worker pid %d is ready.", worker.pid)
         elif kind == "fail":
             worker.failure = text
-        elif kind == "metrics" and self._metrics is not None:
+        elif kind == "metrics":
             self._metrics.report(worker, text)
         elif kind == "retire":
             if not self._stopping and worker.active and not worker.retiring:
@@ -383,7 +378,7 @@ class Supervisor:
             return
         if not worker.ready.is_set():
             return  # _start_worker reports it
-        self._count_restart("unresponsive" if worker.health_killed else "died")
+        self._metrics.restarted("unresponsive" if worker.health_killed else "died")
         if worker.health_killed:
             status = describe_exit(code, expected=True)
             logger.warning(
@@ -476,7 +471,7 @@ class Supervisor:
                     self._wanted.set()
                     return
                 self._stop_bounded(worker)
-                self._count_restart("reload")
+                self._metrics.restarted("reload")
             if old:
                 logger.info("Reload complete.")
             self._wanted.set()
@@ -501,19 +496,8 @@ class Supervisor:
                 worker.pid,
             )
             self._stop_bounded(worker)
-            self._count_restart("max_requests")
+            self._metrics.restarted("max_requests")
             self._wanted.set()
-
-    # -- metrics -------------------------------------------------------------
-
-    def _count_restart(self, reason: str) -> None:
-        if self._metrics is not None:
-            self._metrics.restarted(reason)
-
-    def _metrics_snapshot(self) -> Snapshot:
-        assert self._metrics is not None
-        serving = sum(1 for w in self._workers if w.active and w.ready.is_set())
-        return self._metrics.snapshot(serving)
 
     # -- health --------------------------------------------------------------
 

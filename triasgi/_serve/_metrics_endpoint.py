@@ -69,6 +69,7 @@ class MetricsEndpoint:
 
     async def run(self) -> None:
         """Accept scrapes until :meth:`close` (or the owner's cancellation)."""
+        logger.info("Serving metrics on %s", _describe(self.address))
         with self._scope:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -120,7 +121,7 @@ class MetricsEndpoint:
         return b"".join(protocol.response_data(200, headers, body, True, ()))
 
 
-def describe_metrics_address(address: Address) -> str:
+def _describe(address: Address) -> str:
     """Where to scrape, for the startup log line."""
     host, port = address
     if port is None:

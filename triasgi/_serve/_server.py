@@ -105,9 +105,10 @@ class Server:
                 shutdown has run.  Such a task would keep ``run()`` from ever
                 returning: the CLI's processes exit from here.  Without it,
                 ``run()`` waits for the task.
-            metrics: count into this, and serve no endpoint: a worker, whose
-                supervisor serves the sum of its workers'.  Without it, a
-                ``metrics_bind`` setting makes the server count and serve.
+            metrics: the counts to keep, for someone else to serve: a
+                worker's, which its supervisor sums (the worker has no
+                ``metrics_bind``).  By default a server with ``metrics_bind``
+                keeps its own.
         """
         self.config = config if config is not None else Config()
         #: The loop the app runs on, and why (``--loop``).
