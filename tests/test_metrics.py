@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import hello_app
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from test_supervisor import Supervisor
@@ -399,9 +400,7 @@ async def test_endpoint_answers_get_and_head_at_metrics_only():
         open_server(app, metrics_bind="127.0.0.1:0") as live,
         httpx.AsyncClient() as client,
     ):
-        address = live.server.metrics_address
-        assert address is not None
-        base = f"http://{address[0]}:{address[1]}"
+        base = live.metrics_url.removesuffix("/metrics")
         assert (await client.get(live.url + "/")).text == "app"
         metrics = await client.get(base + "/metrics")
         root = await client.get(base + "/")
@@ -419,6 +418,17 @@ async def test_endpoint_answers_get_and_head_at_metrics_only():
     # The app's one request; the scrapes before it are not counted.
     assert requests_total(samples, "GET", 200, "http/1.1") == 1
     assert value(samples, "triasgi_connections_total") == 1
+
+
+async def test_the_fixture_takes_metrics_bind_and_gives_the_url_to_scrape(
+    triasgi_server,
+):
+    server = await triasgi_server(hello_app, metrics_bind="127.0.0.1:0")
+    async with httpx.AsyncClient() as client:
+        await client.get(server.url + "/")
+        text = (await client.get(server.metrics_url)).text
+    line = 'triasgi_requests_total{method="GET",protocol="http/1.1",status="200"} 1.0'
+    assert line in text.splitlines()
 
 
 async def test_metrics_bind_from_the_environment_on_a_unix_socket(

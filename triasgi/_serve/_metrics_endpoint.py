@@ -69,7 +69,7 @@ class MetricsEndpoint:
 
     async def run(self) -> None:
         """Accept scrapes until :meth:`close` (or the owner's cancellation)."""
-        logger.info("Serving metrics on %s", _describe(self.address))
+        logger.info("Serving metrics on %s", describe_metrics_address(self.address))
         with self._scope:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -121,8 +121,8 @@ class MetricsEndpoint:
         return b"".join(protocol.response_data(200, headers, body, True, ()))
 
 
-def _describe(address: Address) -> str:
-    """Where to scrape, for the startup log line."""
+def describe_metrics_address(address: Address) -> str:
+    """Where to scrape: ``http://host:port/metrics``, or the Unix socket's path."""
     host, port = address
     if port is None:
         return f"unix socket {host}, path /metrics"

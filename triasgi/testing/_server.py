@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from .._config import Config
+from .._serve._metrics_endpoint import describe_metrics_address
 from .._serve._server import Server
 from .._types import Address, ASGIApp
 
@@ -84,6 +85,14 @@ class LiveServer:
     def ws_url(self) -> str:
         """``ws://host:port``, ready for any WebSocket client."""
         return "ws" + self.server.url.removeprefix("http")
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port/metrics``, with a ``metrics_bind`` TCP address."""
+        address = self.server.metrics_address
+        if address is None or address[1] is None:
+            raise LookupError("The server has no metrics_bind TCP address.")
+        return describe_metrics_address(address)
 
     @property
     def addresses(self) -> list[Address]:
