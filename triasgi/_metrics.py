@@ -231,8 +231,8 @@ class Metrics:
 
 
 #: What :meth:`Metrics.snapshot` gives: str keys, JSON values.  The
-#: supervisor adds ``workers`` (an int) and ``worker_restarts`` (reason ->
-#: count) before rendering.
+#: supervisor adds ``workers`` (an int) and ``worker_restarts`` (rows of
+#: reason and count) before rendering.
 Snapshot = dict[str, Any]
 
 
@@ -253,26 +253,83 @@ def render(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
+#: The metrics without labels: (kind, name, help, the snapshot's key).
+_SINGLE = (
+    (
+        "gauge",
+        "triasgi_requests_in_flight",
+        "Requests (and WebSocket sessions) whose app call is running.",
+        "requests_in_flight",
+    ),
+    (
+        "counter",
+        "triasgi_request_body_bytes",
+        "Bytes of request bodies received.",
+        "request_body_bytes",
+    ),
+    (
+        "counter",
+        "triasgi_response_body_bytes",
+        "Bytes of response bodies sent.",
+        "response_body_bytes",
+    ),
+    (
+        "gauge",
+        "triasgi_connections_open",
+        "Connections accepted and not yet closed.",
+        "connections_open",
+    ),
+    ("counter", "triasgi_connections", "Connections accepted.", "connections"),
+    (
+        "counter",
+        "triasgi_grace_cancellations",
+        "Apps cancelled because their disconnect grace period ran out.",
+        "grace_cancellations",
+    ),
+    ("gauge", "triasgi_workers", "Worker processes serving.", "workers"),
+)
+#: The counters with labels: (name, help, label names, the snapshot's key),
+#: whose rows are the label values followed by the count.
+_LABELLED = (
+    (
+        "triasgi_requests",
+        "Requests answered, by method, status and protocol.",
+        ("method", "status", "protocol"),
+        "requests",
+    ),
+    (
+        "triasgi_disconnects",
+        "HTTP requests whose client went away before the response was complete.",
+        ("protocol",),
+        "disconnects",
+    ),
+    (
+        "triasgi_worker_restarts",
+        "Workers replaced, by reason.",
+        ("reason",),
+        "worker_restarts",
+    ),
+)
+
+
 def _families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The metric families of a snapshot; those of workers only with theirs."""
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
     )
 
-    requests = CounterMetricFamily(
-        "triasgi_requests",
-        "Requests answered, by method, status and protocol.",
-        labels=("method", "status", "protocol"),
-    )
-    for method, status, protocol, count in snapshot["requests"]:
-        requests.add_metric((method, str(status), protocol), count)
-    yield requests
-    yield GaugeMetricFamily(
-        "triasgi_requests_in_flight",
-        "Requests (and WebSocket sessions) whose app call is running.",
-        value=snapshot["requests_in_flight"],
-    )
+    for name, text, labels, key in _LABELLED:
+        if key in snapshot:
+            family = CounterMetricFamily(name, text, labels=labels)
+            for *values, count in snapshot[key]:
+                family.add_metric([str(value) for value in values], count)
+            yield family
+    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+    for kind, name, text, key in _SINGLE:
+        if key in snapshot:
+            yield kinds[kind](name, text, value=snapshot[key])
     durations = HistogramMetricFamily(
         "triasgi_request_duration_seconds",
         "Seconds from a request's head to the end of its response.",
@@ -283,50 +340,3 @@ def _families(snapshot: Snapshot) -> Iterator[Metric]:
         buckets = list(zip(bounds, accumulate(counts), strict=True))
         durations.add_metric((protocol,), buckets, total)
     yield durations
-    yield CounterMetricFamily(
-        "triasgi_request_body_bytes",
-        "Bytes of request bodies received.",
-        value=snapshot["request_body_bytes"],
-    )
-    yield CounterMetricFamily(
-        "triasgi_response_body_bytes",
-        "Bytes of response bodies sent.",
-        value=snapshot["response_body_bytes"],
-    )
-    yield GaugeMetricFamily(
-        "triasgi_connections_open",
-        "Connections accepted and not yet closed.",
-        value=snapshot["connections_open"],
-    )
-    yield CounterMetricFamily(
-        "triasgi_connections",
-        "Connections accepted.",
-        value=snapshot["connections"],
-    )
-    disconnects = CounterMetricFamily(
-        "triasgi_disconnects",
-        "HTTP requests whose client went away before the response was complete.",
-        labels=("protocol",),
-    )
-    for protocol, count in snapshot["disconnects"]:
-        disconnects.add_metric((protocol,), count)
-    yield disconnects
-    yield CounterMetricFamily(
-        "triasgi_grace_cancellations",
-        "Apps cancelled because their disconnect grace period ran out.",
-        value=snapshot["grace_cancellations"],
-    )
-    if "workers" in snapshot:
-        yield GaugeMetricFamily(
-            "triasgi_workers",
-            "Worker processes serving.",
-            value=snapshot["workers"],
-        )
-        restarts = CounterMetricFamily(
-            "triasgi_worker_restarts",
-            "Workers replaced, by reason.",
-            labels=("reason",),
-        )
-        for reason, count in snapshot["worker_restarts"].items():
-            restarts.add_metric((reason,), count)
-        yield restarts

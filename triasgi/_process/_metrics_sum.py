@@ -78,5 +78,5 @@ class MetricsSum:
         summed["workers"] = sum(
             1 for worker in self._workers if worker.active and worker.ready.is_set()
         )
-        summed["worker_restarts"] = dict(self._restarts)
+        summed["worker_restarts"] = [[*item] for item in self._restarts.items()]
         return summed

@@ -272,9 +272,10 @@ class AppCall(HTTPCycle):
     def _response_complete(self) -> None:
         self.released.set()
         conn = self.conn
-        if conn.server.access_log:
+        server = conn.server
+        if server.access_log:
             self._log_access()
-        if conn.server.metrics is not None:
+        if server.metrics is not None:
             self.count(self.status)
         conn.cycle_finished(self)
 

@@ -14,8 +14,9 @@ supervisor) until :meth:`MetricsEndpoint.close` or that nursery is cancelled;
 :meth:`MetricsEndpoint.close_socket` closes the listener and removes a Unix
 socket's file.
 
-Error handling: nothing a scraper does reaches the owner.  A failed accept
-(out of file descriptors) is retried after a pause.
+Error handling: nothing a scraper does reaches the owner, and an unexpected
+error while answering one is logged and ends that connection only.  A failed
+accept (out of file descriptors) is retried after a pause.
 """
 
 from __future__ import annotations
@@ -92,22 +93,26 @@ class MetricsEndpoint:
             remove_socket_file(self._unix_path)
 
     async def _answer(self, stream: trio.SocketStream) -> None:
-        with trio.move_on_after(_TIMEOUT):
-            protocol = H1Protocol(_NEW_PARSER, _LIMITS)
-            protocol.closing = True
-            event = await _read_head(stream, protocol)
-            if type(event) is Request:
-                data = self._response(protocol, event)
-            elif type(event) is ProtocolError:
-                data = protocol.error_response(event.status, ())
-            else:
-                data = b""  # the client closed
-            try:
+        try:
+            with trio.move_on_after(_TIMEOUT):
+                protocol = H1Protocol(_NEW_PARSER, _LIMITS)
+                protocol.closing = True
+                event = await _read_head(stream, protocol)
+                if type(event) is Request:
+                    data = self._response(protocol, event)
+                elif type(event) is ProtocolError:
+                    data = protocol.error_response(event.status, ())
+                else:
+                    data = b""  # the client closed
                 if data:
                     await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            # Never the owner's problem: the server serves on without metrics.
+            logger.exception("Unexpected error answering a scrape; it was closed.")
+        finally:
+            await trio.aclose_forcefully(stream)
 
     def _response(self, protocol: H1Protocol, request: Request) -> bytes:
         from prometheus_client import CONTENT_TYPE_LATEST
