@@ -10,8 +10,10 @@ so that a server without metrics pays nothing more per request:
 - an HTTP client goes away before its response is complete:
   :meth:`Metrics.disconnected`;
 - a connection is accepted, and ends: :meth:`Metrics.connection_opened`,
-  :meth:`Metrics.connection_closed` (which says whether its app was
-  cancelled because the disconnect grace period ran out).
+  :meth:`Metrics.connection_closed`;
+- an app is cancelled because its disconnect grace period ran out (the
+  connection's, or on a multiplexed protocol a stream's):
+  :meth:`Metrics.grace_cancelled`.
 
 The gauges, requests in flight and open connections, are not kept here: the
 server counts them anyway and hands them to :meth:`Metrics.snapshot`.
@@ -169,17 +171,13 @@ class Metrics:
         """A connection was accepted."""
         self.connections += 1
 
-    def connection_closed(self, bytes_in: int, *, grace_cancelled: bool) -> None:
-        """A connection ended.
-
-        Args:
-            bytes_in: request body bytes received and not counted yet.
-            grace_cancelled: its app was cancelled because the disconnect grace
-                period ran out.
-        """
+    def connection_closed(self, bytes_in: int) -> None:
+        """A connection ended, with ``bytes_in`` request body bytes not counted yet."""
         self.request_body_bytes += bytes_in
-        if grace_cancelled:
-            self.grace_cancellations += 1
+
+    def grace_cancelled(self) -> None:
+        """An app was cancelled because its disconnect grace period ran out."""
+        self.grace_cancellations += 1
 
     # -- snapshots -----------------------------------------------------------
 

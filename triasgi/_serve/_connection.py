@@ -167,13 +167,11 @@ class HTTP11Connection(Inbox):
                         await self._apps_done.park()
             metrics = self.server.metrics
             if metrics is not None:
+                metrics.connection_closed(self.protocol.take_request_body_bytes())
                 # Only the disconnect grace period's deadline, or cancel(),
                 # cancels the nursery.
-                metrics.connection_closed(
-                    self.protocol.take_request_body_bytes(),
-                    grace_cancelled=nursery.cancel_scope.cancelled_caught
-                    and not self._cancel_requested,
-                )
+                if nursery.cancel_scope.cancelled_caught and not self._cancel_requested:
+                    metrics.grace_cancelled()
         finally:
             await trio.aclose_forcefully(self.stream)
 
