@@ -84,6 +84,12 @@ _METHODS = {
 _PROTOCOLS = {b"1.1": "http/1.1", b"1.0": "http/1.0", b"2": "http/2"}
 
 
+#: What :meth:`Metrics.snapshot` gives: str keys, JSON values.  The
+#: supervisor adds ``workers`` (an int) and ``worker_restarts`` (rows of
+#: reason and count) before rendering.
+Snapshot = dict[str, Any]
+
+
 def have_prometheus_client() -> bool:
     """Whether prometheus_client (the triasgi[metrics] extra) can be imported."""
     try:
@@ -226,12 +232,6 @@ class Metrics:
             self.grace_cancellations += int(snapshot["grace_cancellations"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a metrics snapshot: {exc!r}") from None
-
-
-#: What :meth:`Metrics.snapshot` gives: str keys, JSON values.  The
-#: supervisor adds ``workers`` (an int) and ``worker_restarts`` (rows of
-#: reason and count) before rendering.
-Snapshot = dict[str, Any]
 
 
 # -- the text format ---------------------------------------------------------
