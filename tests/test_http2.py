@@ -10,6 +10,7 @@ import h2.settings
 import pytest
 import trio
 import trio.testing
+from conftest import hello_app
 from h2client import H2Client, H2Reply, H2Session
 
 from triasgi.testing import open_memory_connection, open_memory_server
@@ -584,3 +585,35 @@ async def test_plain_connect_gets_405_on_its_stream():
         assert reply.status == 405
         # The connection goes on.
         assert (await client.get("/")).body == b"ok"
+
+
+async def test_ping_is_answered():
+    async with H2Session(hello_app) as client:
+        client.conn.ping(b"12345678")
+        await client.flush()
+        with trio.fail_after(5):
+            while not any(
+                isinstance(e, h2.events.PingAckReceived) for e in client.events
+            ):
+                await client.receive()
+        ack = next(e for e in client.events if isinstance(e, h2.events.PingAckReceived))
+        assert ack.ping_data == b"12345678"
+
+
+async def test_root_path_and_proxy_headers_over_http2():
+    async def app(scope, receive, send):
+        text = f"{scope['path']} {scope['root_path']} {scope['client'][0]} {scope['scheme']}"
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+    async with H2Session(
+        app, root_path="/api", proxy_headers=True, forwarded_allow_ips="127.0.0.1"
+    ) as client:
+        reply = await client.get(
+            "/items/3",
+            headers=[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        assert reply.body == b"/api/items/3 /api 203.0.113.9 https"
