@@ -142,6 +142,20 @@ class Config:
         "Largest request head, in bytes; a larger one gets 431.",
         minimum=1,
     )
+    http2: bool = _option(
+        True,
+        "Serve HTTP/2: to TLS clients that choose it (ALPN h2), and on "
+        "cleartext connections that open with the HTTP/2 preface (prior "
+        "knowledge).",
+        flag=True,
+    )
+    h2_max_concurrent_streams: int = _option(
+        100,
+        "HTTP/2 streams one connection may have open at once; a stream over "
+        "the limit is refused (RST_STREAM REFUSED_STREAM).",
+        minimum=1,
+        maximum=C_INT_MAX,
+    )
 
     # Response headers.
     headers: list[str] = _option(

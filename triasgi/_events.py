@@ -42,6 +42,9 @@ class Request:
             ``Forwarded``), which a trusted proxy's scope rewrite looks at.
         upgrade: it has an ``Upgrade`` header.
         te_trailers: its ``TE`` header accepts trailers.
+        priority: HTTP/2: the stream's ``(weight, depends_on)``, when its
+            HEADERS frame said.
+        protocol: HTTP/2: the ``:protocol`` of an extended CONNECT (RFC 8441).
     """
 
     __slots__ = (
@@ -50,6 +53,8 @@ class Request:
         "http_version",
         "keep_alive",
         "method",
+        "priority",
+        "protocol",
         "stream_id",
         "target",
         "te_trailers",
@@ -68,6 +73,8 @@ class Request:
         forwarded: bool,
         upgrade: bool,
         te_trailers: bool = False,
+        priority: tuple[int, int] | None = None,
+        protocol: bytes = b"",
     ) -> None:
         self.stream_id = stream_id
         self.method = method
@@ -78,6 +85,8 @@ class Request:
         self.forwarded = forwarded
         self.upgrade = upgrade
         self.te_trailers = te_trailers
+        self.priority = priority
+        self.protocol = protocol
 
 
 @final

@@ -495,6 +495,8 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
       message means faulty framing (400).
     - The configured limits: number of header fields and size of one field
       (431, RFC 6585 section 5).
+    - A version other than 1.0 and 1.1 (505): the HTTP/2 preface, say, on a
+      server with HTTP/2 off.
     """
     # h11's Headers iterates through the generic Sequence protocol, one
     # __getitem__ per item; its item list is read directly when present.
@@ -535,6 +537,11 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
                 te_trailers = te_trailers or has_token(value, b"trailers")
             else:
                 forwarded = True
+    if not keep_alive and version != b"1.0" and version != b"1.1":
+        # HTTP/2's preface with HTTP/2 off, or an HTTP/2.0 or 1.2 request.
+        return ProtocolError(
+            H1_STREAM, 505, f"HTTP/{version.decode('ascii', 'replace')} request"
+        )
     if line > limits.request_line:
         return ProtocolError(H1_STREAM, 414, f"request line of {line} bytes")
     if size > limits.max_head:

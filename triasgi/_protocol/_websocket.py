@@ -73,9 +73,12 @@ class HandshakeError(Exception):
 
 @dataclass(frozen=True)
 class Handshake:
-    """What a valid upgrade request asks for."""
+    """What a valid upgrade request asks for.
 
-    key: bytes
+    ``key`` is None for a WebSocket over HTTP/2 (RFC 8441), which has none.
+    """
+
+    key: bytes | None
     subprotocols: list[str]
     extension_offers: list[str]
 
@@ -93,31 +96,36 @@ def is_websocket_upgrade(request: Request) -> bool:
     return any(t.lower() == "websocket" for t in _comma_list(request, b"upgrade"))
 
 
-def check_handshake(request: Request) -> Handshake:
-    """Validate a WebSocket upgrade request (RFC 6455 section 4.2.1).
+def is_extended_connect(request: Request) -> bool:
+    """Whether an HTTP/2 ``request`` opens a WebSocket (RFC 8441 section 4)."""
+    return request.method == b"CONNECT" and request.protocol == b"websocket"
 
-    h11 has already checked the HTTP framing and the Host header.
+
+def check_handshake(request: Request) -> Handshake:
+    """Validate a WebSocket opening handshake.
+
+    RFC 6455 section 4.2.1 on HTTP/1.1, where h11 has already checked the
+    HTTP framing and the Host header; RFC 8441 section 5 on HTTP/2, an
+    extended CONNECT with no key, whose pseudo-headers h2 has checked.
 
     Raises:
         HandshakeError: the request is not a valid opening handshake.
     """
+    if request.http_version == b"2":
+        if not is_extended_connect(request):
+            raise HandshakeError("a WebSocket over HTTP/2 is an extended CONNECT")
+        _check_version(request)
+        return Handshake(
+            key=None,
+            subprotocols=_comma_list(request, b"sec-websocket-protocol"),
+            extension_offers=_comma_list(request, b"sec-websocket-extensions"),
+        )
     if request.method != b"GET" or request.http_version != b"1.1":
         raise HandshakeError("a WebSocket handshake must be an HTTP/1.1 GET")
     if not any(t.lower() == "upgrade" for t in _comma_list(request, b"connection")):
         raise HandshakeError("no 'upgrade' token in the Connection header")
     keys = [value for name, value in request.headers if name == b"sec-websocket-key"]
-    versions = [v for name, v in request.headers if name == b"sec-websocket-version"]
-    if not versions:
-        raise HandshakeError(
-            "no Sec-WebSocket-Version header",
-            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
-        )
-    if versions != [_WEBSOCKET_VERSION]:
-        raise HandshakeError(
-            f"unsupported WebSocket version {versions!r}",
-            status=426,
-            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
-        )
+    _check_version(request)
     if len(keys) != 1:
         raise HandshakeError("there must be exactly one Sec-WebSocket-Key header")
     try:
@@ -136,6 +144,21 @@ def check_handshake(request: Request) -> Handshake:
         subprotocols=_comma_list(request, b"sec-websocket-protocol"),
         extension_offers=_comma_list(request, b"sec-websocket-extensions"),
     )
+
+
+def _check_version(request: Request) -> None:
+    versions = [v for name, v in request.headers if name == b"sec-websocket-version"]
+    if not versions:
+        raise HandshakeError(
+            "no Sec-WebSocket-Version header",
+            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
+        )
+    if versions != [_WEBSOCKET_VERSION]:
+        raise HandshakeError(
+            f"unsupported WebSocket version {versions!r}",
+            status=426,
+            headers=[(b"sec-websocket-version", _WEBSOCKET_VERSION)],
+        )
 
 
 def negotiate_deflate(offers: list[str]) -> tuple[Extension, bytes] | None:
@@ -165,18 +188,21 @@ def accept_headers(
     *,
     deflate: bool,
 ) -> tuple[list[tuple[bytes, bytes]], Extension | None]:
-    """The headers of the 101 answer, and the deflate extension if negotiated.
+    """The headers of the 101 answer (HTTP/2: the 200), and the deflate
+    extension if negotiated.
 
     Args:
         handshake: the validated request.
         subprotocol: the one the app chose, which the client offered.
         deflate: whether permessage-deflate may be negotiated at all.
     """
-    headers = [
-        (b"upgrade", b"websocket"),
-        (b"connection", b"Upgrade"),
-        (b"sec-websocket-accept", generate_accept_token(handshake.key)),
-    ]
+    headers = []
+    if handshake.key is not None:
+        headers += [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", generate_accept_token(handshake.key)),
+        ]
     if subprotocol is not None:
         headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
     extension = None

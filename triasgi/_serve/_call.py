@@ -220,24 +220,14 @@ class AppCall(HTTPCycle):
         """The body from a file: the kernel copies it to a plain socket."""
         conn = self.conn
         path = command.path
+        fd, size = open_file(path)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise ASGIProtocolError(
-                f"http.response.pathsend cannot open {path!r}: {exc.strerror}."
-            ) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ASGIProtocolError(
-                    f"http.response.pathsend needs a regular file, not {path!r}."
-                )
             trailers = self.trailers
             try:
                 before, after, send_file = conn.protocol.file_response(
                     self.status,
                     self.response_headers,
-                    info.st_size,
+                    size,
                     conn.server.default_header_lines(),
                     trailers,
                 )
@@ -252,7 +242,7 @@ class AppCall(HTTPCycle):
             self.state = _BODY
             await conn.write(before)
             try:
-                await conn.send_file(fd, info.st_size)
+                await conn.send_file(fd, size)
             except ClientDisconnected:
                 raise
             except OSError as exc:
@@ -315,3 +305,24 @@ class AppCall(HTTPCycle):
             response_headers=self.response_headers,
         )
         log_access(self.conn.server.access_format, entry)
+
+
+def open_file(path: str) -> tuple[int, int]:
+    """Open the file of an ``http.response.pathsend``: its descriptor and size.
+
+    Raises:
+        ASGIProtocolError: it cannot be opened, or it is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ASGIProtocolError(
+            f"http.response.pathsend cannot open {path!r}: {exc.strerror}."
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ASGIProtocolError(
+            f"http.response.pathsend needs a regular file, not {path!r}."
+        )
+    return fd, info.st_size

@@ -53,6 +53,7 @@ from .._errors import ClientDisconnected
 from .._events import NEED_DATA, Body, EndBody, ProtocolError, Request
 from .._metrics import http_protocol
 from .._protocol._h1 import H1Protocol
+from .._protocol._h2 import PREFACE
 from .._protocol._websocket import is_websocket_upgrade
 from .._types import Address
 from ._call import AppCall
@@ -80,6 +81,7 @@ _MAX_DISCARD = 1024 * 1024
 # passes.
 _END = object()
 _WEBSOCKET = object()
+_HTTP2 = object()
 _TIMED_OUT = object()
 _DONE = ResponseState.DONE
 
@@ -97,10 +99,12 @@ class HTTP11Connection(Inbox):
         "_nursery",
         "_scope",
         "_session_over",
+        "_sniff",
         "_websocket",
         "_woken",
         "apps_running",
         "closing",
+        "h2_preface",
         "scheme",
         "server",
         "sockname",
@@ -135,6 +139,11 @@ class HTTP11Connection(Inbox):
         self._cycle: AppCall | None = None
         self._websocket: WebSocketSession | None = None
         self._session_over = False
+        # Whether the first bytes may still be the HTTP/2 client preface
+        # (cleartext, with HTTP/2 on), and what was read once they were:
+        # the server then serves the connection as HTTP/2.
+        self._sniff = server.config.http2 and tls is None
+        self.h2_preface: bytes | None = None
         # The cancel scope the connection task reads in, and whether it was
         # cancelled to wake the task rather than by its deadline.
         self._scope: trio.CancelScope | None = None
@@ -173,7 +182,8 @@ class HTTP11Connection(Inbox):
                 if nursery.cancel_scope.cancelled_caught and not self._cancel_requested:
                     metrics.grace_cancelled()
         finally:
-            await trio.aclose_forcefully(self.stream)
+            if self.h2_preface is None:
+                await trio.aclose_forcefully(self.stream)
 
     def cancel(self) -> None:
         """Stop serving at once: the app call in flight is cancelled."""
@@ -245,6 +255,8 @@ class HTTP11Connection(Inbox):
         # an error, with a request (body) we did not read to the end, or on a
         # graceful shutdown, when the client may be sending its next request
         # as we close.
+        if self.h2_preface is not None:
+            return  # the stream goes on as HTTP/2
         protocol = self.protocol
         while protocol.body_pending:
             if type(self.next_event_nowait()) not in (Body, EndBody):
@@ -317,6 +329,8 @@ class HTTP11Connection(Inbox):
             if action is _WEBSOCKET:
                 await self._serve_websocket()
                 return
+            if action is _HTTP2:
+                return
             if type(action) is int:
                 await self._send_error(action)
             return
@@ -366,6 +380,11 @@ class HTTP11Connection(Inbox):
         None when a call has started or more bytes are needed; otherwise
         what the connection task must do (see :meth:`_read_and_dispatch`).
         """
+        if self._sniff:
+            if self._preface_undecided():
+                return self._await_head()
+            if self.h2_preface is not None:
+                return _HTTP2
         event = self.next_event_nowait()
         if event is NEED_DATA:
             return self._await_head()
@@ -396,6 +415,27 @@ class HTTP11Connection(Inbox):
             cycle.pending_body = first
         self._nursery.start_soon(cycle.run)
         return None
+
+    def _preface_undecided(self) -> bool:
+        """Whether the bytes so far may still be the start of the HTTP/2 preface.
+
+        Once the whole preface is here, ``h2_preface`` holds what was read,
+        for the HTTP/2 connection that takes the stream over.
+        """
+        inbox = self._inbox
+        if not inbox:
+            return not self._eof
+        start = inbox[: len(PREFACE)]
+        if PREFACE.startswith(start):
+            if len(start) == len(PREFACE):
+                self._sniff = False
+                self.h2_preface = inbox
+                self._inbox = b""
+                return False
+            if not self._eof:
+                return True
+        self._sniff = False
+        return False
 
     def _await_head(self) -> object:
         """Deadlines and limits for a head still to come; None to read on.

@@ -22,11 +22,13 @@ from .._logging import AccessLogFormat
 from .._metrics import Metrics, Snapshot
 from .._protocol._h1 import H1Limits
 from .._protocol._h1parse import parser_factory
+from .._protocol._h2 import H2Limits
 from .._protocol._proxy import ProxyProtocolError
 from .._types import Address, ASGIApp
 from ._asyncio import open_app_loop, wrap_app
 from ._connection import HTTP11Connection
 from ._edge import read_proxy_preamble
+from ._h2 import H2Connection
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import (
     bind,
@@ -122,7 +124,7 @@ class Server:
             self.metrics = Metrics()
         self.metrics_address: Address | None = None
         self._shutdown_requested = trio.Event()
-        self._connections: set[HTTP11Connection] = set()
+        self._connections: set[HTTP11Connection | H2Connection] = set()
         self._closed_lot = trio.lowlevel.ParkingLot()
         self._in_flight = 0
         self._limit = self.config.limit_concurrency
@@ -154,6 +156,11 @@ class Server:
             request_line=config.limit_request_line,
             fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
+        )
+        self.h2_limits = H2Limits(
+            max_concurrent_streams=config.h2_max_concurrent_streams,
+            max_header_list_size=config.h11_max_incomplete_event_size,
+            enable_connect_protocol=True,
         )
         self._edge_init()
 
@@ -246,17 +253,31 @@ class Server:
                 return
             stream, client, sockname, tls = edge
             scheme = "https" if tls is not None else "http"
-            conn = HTTP11Connection(self, stream, client, sockname, scheme, tls=tls)
-            self._connections.add(conn)
-            if self._connections_closing:
-                conn.begin_shutdown()
-            try:
-                await conn.run()
-            except Exception:
-                logger.exception("Unexpected error in a connection; it was closed.")
-            finally:
-                self._connections.discard(conn)
-                self._closed_lot.unpark_all()
+            conn: HTTP11Connection | H2Connection
+            if (
+                isinstance(stream, trio.SSLStream)
+                and stream.selected_alpn_protocol() == "h2"
+            ):
+                conn = H2Connection(self, stream, client, sockname, scheme, tls=tls)
+            else:
+                conn = HTTP11Connection(self, stream, client, sockname, scheme, tls=tls)
+            while True:
+                self._connections.add(conn)
+                if self._connections_closing:
+                    conn.begin_shutdown()
+                try:
+                    await conn.run()
+                except Exception:
+                    logger.exception("Unexpected error in a connection; it was closed.")
+                finally:
+                    self._connections.discard(conn)
+                    self._closed_lot.unpark_all()
+                if type(conn) is not HTTP11Connection or conn.h2_preface is None:
+                    break
+                # The connection opened with the HTTP/2 preface.
+                conn = H2Connection(
+                    self, stream, client, sockname, scheme, received=conn.h2_preface
+                )
         finally:
             if accepted:
                 self._open_sockets -= 1
@@ -350,6 +371,11 @@ class Server:
             present = {name.lower() for name, _ in headers}
             defaults = [pair for pair in defaults if pair[0] not in present]
         return [*headers, *defaults]
+
+    def default_header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The server's default headers, ``(name, value)``, the date current."""
+        self._refresh_defaults()
+        return self._default_pairs
 
     def default_header_lines(self) -> list[tuple[bytes, bytes]]:
         """The server's default headers for ResponseWriter.head: ``(name, line)``.
@@ -599,21 +625,25 @@ class Server:
             )
 
 
-def _describe_connection(conn: HTTP11Connection) -> str:
+def _describe_connection(conn: HTTP11Connection | H2Connection) -> str:
     """What one connection serves, for the log: ``GET /x from 10.0.0.1:5000``."""
     # The server's view into the connection's own fields, for the log only.
-    if conn._websocket is not None:
-        request: Request | None = conn._websocket._request
-        kind = "WebSocket "
+    if type(conn) is H2Connection:
+        what = conn.describe()
     else:
-        request = conn._cycle.request if conn._cycle is not None else None
-        kind = ""
-    if request is None:
-        what = "idle"
-    else:
-        method = request.method.decode("ascii", "replace")
-        target = request.target.decode("ascii", "replace")[:100]
-        what = f"{kind}{method} {target}"
+        assert type(conn) is HTTP11Connection
+        if conn._websocket is not None:
+            request: Request | None = conn._websocket._request
+            kind = "WebSocket "
+        else:
+            request = conn._cycle.request if conn._cycle is not None else None
+            kind = ""
+        if request is None:
+            what = "idle"
+        else:
+            method = request.method.decode("ascii", "replace")
+            target = request.target.decode("ascii", "replace")[:100]
+            what = f"{kind}{method} {target}"
     client = conn.client
     if client is not None:
         host, port = client

@@ -88,7 +88,8 @@ def _make_context(config: Config) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])
+    # HTTP/2 for clients that choose it, HTTP/1.1 for the others.
+    context.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     # OpenSSL's errors do not say which file is missing: look first.
     _check_readable(certfile, "certificate file")
     if config.ssl_keyfile is not None:

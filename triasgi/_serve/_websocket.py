@@ -70,6 +70,8 @@ logger = logging.getLogger("triasgi.error")
 # How long closing waits for the client's close frame after ours, and how
 # long a final write may take.
 _CLOSE_TIMEOUT = 5.0
+# The version the access log writes for the handshake request's.
+_LOGGED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0", b"2": "2.0"}
 
 
 # -- the session ---------------------------------------------------------------
@@ -125,7 +127,7 @@ class WebSocketSession:
     def client_gone(self) -> None:
         """The reader saw EOF, or a write failed."""
         if self._disconnect is None:
-            self._conn.grant_disconnect_grace()
+            self._grant_grace()
         if self._ws is None:
             # Before the handshake is answered there are no frames to read:
             # the connection simply ended.
@@ -139,12 +141,7 @@ class WebSocketSession:
         request = self._request
         try:
             self._handshake = check_handshake(request)
-            end = conn.next_event_nowait()
-            if type(end) is not EndBody:
-                raise HandshakeError(
-                    getattr(end, "reason", "the handshake request did not end"),
-                    status=getattr(end, "status", 400),
-                )
+            self._check_request_ended()
         except HandshakeError as exc:
             logger.debug(
                 "Bad WebSocket handshake from %s: %s (%d)",
@@ -167,6 +164,43 @@ class WebSocketSession:
                 nursery.cancel_scope.cancel()
         finally:
             conn.server.release_request()
+
+    # -- what differs between HTTP/1.1 and HTTP/2 (_serve/_h2websocket.py) ---
+
+    def _check_request_ended(self) -> None:
+        """The upgrade request has no body: its end must be here already."""
+        end = self._conn.next_event_nowait()
+        if type(end) is not EndBody:
+            raise HandshakeError(
+                getattr(end, "reason", "the handshake request did not end"),
+                status=getattr(end, "status", 400),
+            )
+
+    def _accept_answer(self, headers: list[tuple[bytes, bytes]]) -> Any:
+        """What accepting writes (checked now, written by :meth:`_send_accept`)."""
+        try:
+            return informational_head(101, headers, b"Switching Protocols")
+        except ResponseError as exc:
+            raise ASGIProtocolError(f"Invalid websocket.accept: {exc}.") from None
+
+    async def _send_accept(self, answer: Any) -> None:
+        await self._write(answer)
+
+    def _unparsed(self) -> bytes:
+        """Bytes that came after the handshake request: the first frames."""
+        return self._conn.protocol.unparsed_data()
+
+    async def _send_bytes(self, data: bytes) -> None:
+        """Put WebSocket frames on the wire (the caller holds the write lock)."""
+        await self._conn.write(data)
+
+    async def _receive_bytes(self) -> bytes:
+        """The client's next bytes; b"" when it sends no more."""
+        return await self._conn.receive_bytes()
+
+    def _grant_grace(self) -> None:
+        """The client has gone: the app is cancelled a grace period from now."""
+        self._conn.grant_disconnect_grace()
 
     def _build_scope(self, request: Request, handshake: Handshake) -> dict[str, Any]:
         conn = self._conn
@@ -302,17 +336,12 @@ class WebSocketSession:
         )
         headers += check_headers(message.get("headers", ()))
         headers = conn.server.response_headers(headers)
-        try:
-            data = informational_head(101, headers, b"Switching Protocols")
-        except ResponseError as exc:
-            raise ASGIProtocolError(f"Invalid websocket.accept: {exc}.") from None
-        self._ws = WebSocketFrames(
-            extension, conn.protocol.unparsed_data(), self._max_size
-        )
+        answer = self._accept_answer(headers)
+        self._ws = WebSocketFrames(extension, self._unparsed(), self._max_size)
         self.state = WebSocketState.CONNECTED
         self._handshake_done.set()
-        self._log_access(101, headers)
-        await self._write(data)
+        self._log_access(101 if handshake.key is not None else 200, headers)
+        await self._send_accept(answer)
         self._nursery.start_soon(self._read_frames)
         if self._ping_interval > 0:
             self._nursery.start_soon(self._keepalive)
@@ -397,7 +426,7 @@ class WebSocketSession:
         if final:
             with trio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
                 try:
-                    await self._conn.write(data)
+                    await self._send_bytes(data)
                 except ClientDisconnected:
                     self._broken = True
                     raise
@@ -406,7 +435,7 @@ class WebSocketSession:
                 raise ClientDisconnected("The client stopped reading.")
             return
         try:
-            await self._conn.write(data)
+            await self._send_bytes(data)
         except (trio.Cancelled, ClientDisconnected):
             # Part of a frame may be on the wire; another would corrupt it.
             self._broken = True
@@ -498,12 +527,12 @@ class WebSocketSession:
                 elif kind is WSClose:
                     await self._on_close_event(ws, event)  # type: ignore[arg-type]
                 else:  # WSTooBig
-                    self._conn.grant_disconnect_grace()
+                    self._grant_grace()
                     await self._close_from_server(1009, "message too big")
             if not data or self._closed.is_set() or ws.closed:
                 break
             if ws.wants_data:
-                data = await self._conn.receive_bytes()
+                data = await self._receive_bytes()
                 ws.receive_data(data)
         self._closed.set()
         await self._half_close()
@@ -512,12 +541,12 @@ class WebSocketSession:
         if ws.remote_closing:
             # The client started closing: report its code, echo it (section 5.5.1).
             self._set_disconnect(event.code, event.reason)
-            self._conn.grant_disconnect_grace()
+            self._grant_grace()
             await self._send_control(CLOSE, code=event.code)
         elif ws.open:
             # wsproto could not parse the client's frames; event.code says why
             # (1002 protocol error, 1007 bad UTF-8).  Nothing more can be read.
-            self._conn.grant_disconnect_grace()
+            self._grant_grace()
             await self._close_from_server(event.code, event.reason)
             self._closed.set()
         elif ws.local_closing:
@@ -569,7 +598,7 @@ class WebSocketSession:
                 logger.debug(
                     "WebSocket client %s did not answer a ping.", self._conn.client
                 )
-                self._conn.grant_disconnect_grace()
+                self._grant_grace()
                 await self._close_from_server(1011, "keepalive ping timeout")
                 self._closed.set()  # a silent client will not answer the close either.
                 return
@@ -595,7 +624,7 @@ class WebSocketSession:
             client=self.scope.get("client", conn.client),
             method=request.method.decode("ascii"),
             target=request.target.decode("ascii", "replace"),
-            http_version=request.http_version.decode("ascii"),
+            http_version=_LOGGED_VERSIONS.get(request.http_version, "1.1"),
             scheme=self.scope.get("scheme", "ws"),
             status=status,
             body_bytes=body_bytes,

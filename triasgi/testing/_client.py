@@ -239,13 +239,21 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 @final
 class _MemoryTransport(httpx.AsyncBaseTransport):
-    """httpx requests carried by httpcore's HTTP/1.1 over in-memory streams."""
+    """httpx requests carried by httpcore over in-memory streams.
 
-    def __init__(self, backend: _MemoryBackend) -> None:
+    HTTP/1.1, or HTTP/2 with prior knowledge (``http2``): every request of
+    the client then shares one HTTP/2 connection, as streams.
+    """
+
+    def __init__(self, backend: _MemoryBackend, *, http2: bool = False) -> None:
         # No keep-alive expiry of the pool's own: whether an idle connection
         # is still good is for the server's keep-alive timeout to say.
         self._pool = httpcore.AsyncConnectionPool(
-            max_connections=100, keepalive_expiry=None, network_backend=backend
+            max_connections=100,
+            keepalive_expiry=None,
+            network_backend=backend,
+            http1=not http2,
+            http2=http2,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -300,6 +308,7 @@ class MemoryClient(httpx.AsyncClient):
         nursery: trio.Nursery,
         *,
         base_url: str = "http://testserver",
+        http2: bool = False,
         **kwargs: Any,
     ) -> None:
         """Create a client; :func:`open_client` is the usual way to get one.
@@ -310,12 +319,15 @@ class MemoryClient(httpx.AsyncClient):
             nursery: where the server side of each connection runs; it must
                 outlive the client.
             base_url: the URL requests are relative to.
+            http2: speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
             **kwargs: further :class:`httpx.AsyncClient` arguments.
         """
         self.server = server
         self._backend = _MemoryBackend(server, nursery)
         super().__init__(
-            base_url=base_url, transport=_MemoryTransport(self._backend), **kwargs
+            base_url=base_url,
+            transport=_MemoryTransport(self._backend, http2=http2),
+            **kwargs,
         )
 
     async def drop_connections(self) -> int:
@@ -383,7 +395,9 @@ async def open_client(
         app: the ASGI application.
         base_url: the URL requests are relative to.
         **settings: :class:`~triasgi.Config` settings, such as
-            ``timeout_keep_alive=1``.
+            ``timeout_keep_alive=1``.  ``http2=True`` (a setting too, on by
+            default on the server) makes the client speak HTTP/2, so that
+            the app's tests run over HTTP/2 streams.
 
     Yields:
         The client.
@@ -391,7 +405,10 @@ async def open_client(
     Raises:
         StartupError: lifespan startup failed.
     """
+    http2 = settings.get("http2", False) is True
     async with open_memory_server(app, **settings) as server:
         async with open_nursery_unwrapped() as nursery:
-            async with MemoryClient(server, nursery, base_url=base_url) as client:
+            async with MemoryClient(
+                server, nursery, base_url=base_url, http2=http2
+            ) as client:
                 yield client

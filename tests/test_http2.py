@@ -1,0 +1,619 @@
+"""HTTP/2: negotiation, streams, flow control, shutdown, extensions (real clients)."""
+
+from __future__ import annotations
+
+import json
+
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+import trio
+import trio.testing
+from conftest import hello_app
+from h2client import H2Client, H2Reply, H2Session
+
+from triasgi.testing import open_memory_connection, open_memory_server
+
+ErrorCodes = h2.errors.ErrorCodes
+
+
+async def scope_app(scope, receive, send):
+    """Answers with what the app saw: the scope's wire facts and the body."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    facts = {
+        "http_version": scope["http_version"],
+        "method": scope["method"],
+        "path": scope["path"],
+        "query_string": scope["query_string"].decode(),
+        "scheme": scope["scheme"],
+        "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+        "extensions": sorted(scope["extensions"]),
+        "priority": scope["extensions"].get("http.response.priority"),
+        "body_length": len(body),
+    }
+    data = json.dumps(facts).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"connection", b"keep-alive"),
+                (b"content-length", b"%d" % len(data)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def memory_server(app, **settings):
+    """A server on memory streams for apps that take only http scopes."""
+    settings.setdefault("lifespan", "off")
+    return open_memory_server(app, **settings)
+
+
+async def test_prior_knowledge_request_and_scope():
+    async with H2Session(scope_app) as client:
+        sid = await client.request(
+            "POST",
+            "/items/3?x=1",
+            headers=[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers")],
+            body=b"abc",
+        )
+        reply = await client.response(sid)
+        assert reply.status == 200
+        assert reply.ended
+        # A connection-specific field of the app's is not sent on HTTP/2.
+        assert b"connection" not in reply.header
+        assert reply.header[b"server"] == b"triasgi"
+        facts = json.loads(reply.body)
+        assert facts["http_version"] == "2"
+        assert facts["method"] == "POST"
+        assert facts["path"] == "/items/3"
+        assert facts["query_string"] == "x=1"
+        assert facts["scheme"] == "http"
+        assert facts["body_length"] == 3
+        headers = facts["headers"]
+        assert ["host", "example.test"] in headers
+        assert not [k for k, _ in headers if k.startswith(":")]
+        # Cookie fields are joined into one (RFC 9113 section 8.2.3).
+        assert ["cookie", "a=1; b=2"] in headers
+        assert set(facts["extensions"]) >= {
+            "http.response.trailers",
+            "http.response.early_hint",
+            "http.response.priority",
+        }
+        assert facts["priority"] == {"weight": 16, "depends_on": 0}
+
+
+async def test_stream_priority_reaches_the_scope():
+    async with H2Session(scope_app) as client:
+        sid = client.conn.get_next_available_stream_id()
+        client.replies[sid] = H2Reply()
+        client.conn.send_headers(
+            sid,
+            client.headers_for("GET", "/"),
+            end_stream=True,
+            priority_weight=200,
+            priority_depends_on=0,
+        )
+        await client.flush()
+        reply = await client.response(sid)
+        assert json.loads(reply.body)["priority"] == {"weight": 200, "depends_on": 0}
+
+
+async def test_many_streams_at_once_one_slow():
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/slow":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    async with H2Session(app) as client:
+        slow = await client.request("GET", "/slow")
+        others = [await client.request("GET", f"/{i}") for i in range(20)]
+        for i, sid in enumerate(others):
+            reply = await client.response(sid)
+            assert reply.body == f"/{i}".encode()
+        assert not client.replies[slow].ended
+        release.set()
+        reply = await client.response(slow)
+        assert reply.body == b"/slow"
+
+
+async def test_reset_stream_gives_that_stream_alone_the_grace_period(autojump_clock):
+    seen: dict[str, object] = {}
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/doomed":
+            message = await receive()  # the request's end
+            message = await receive()
+            seen["message"] = message["type"]
+            seen["at"] = trio.current_time()
+            try:
+                await trio.sleep(100)
+            except trio.Cancelled:
+                seen["cancelled_at"] = trio.current_time()
+                raise
+            return
+        await trio.sleep(1)
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    async with H2Session(app, disconnect_grace_period=3) as client:
+        doomed = await client.request("GET", "/doomed")
+        fine = await client.request("GET", "/fine")
+        await trio.sleep(0.1)
+        client.conn.reset_stream(doomed, ErrorCodes.CANCEL)
+        await client.flush()
+        reply = await client.response(fine)
+        assert reply.body == b"fine"
+        await trio.sleep(5)
+        assert seen["message"] == "http.disconnect"
+        assert seen["cancelled_at"] - seen["at"] == pytest.approx(3, abs=0.01)
+        # The connection still serves.
+        again = await client.get("/again")
+        assert again.body == b"fine"
+
+
+async def test_send_after_reset_raises_client_disconnected(autojump_clock):
+    from triasgi import ClientDisconnected
+
+    outcome = []
+    started = trio.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        started.set()
+        await trio.sleep(1)
+        try:
+            await send({"type": "http.response.body", "body": b"y", "more_body": True})
+        except ClientDisconnected:
+            outcome.append("disconnected")
+            raise
+
+    async with H2Session(app) as client:
+        sid = await client.request("GET", "/")
+        await started.wait()
+        client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        await client.flush()
+        await trio.sleep(2)
+        assert outcome == ["disconnected"]
+
+
+async def test_connection_lost_disconnects_every_stream(autojump_clock):
+    seen = []
+
+    async def app(scope, receive, send):
+        await receive()
+        message = await receive()
+        seen.append(message["type"])
+
+    async with memory_server(app) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream)
+            await client.start()
+            for _ in range(3):
+                await client.request("GET", "/")
+            await trio.sleep(0.1)
+        await trio.sleep(1)
+    assert seen == ["http.disconnect"] * 3
+
+
+async def test_request_body_larger_than_the_window_is_credited_as_read():
+    big = b"x" * (3 * 1024 * 1024)
+
+    async def app(scope, receive, send):
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message["body"])
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": str(total).encode()})
+
+    async with H2Session(app) as client:
+        sid = await client.request("POST", "/", end=False)
+        await client.send_body(sid, big)
+        reply = await client.response(sid)
+        assert reply.body == str(len(big)).encode()
+
+
+async def test_slow_app_bounds_the_request_body_buffered():
+    """Body the app has not read is not credited: the client's window stays shut."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message["body"])
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": str(total).encode()})
+
+    async with H2Session(app) as client:
+        sid = await client.request("POST", "/", end=False)
+        window = client.conn.local_flow_control_window(sid)
+        assert window == 65535
+        await client.send_body(sid, b"y" * window, end=False)
+        with trio.move_on_after(0.5):
+            while True:
+                await client.receive()
+        # Nothing credited while the app has not read.
+        assert client.conn.local_flow_control_window(sid) == 0
+        release.set()
+        while client.conn.local_flow_control_window(sid) == 0:
+            await client.receive()
+        client.conn.end_stream(sid)
+        await client.flush()
+        reply = await client.response(sid)
+        assert reply.body == b"65535"
+
+
+async def test_response_waits_for_the_window_and_other_streams_go_on():
+    big = b"z" * 200_000
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        if scope["path"] == "/big":
+            await send({"type": "http.response.body", "body": big})
+        else:
+            await send({"type": "http.response.body", "body": b"small"})
+
+    async with memory_server(app) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            big_sid = await client.request("GET", "/big")
+            # The client credits nothing: the big response stops at 65535.
+            with trio.move_on_after(0.5):
+                while len(client.replies[big_sid].body) < 65535:
+                    await client.receive()
+            assert len(client.replies[big_sid].body) == 65535
+            assert not client.replies[big_sid].ended
+            # Another stream still gets its (small) answer: the connection
+            # window has room beyond the stalled stream.
+            client.conn.increment_flow_control_window(1_000_000)
+            await client.flush()
+            small = await client.request("GET", "/small")
+            reply = await client.response(small)
+            assert reply.body == b"small"
+            # Opening the big stream's window lets the rest through.
+            client.auto_window = True
+            client.conn.increment_flow_control_window(1_000_000, big_sid)
+            await client.flush()
+            reply = await client.response(big_sid)
+            assert reply.body == big
+
+
+async def test_stalled_window_resets_that_stream_after_the_write_timeout(
+    autojump_clock,
+):
+    from triasgi import ClientDisconnected
+
+    outcome = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        try:
+            await send({"type": "http.response.body", "body": b"q" * 100_000})
+        except ClientDisconnected:
+            outcome.append("disconnected")
+            raise
+
+    async with memory_server(app, timeout_write=2) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("GET", "/")
+            reply = await client.response(sid)
+            assert reply.reset == ErrorCodes.CANCEL
+            assert outcome == ["disconnected"]
+
+
+async def test_stream_over_the_limit_is_refused_alone():
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, h2_max_concurrent_streams=2) as client:
+        # Settings come first: the client learns the limit but does not honour it.
+        while not client.remote_settings_seen:
+            await client.receive()
+        assert client.conn.remote_settings.max_concurrent_streams == 2
+        client.conn.ignore_stream_limit()
+        a = await client.request("GET", "/a")
+        b = await client.request("GET", "/b")
+        c = await client.request("GET", "/c")
+        reply = await client.response(c)
+        assert reply.reset == ErrorCodes.REFUSED_STREAM
+        release.set()
+        assert (await client.response(a)).body == b"ok"
+        assert (await client.response(b)).body == b"ok"
+        assert client.goaway is None
+        # The slot is free again.
+        assert (await client.get("/d")).body == b"ok"
+
+
+async def test_graceful_shutdown_goaway_and_in_flight_streams_finish(autojump_clock):
+    started = trio.Event()
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        started.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"w" * 100_000})
+
+    async with memory_server(app) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("GET", "/")
+            await started.wait()
+            server.shutdown()
+            while client.goaway is None:
+                await client.receive()
+            assert client.goaway.error_code == ErrorCodes.NO_ERROR
+            assert client.goaway.last_stream_id == sid
+            release.set()
+            # The response needs WINDOW_UPDATEs sent after the GOAWAY.
+            client.auto_window = True
+            client.conn.increment_flow_control_window(200_000)
+            client.conn.increment_flow_control_window(200_000, sid)
+            await client.flush()
+            reply = await client.response(sid)
+            assert reply.ended
+            assert len(reply.body) == 100_000
+            await client.until_closed()
+
+
+async def test_new_stream_after_goaway_is_refused(autojump_clock):
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with memory_server(app) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream)
+            await client.start()
+            first = await client.request("GET", "/")
+            await trio.sleep(0.1)
+            server.shutdown()
+            while client.goaway is None:
+                await client.receive()
+            late = await client.request("GET", "/late")
+            reply = await client.response(late)
+            assert reply.reset == ErrorCodes.REFUSED_STREAM
+            release.set()
+            assert (await client.response(first)).body == b"done"
+
+
+async def test_idle_connection_gets_goaway_after_keep_alive(autojump_clock):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    async with H2Session(app, timeout_keep_alive=5) as client:
+        assert (await client.get("/")).body == b"hi"
+        start = trio.current_time()
+        await client.until_closed()
+        assert client.goaway is not None
+        assert client.goaway.error_code == ErrorCodes.NO_ERROR
+        assert trio.current_time() - start == pytest.approx(5, abs=0.1)
+
+
+async def test_trailers_every_message_kept():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"grpc-status", b"0")],
+                "more_trailers": True,
+            }
+        )
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"grpc-message", b"ok")]}
+        )
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.body == b"data"
+        assert reply.trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
+        assert reply.ended
+
+
+async def test_early_hints_are_interim_headers():
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.early_hint",
+                "links": [
+                    b"</style.css>; rel=preload; as=style",
+                    b"</app.js>; rel=preload",
+                ],
+            }
+        )
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"page"})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.informational == [
+            (
+                103,
+                [
+                    (b"link", b"</style.css>; rel=preload; as=style"),
+                    (b"link", b"</app.js>; rel=preload"),
+                ],
+            )
+        ]
+        assert reply.status == 200
+        assert reply.body == b"page"
+
+
+async def test_head_and_204_have_no_body():
+    async def app(scope, receive, send):
+        status = 204 if scope["path"] == "/empty" else 200
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", b"5")] if status == 200 else [],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if status == 204 else b"hello"}
+        )
+
+    async with H2Session(app) as client:
+        head = await client.response(await client.request("HEAD", "/"))
+        assert head.status == 200
+        assert head.header[b"content-length"] == b"5"
+        assert head.body == b""
+        empty = await client.get("/empty")
+        assert empty.status == 204
+        assert empty.body == b""
+
+
+async def test_app_error_before_the_response_is_500_after_it_a_reset():
+    async def app(scope, receive, send):
+        if scope["path"] == "/late":
+            await send({"type": "http.response.start", "status": 200})
+            await send(
+                {"type": "http.response.body", "body": b"part", "more_body": True}
+            )
+        raise RuntimeError("boom")
+
+    async with H2Session(app) as client:
+        early = await client.get("/early")
+        assert early.status == 500
+        late = await client.get("/late")
+        assert late.reset == ErrorCodes.INTERNAL_ERROR
+        # The connection goes on.
+        assert (await client.get("/early")).status == 500
+
+
+async def test_pathsend_over_http2(tmp_path):
+    path = tmp_path / "file.bin"
+    payload = bytes(range(256)) * 2000
+    path.write_bytes(payload)
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.header[b"content-length"] == str(len(payload)).encode()
+        assert reply.body == payload
+
+
+async def test_limit_concurrency_answers_503_on_the_stream():
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, limit_concurrency=1) as client:
+        first = await client.request("GET", "/")
+        second = await client.request("GET", "/")
+        reply = await client.response(second)
+        assert reply.status == 503
+        release.set()
+        assert (await client.response(first)).body == b"ok"
+
+
+async def test_http2_off_preface_never_reaches_the_app():
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope)
+
+    async with memory_server(app, http2=False) as server:
+        async with open_memory_connection(server) as stream:
+            await stream.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            data = b""
+            with trio.fail_after(5):
+                while True:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+    assert data.startswith(b"HTTP/1.1 505 ") or data == b""
+    assert called == []
+
+
+async def test_plain_connect_gets_405_on_its_stream():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app) as client:
+        sid = client.conn.get_next_available_stream_id()
+        client.replies[sid] = H2Reply()
+        client.conn.send_headers(
+            sid, [(b":method", b"CONNECT"), (b":authority", b"example.test:443")]
+        )
+        await client.flush()
+        reply = await client.response(sid)
+        assert reply.status == 405
+        # The connection goes on.
+        assert (await client.get("/")).body == b"ok"
+
+
+async def test_ping_is_answered():
+    async with H2Session(hello_app) as client:
+        client.conn.ping(b"12345678")
+        await client.flush()
+        with trio.fail_after(5):
+            while not any(
+                isinstance(e, h2.events.PingAckReceived) for e in client.events
+            ):
+                await client.receive()
+        ack = next(e for e in client.events if isinstance(e, h2.events.PingAckReceived))
+        assert ack.ping_data == b"12345678"
+
+
+async def test_root_path_and_proxy_headers_over_http2():
+    async def app(scope, receive, send):
+        text = f"{scope['path']} {scope['root_path']} {scope['client'][0]} {scope['scheme']}"
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+    async with H2Session(
+        app, root_path="/api", proxy_headers=True, forwarded_allow_ips="127.0.0.1"
+    ) as client:
+        reply = await client.get(
+            "/items/3",
+            headers=[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        assert reply.body == b"/api/items/3 /api 203.0.113.9 https"

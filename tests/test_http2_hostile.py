@@ -1,0 +1,214 @@
+"""HTTP/2 clients that break the rules or flood: the right error, bounded work.
+
+Each test sends what a hostile or broken client sends, frame by frame, checks
+the GOAWAY or RST_STREAM code RFC 9113 (or the flood defence) calls for, and
+then checks that another connection to the same server is still served.
+"""
+
+from __future__ import annotations
+
+import h2.errors
+import hpack
+import pytest
+import trio
+from h2client import H2Client
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
+
+from triasgi.testing import open_memory_connection, open_memory_server
+
+ErrorCodes = h2.errors.ErrorCodes
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+        finally:
+            self.running -= 1
+
+
+def request_block(encoder: hpack.Encoder, path: str = "/", extra=()) -> bytes:
+    return encoder.encode(
+        [
+            (b":method", b"GET"),
+            (b":path", path.encode()),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test"),
+            *extra,
+        ]
+    )
+
+
+def headers_frame(stream_id: int, block: bytes, *, end_headers=True, end_stream=True):
+    frame = HeadersFrame(stream_id)
+    frame.data = block
+    if end_headers:
+        frame.flags.add("END_HEADERS")
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return frame.serialize()
+
+
+async def read_goaway(stream: trio.abc.Stream) -> int | None:
+    """Read frames until the server's GOAWAY (its error code) or the end."""
+    buffer = b""
+    with trio.fail_after(30):
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            buffer += data
+            while len(buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+                if len(buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(buffer[9 : 9 + length]))
+                buffer = buffer[9 + length :]
+                if isinstance(frame, GoAwayFrame):
+                    return frame.error_code
+
+
+async def still_serves(server) -> None:
+    async with open_memory_connection(server) as stream:
+        client = H2Client(stream)
+        await client.start()
+        reply = await client.get("/")
+        assert reply.status == 200
+        assert reply.body == b"ok"
+
+
+async def flood(app, frames: bytes, **settings) -> int | None:
+    settings.setdefault("lifespan", "off")
+    async with open_memory_server(app, **settings) as server:
+        async with open_memory_connection(server) as stream:
+            await stream.send_all(PREFACE + SettingsFrame(0).serialize() + frames)
+            code = await read_goaway(stream)
+        await still_serves(server)
+    return code
+
+
+async def test_rapid_reset_is_stopped_and_bounded():
+    app = Counter()
+    encoder = hpack.Encoder()
+    frames = b""
+    for i in range(5000):
+        sid = 2 * i + 1
+        frames += headers_frame(sid, request_block(encoder))
+        frame = RstStreamFrame(sid)
+        frame.error_code = ErrorCodes.CANCEL
+        frames += frame.serialize()
+    code = await flood(app, frames)
+    assert code == ErrorCodes.ENHANCE_YOUR_CALM
+    # Far fewer app calls than streams opened, and never more at once than
+    # the stream limit.
+    assert app.calls < 1000
+    assert app.most_running <= 100
+
+
+async def test_ping_flood_is_stopped():
+    frames = b"".join(PingFrame(0, b"12345678").serialize() for _ in range(20000))
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_settings_flood_is_stopped():
+    frames = b"".join(SettingsFrame(0).serialize() for _ in range(20000))
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_empty_data_flood_is_stopped():
+    encoder = hpack.Encoder()
+    frames = headers_frame(1, request_block(encoder), end_stream=False)
+    frames += b"".join(DataFrame(1, b"").serialize() for _ in range(20000))
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_continuation_flood_is_stopped():
+    encoder = hpack.Encoder()
+    frames = headers_frame(1, request_block(encoder), end_headers=False)
+    frames += b"".join(ContinuationFrame(1, b"").serialize() for _ in range(10000))
+    assert await flood(Counter(), frames) == ErrorCodes.PROTOCOL_ERROR
+
+
+async def test_hpack_bomb_is_refused():
+    encoder = hpack.Encoder()
+    # One large header indexed once, then referenced many times: a small
+    # block that decodes to megabytes.
+    first = request_block(encoder, extra=[(b"x-big", b"a" * 4000)])
+    frames = headers_frame(1, first)
+    bomb = request_block(encoder, extra=[(b"x-big", b"a" * 4000)] * 2000)
+    frames += headers_frame(3, bomb)
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "stream_id"),
+    [
+        ("even stream id", [], 2),
+        ("unknown pseudo-header", [(b":bogus", b"1")], 1),
+        ("connection-specific header", [(b"connection", b"keep-alive")], 1),
+        ("upper-case name", [(b"X-Upper", b"1")], 1),
+        ("te other than trailers", [(b"te", b"gzip")], 1),
+    ],
+)
+async def test_malformed_request_is_a_protocol_error(name, extra, stream_id):
+    encoder = hpack.Encoder()
+    frames = headers_frame(stream_id, request_block(encoder, extra=extra))
+    app = Counter()
+    assert await flood(app, frames) == ErrorCodes.PROTOCOL_ERROR, name
+    assert app.calls == 1  # only still_serves's request
+
+
+async def test_pseudo_header_after_regular_is_a_protocol_error():
+    encoder = hpack.Encoder()
+    block = encoder.encode(
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b"x-a", b"1"),
+            (b":path", b"/"),
+        ]
+    )
+    assert await flood(Counter(), headers_frame(1, block)) == ErrorCodes.PROTOCOL_ERROR
+
+
+async def test_data_beyond_the_window_is_a_flow_control_error():
+    encoder = hpack.Encoder()
+    frames = headers_frame(1, request_block(encoder, "/hold"), end_stream=False)
+    frames += b"".join(DataFrame(1, b"x" * 16384).serialize() for _ in range(5))
+    counter = Counter()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/hold":
+            await trio.sleep_forever()  # reads no body: nothing is credited
+        await counter(scope, receive, send)
+
+    code = await flood(app, frames, disconnect_grace_period=0)
+    assert code == ErrorCodes.FLOW_CONTROL_ERROR
+
+
+async def test_data_on_stream_zero_is_a_protocol_error():
+    # A DATA frame (type 0) of 10 bytes on stream 0.
+    frame = b"\x00\x00\x0a\x00\x00\x00\x00\x00\x00" + b"x" * 10
+    assert await flood(Counter(), frame) == ErrorCodes.PROTOCOL_ERROR
