@@ -24,6 +24,8 @@ import httpx
 import pytest
 import trio
 from conftest import hello_app
+from h2.errors import ErrorCodes
+from h2client import H2Client
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from test_supervisor import Supervisor
@@ -294,6 +296,53 @@ async def test_disconnects_and_grace_period_cancellations(start, metrics_app):
     assert value(samples, "triasgi_requests_in_flight") == 0
     # Neither request was answered.
     assert requests_total(samples, "GET", 200, "http/1.1") == 0
+
+
+async def test_http2_requests_resets_and_a_stream_s_grace_period(start, metrics_app):
+    served, url, metrics = await serve(
+        start, metrics_app, "--disconnect-grace-period", "0.2"
+    )
+    async with (
+        httpx.AsyncClient(http1=False, http2=True) as client,
+        httpx.AsyncClient() as scraper,
+    ):
+        sizes = []
+        async with trio.open_nursery() as nursery:
+
+            async def send(method: str, path: str, body: bytes) -> None:
+                response = await client.request(method, url + path, content=body)
+                assert response.http_version == "HTTP/2"
+                sizes.append(len(response.content))
+
+            for _ in range(5):
+                nursery.start_soon(send, "GET", "/", b"")
+            for _ in range(3):
+                nursery.start_soon(send, "POST", "/echo", b"y" * 1000)
+        # The client resets a stream whose app ignores it: the stream's own
+        # grace period cancels that app, and the connection serves on.
+        stream = await trio.open_tcp_stream("127.0.0.1", served.port)
+        h2 = H2Client(stream)
+        await h2.start()
+        sid = await h2.request("GET", "/hang")
+        await served.wait_for_log("app got /hang")
+        h2.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        await h2.flush()
+
+        def cancelled(samples: Samples) -> bool:
+            return value(samples, "triasgi_grace_cancellations_total") == 1
+
+        samples = await scrape_until(scraper, metrics, cancelled)
+        assert value(samples, "triasgi_connections_open") == 2
+        await stream.aclose()
+    assert requests_total(samples, "GET", 200, "http/2") == 5
+    assert requests_total(samples, "POST", 200, "http/2") == 3
+    assert (
+        value(samples, "triasgi_request_duration_seconds_count", protocol="http/2") == 8
+    )
+    assert value(samples, "triasgi_request_body_bytes_total") == 3000
+    assert value(samples, "triasgi_response_body_bytes_total") == sum(sizes)
+    assert value(samples, "triasgi_disconnects_total", protocol="http/2") == 1
+    assert value(samples, "triasgi_requests_in_flight") == 0
 
 
 async def test_workers_are_summed_and_a_killed_worker_s_counts_stay(start, metrics_app):

@@ -9,11 +9,12 @@ so that a server without metrics pays nothing more per request:
   answers a request with an error of its own: :meth:`Metrics.request_done`;
 - an HTTP client goes away before its response is complete:
   :meth:`Metrics.disconnected`;
-- a connection is accepted, and ends: :meth:`Metrics.connection_opened`,
-  :meth:`Metrics.connection_closed`;
-- an app is cancelled because its disconnect grace period ran out (the
-  connection's, or on a multiplexed protocol a stream's):
-  :meth:`Metrics.grace_cancelled`.
+- a connection is accepted, and ends (the server counts both, whatever the
+  protocol): :meth:`Metrics.connection_opened`, :meth:`Metrics.connection_closed`
+  (which says whether the connection's disconnect grace period ran out and
+  cancelled what it ran);
+- an HTTP/2 stream's own grace period, after the client reset it, runs out
+  and cancels its app: :meth:`Metrics.grace_cancelled`.
 
 The gauges, requests in flight and open connections, are not kept here: the
 server counts them anyway and hands them to :meth:`Metrics.snapshot`.
@@ -177,9 +178,17 @@ class Metrics:
         """A connection was accepted."""
         self.connections += 1
 
-    def connection_closed(self, bytes_in: int) -> None:
-        """A connection ended, with ``bytes_in`` request body bytes not counted yet."""
+    def connection_closed(self, bytes_in: int, *, grace_cancelled: bool) -> None:
+        """A connection ended.
+
+        Args:
+            bytes_in: request body bytes received and not counted yet.
+            grace_cancelled: the connection's disconnect grace period ran out,
+                and cancelled what it ran.
+        """
         self.request_body_bytes += bytes_in
+        if grace_cancelled:
+            self.grace_cancellations += 1
 
     def grace_cancelled(self) -> None:
         """An app was cancelled because its disconnect grace period ran out."""

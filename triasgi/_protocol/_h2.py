@@ -254,6 +254,7 @@ class H2Protocol:
         "_goaway_sent",
         "_open",
         "_refusals",
+        "_request_body_bytes",
         "_resets",
         "_window",
         "closed",
@@ -306,6 +307,8 @@ class H2Protocol:
         self.closed = False
         #: Response body bytes sent, per stream, for the access log.
         self.response_body_bytes: dict[int, int] = {}
+        # Request body bytes received since the metrics last took them.
+        self._request_body_bytes = 0
 
     # -- the connection ------------------------------------------------------
 
@@ -431,6 +434,7 @@ class H2Protocol:
         if padding:
             self._credit(stream_id, padding)
         if data:
+            self._request_body_bytes += len(data)
             events.append(Body(stream_id, data))
         elif not event.stream_ended and not self._calm.spend(now):
             self._calm_down("too many empty DATA frames", events)
@@ -440,6 +444,11 @@ class H2Protocol:
         # has closed, the connection's window alone.
         if length > 0 and not self._h2_closed:
             self._conn.acknowledge_received_data(length, stream_id)
+
+    def take_request_body_bytes(self) -> int:
+        """Request body bytes received since the last call (for the metrics)."""
+        count, self._request_body_bytes = self._request_body_bytes, 0
+        return count
 
     def consumed(self, stream_id: int, length: int) -> None:
         """The app has taken ``length`` bytes of a stream's body: credit them."""

@@ -274,16 +274,19 @@ class AppCall(HTTPCycle):
         conn = self.conn
         metrics = conn.server.metrics
         assert metrics is not None
-        protocol = conn.protocol
         request = self.request
         metrics.request_done(
             request.method,
             status,
             http_protocol(request.http_version),
-            protocol.take_request_body_bytes(),
-            protocol.response_body_bytes,
+            conn.protocol.take_request_body_bytes(),
+            self.body_bytes_sent(),
             time.perf_counter() - self.started_at,
         )
+
+    def body_bytes_sent(self) -> int:
+        """The response's body bytes framed so far."""
+        return self.conn.protocol.response_body_bytes
 
     def on_disconnect(self) -> None:
         super().on_disconnect()

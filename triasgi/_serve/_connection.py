@@ -156,8 +156,13 @@ class HTTP11Connection(Inbox):
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve until the connection is done, then close the stream."""
+    async def run(self) -> bool:
+        """Serve until the connection is done, then close the stream.
+
+        Returns:
+            Whether the disconnect grace period ran out and cancelled what the
+            connection ran (for the metrics).
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -174,16 +179,11 @@ class HTTP11Connection(Inbox):
                     await trio.aclose_forcefully(self.stream)
                     while self.apps_running:
                         await self._apps_done.park()
-            metrics = self.server.metrics
-            if metrics is not None:
-                metrics.connection_closed(self.protocol.take_request_body_bytes())
-                # Only the disconnect grace period's deadline, or cancel(),
-                # cancels the nursery.
-                if nursery.cancel_scope.cancelled_caught and not self._cancel_requested:
-                    metrics.grace_cancelled()
         finally:
             if self.h2_preface is None:
                 await trio.aclose_forcefully(self.stream)
+        # Only the grace period's deadline, or cancel(), cancels the nursery.
+        return nursery.cancel_scope.cancelled_caught and not self._cancel_requested
 
     def cancel(self) -> None:
         """Stop serving at once: the app call in flight is cancelled."""

@@ -142,8 +142,13 @@ class H2Connection(Transport):
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve until the connection is done, then close the stream."""
+    async def run(self) -> bool:
+        """Serve until the connection is done, then close the stream.
+
+        Returns:
+            Whether the connection's disconnect grace period ran out and
+            cancelled what it ran (for the metrics).
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -156,6 +161,8 @@ class H2Connection(Transport):
                     await self._close()
         finally:
             await trio.aclose_forcefully(self.stream)
+        # Only the grace period's deadline, or cancel(), cancels the nursery.
+        return nursery.cancel_scope.cancelled_caught and not self._cancel_requested
 
     def cancel(self) -> None:
         """Stop serving at once: every stream's app call is cancelled."""
@@ -333,14 +340,21 @@ class H2Connection(Transport):
                 self._nursery.start_soon(session.run_stream)
                 return
             # Extended CONNECT for a protocol not served here.
-            self._answer_error(stream_id, 501)
+            self._refuse(request, 501)
             return
         if not self.server.admit_request():
-            self._answer_error(stream_id, 503)
+            self._refuse(request, 503)
             return
         call = H2Call(self, request, self._build_scope(request))
         self.streams[stream_id] = call
         self._nursery.start_soon(call.run)
+
+    def _refuse(self, request: Request, status: int) -> None:
+        """Answer a request with an error, without an app call."""
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.request_done(request.method, status, "http/2", 0, 0, 0.0)
+        self._answer_error(request.stream_id, status)
 
     def _answer_error(self, stream_id: int, status: int) -> None:
         """A plain-text error answer on a stream that gets no app call."""
@@ -474,6 +488,8 @@ class H2Call(AppCall):
                 else:
                     self.app_returned(None)
                 await self._after_app()
+            if self.cancel_scope.cancelled_caught and server.metrics is not None:
+                server.metrics.grace_cancelled()  # only its reset's grace cancels it
         finally:
             server.release_request()
             conn.stream_done(self)
@@ -483,6 +499,8 @@ class H2Call(AppCall):
         if outcome is Outcome.KEEP_ALIVE or self.disconnected:
             return
         conn = self.conn
+        if outcome is not Outcome.CLOSE and conn.server.metrics is not None:
+            self.count(500 if outcome is Outcome.ANSWER_500 else self.error_status)
         if outcome is Outcome.ANSWER_500:
             conn._answer_error(self.stream_id, 500)
         elif outcome is Outcome.REJECT:
@@ -515,6 +533,9 @@ class H2Call(AppCall):
         if self.disconnected or self.state is _DONE:
             return False
         self.on_disconnect()
+        metrics = self.conn.server.metrics
+        if metrics is not None:
+            metrics.disconnected("http/2")
         return True
 
     # -- receive ---------------------------------------------------------------
@@ -686,6 +707,9 @@ class H2Call(AppCall):
         finally:
             os.close(fd)
 
+    def body_bytes_sent(self) -> int:
+        return self.conn.protocol.response_body_bytes.get(self.stream_id, 0)
+
     def _log_access(self) -> None:
         request = self.request
         scope = self.scope
@@ -696,7 +720,7 @@ class H2Call(AppCall):
             http_version="2.0",
             scheme=scope["scheme"],
             status=self.status,
-            body_bytes=self.conn.protocol.response_body_bytes.get(self.stream_id, 0),
+            body_bytes=self.body_bytes_sent(),
             duration=time.perf_counter() - self.started_at,
             request_headers=request.headers,
             response_headers=self.response_headers,

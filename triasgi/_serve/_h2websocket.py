@@ -58,10 +58,13 @@ class H2WebSocketSession(WebSocketSession):
 
     async def run_stream(self) -> None:
         """The session, in the stream's cancel scope; then forget the stream."""
+        metrics = self._conn.server.metrics
         try:
             with self.cancel_scope:
                 await self.run()
                 await self._end_stream()
+            if self.cancel_scope.cancelled_caught and metrics is not None:
+                metrics.grace_cancelled()  # only its reset's grace cancels it
         finally:
             self._conn.stream_done(self)
 

@@ -265,13 +265,19 @@ class Server:
                 self._connections.add(conn)
                 if self._connections_closing:
                     conn.begin_shutdown()
+                grace_ran_out = False
                 try:
-                    await conn.run()
+                    grace_ran_out = await conn.run()
                 except Exception:
                     logger.exception("Unexpected error in a connection; it was closed.")
                 finally:
                     self._connections.discard(conn)
                     self._closed_lot.unpark_all()
+                if self.metrics is not None:
+                    bytes_in = conn.protocol.take_request_body_bytes()
+                    self.metrics.connection_closed(
+                        bytes_in, grace_cancelled=grace_ran_out
+                    )
                 if type(conn) is not HTTP11Connection or conn.h2_preface is None:
                     break
                 # The connection opened with the HTTP/2 preface.
