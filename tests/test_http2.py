@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 from h2client import H2Client, H2Reply, H2Session
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 from triasgi.testing import open_memory_connection, open_memory_server
 
@@ -383,6 +384,34 @@ async def test_graceful_shutdown_goaway_and_in_flight_streams_finish(autojump_cl
             assert reply.ended
             assert len(reply.body) == 100_000
             await client.until_closed()
+
+
+async def test_client_goaway_keeps_the_frames_after_it_in_the_same_read(
+    autojump_clock,
+):
+    """A client's GOAWAY NO_ERROR and the rest of a stream's body, sent together."""
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": body})
+
+    async with H2Session(app) as client:
+        sid = await client.request("POST", "/", body=b"abc", end=False)
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = ErrorCodes.NO_ERROR
+        data = DataFrame(sid, b"defg")
+        data.flags.add("END_STREAM")
+        await client.send_raw(goaway.serialize() + data.serialize())
+        reply = await client.response(sid)
+        assert reply.status == 200
+        assert reply.body == b"abcdefg"
 
 
 async def test_new_stream_after_goaway_is_refused(autojump_clock):

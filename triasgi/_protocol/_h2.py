@@ -378,7 +378,10 @@ class H2Protocol:
                         f"the client sent GOAWAY ({_code_name(code)})",
                     )
                 )
-                break
+                if self.closed:
+                    break
+                # A goodbye without an error: what came after it (the body,
+                # WINDOW_UPDATE or RST_STREAM of the streams in flight) counts.
             elif not self._spend_calm(now, events):
                 # PING, PRIORITY, a SETTINGS ack, request trailers, an
                 # unknown frame: work without a request.
