@@ -577,6 +577,32 @@ async def test_limit_concurrency_answers_503_on_the_stream():
         assert (await client.response(first)).body == b"ok"
 
 
+async def test_body_of_a_request_answered_503_is_credited_to_the_connection():
+    """Body that came with a request the server answered itself is not lost."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, limit_concurrency=1) as client:
+        await client.round_trip()
+        first = await client.request("GET", "/")
+        window = client.conn.outbound_flow_control_window
+        assert window == 1024 * 1024
+        # Each body comes in the same read as its request head.
+        for _ in range(10):
+            sid = await client.request("POST", "/", body=b"x" * 60_000)
+            assert (await client.response(sid)).status == 503
+        await client.round_trip()
+        # 600,000 bytes sent: the server credits them back (in steps of half
+        # its window), instead of letting the connection window shrink.
+        assert client.conn.outbound_flow_control_window > window - 600_000
+        release.set()
+        assert (await client.response(first)).body == b"ok"
+
+
 async def test_http2_off_preface_never_reaches_the_app():
     called = []
 

@@ -287,6 +287,10 @@ class H2Connection(Transport):
                 if call is not None:
                     call.inbox.append(event)
                     call.data_lot.unpark_all()
+                elif kind is Body:
+                    # Its stream was answered without an app call (503,
+                    # 501...) by an event before this one: no one reads it.
+                    self.protocol.consumed(event.stream_id, len(event.data))
             elif kind is Request:
                 self._start(event)
             elif kind is WindowOpened:
