@@ -603,6 +603,29 @@ async def test_body_of_a_request_answered_503_is_credited_to_the_connection():
         assert (await client.response(first)).body == b"ok"
 
 
+async def test_503_before_the_request_body_ends_resets_the_stream(autojump_clock):
+    """The rest of the body is not wanted: RST_STREAM NO_ERROR after the 503."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, limit_concurrency=1) as client:
+        first = await client.request("GET", "/")
+        sid = await client.request("POST", "/", body=b"part", end=False)
+        reply = client.replies[sid]
+        with trio.fail_after(1):
+            while reply.reset is None:
+                await client.receive()
+        assert reply.status == 503
+        assert reply.ended
+        assert reply.reset == ErrorCodes.NO_ERROR
+        release.set()
+        assert (await client.response(first)).body == b"ok"
+
+
 async def test_http2_off_preface_never_reaches_the_app():
     called = []
 

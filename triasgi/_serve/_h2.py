@@ -361,6 +361,9 @@ class H2Connection(Transport):
             protocol.send_body(stream_id, memoryview(body), True)
         except (StreamGone, ValueError):
             pass
+        # The rest of a request body is not wanted (RFC 9113 section 8.1),
+        # and a stream the client leaves open would be kept forever.
+        protocol.reset(stream_id, NO_ERROR)
         protocol.stream_done(stream_id)
 
     def stream_done(self, call: Stream) -> None:
