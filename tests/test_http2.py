@@ -503,6 +503,28 @@ async def test_early_hints_are_interim_headers():
         assert reply.body == b"page"
 
 
+async def test_response_before_the_request_body_ends_is_followed_by_a_reset(
+    autojump_clock,
+):
+    """RST_STREAM NO_ERROR goes out when the app returns, not with a later write."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"early"})
+
+    async with H2Session(app) as client:
+        await client.round_trip()  # nothing else of the client's is coming
+        sid = await client.request("POST", "/", body=b"part", end=False)
+        reply = client.replies[sid]
+        with trio.fail_after(1):
+            while reply.reset is None:
+                await client.receive()
+        assert reply.body == b"early"
+        assert reply.ended
+        assert reply.reset == ErrorCodes.NO_ERROR
+        assert client.goaway is None
+
+
 async def test_head_and_204_have_no_body():
     async def app(scope, receive, send):
         status = 204 if scope["path"] == "/empty" else 200

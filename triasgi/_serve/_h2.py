@@ -230,9 +230,12 @@ class H2Connection(Transport):
             raise ClientDisconnected("The client has disconnected.")
         async with self._write_lock:
             data = self.protocol.data_to_send()
-            if data:
+            while data:
                 with trio.CancelScope(shield=True):
                     await self.write(data)
+                # Frames queued while this wrote, by a task that could not
+                # wait to write them (stream_done).
+                data = self.protocol.data_to_send()
 
     # -- the connection task ----------------------------------------------------
 
@@ -388,6 +391,10 @@ class H2Connection(Transport):
             elif self._scope is not None:
                 # The read under way began with streams open: no deadline.
                 self._scope.deadline = now + self.server.config.timeout_keep_alive
+        if protocol.has_output:
+            # The reset or window credit queued here: the connection task
+            # writes it, as this may run in a cancelled scope.
+            self._wake()
 
     def cycle_finished(self, call: AppCall) -> None:
         """The response of a stream is complete (``AppCall`` calls this)."""
