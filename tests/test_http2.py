@@ -326,6 +326,76 @@ async def test_stalled_window_resets_that_stream_after_the_write_timeout(
             assert outcome == ["disconnected"]
 
 
+@pytest.mark.parametrize("stall", ["response window", "request body"])
+async def test_stream_the_server_resets_gets_the_grace_period(autojump_clock, stall):
+    """An app that goes on after its stream was reset is cancelled, as on a
+    client's reset: it cannot hold a stream (and its slot) forever."""
+    from triasgi import ClientDisconnected
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        try:
+            if stall == "request body":
+                while (await receive())["type"] == "http.request":
+                    pass
+            else:
+                await send({"type": "http.response.start", "status": 200})
+                await send({"type": "http.response.body", "body": b"q" * 100_000})
+        except ClientDisconnected:
+            pass
+        seen["gone"] = trio.current_time()
+        try:
+            await trio.sleep(1000)  # an app that ignores the disconnect
+        except trio.Cancelled:
+            seen["cancelled"] = trio.current_time()
+            raise
+
+    settings = {"timeout_write": 2, "timeout_request_body": 2}
+    async with memory_server(app, disconnect_grace_period=3, **settings) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("POST", "/", body=b"part", end=False)
+            reply = await client.response(sid)
+            assert reply.reset == ErrorCodes.CANCEL
+            await trio.sleep(10)
+            assert seen["gone"] == pytest.approx(2, abs=0.01)
+            assert seen["cancelled"] - seen["gone"] == pytest.approx(3, abs=0.01)
+
+
+async def test_connection_lost_while_the_last_body_waits_gives_the_grace_period(
+    autojump_clock,
+):
+    from triasgi import ClientDisconnected
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        try:
+            await send({"type": "http.response.body", "body": b"q" * 100_000})
+        except ClientDisconnected:
+            seen["gone"] = trio.current_time()
+        try:
+            await trio.sleep(1000)
+        except trio.Cancelled:
+            seen["cancelled"] = trio.current_time()
+            raise
+
+    async with memory_server(app, disconnect_grace_period=3) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("GET", "/")
+            while len(client.replies[sid].body) < 65535:
+                await client.receive()
+            await trio.sleep(1)
+        await trio.sleep(10)
+    assert seen["gone"] == pytest.approx(1, abs=0.01)
+    assert seen["cancelled"] - seen["gone"] == pytest.approx(3, abs=0.01)
+
+
 async def test_stream_over_the_limit_is_refused_alone():
     release = trio.Event()
 

@@ -307,7 +307,7 @@ class H2Connection(Transport):
             elif kind is StreamReset:
                 call = self.streams.get(event.stream_id)
                 if call is not None:
-                    call.reset_by_client()
+                    call.on_reset()
             elif kind is ProtocolError:
                 logger.debug(
                     "Rejected HTTP/2 request from %s: %s (%d)",
@@ -514,8 +514,9 @@ class H2Call(AppCall):
     def begin_shutdown(self) -> None:
         """A request in flight finishes on its own within the shutdown timeout."""
 
-    def reset_by_client(self) -> None:
-        """RST_STREAM from the client: the app gets its grace period, alone."""
+    def on_reset(self) -> None:
+        """The stream was reset, by the client or by us: the app gets its
+        grace period, alone."""
         if self.stream_gone():
             self.cancel_scope.deadline = min(
                 self.cancel_scope.deadline,
@@ -526,7 +527,9 @@ class H2Call(AppCall):
         """The stream's client has gone; True if its response was not complete."""
         self.data_lot.unpark_all()
         self.window_lot.unpark_all()
-        if self.disconnected or self.state is _DONE:
+        # Not ``state``, which is DONE while the last frames wait for the
+        # client's window: the response is complete once they are written.
+        if self.disconnected or self.finished:
             return False
         self.on_disconnect()
         return True
@@ -548,7 +551,7 @@ class H2Call(AppCall):
                     timeout,
                 )
                 self.conn.protocol.reset(self.stream_id, CANCEL)
-                self.stream_gone()
+                self.on_reset()
                 await self._flush_quietly()
                 return {"type": "http.disconnect"}
         inbox = self.inbox
