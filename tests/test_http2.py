@@ -396,6 +396,87 @@ async def test_connection_lost_while_the_last_body_waits_gives_the_grace_period(
     assert seen["cancelled"] - seen["gone"] == pytest.approx(3, abs=0.01)
 
 
+class Stalling(trio.abc.Stream):
+    """The server's end of a memory connection, whose client stops reading at
+    ``stall()``: from then on a write waits for good, as on a socket whose
+    buffers are full."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.stalled = False
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def send_all(self, data) -> None:
+        if self.stalled:
+            await trio.sleep_forever()
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None):
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def stalling_client(server, nursery, **client_args) -> tuple[H2Client, Stalling]:
+    """An HTTP/2 client with windows wide open, on a connection that can stall."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    stalling = Stalling(server_stream)
+    nursery.start_soon(server.serve_stream, stalling, ("127.0.0.1", 50000), None)
+    client = H2Client(client_stream, settings={4: 2**31 - 1}, **client_args)
+    await client.start()
+    client.conn.increment_flow_control_window(2**30)
+    await client.flush()
+    return client, stalling
+
+
+async def endless_body(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200})
+    while True:
+        await send({"type": "http.response.body", "body": b"e" * 16384, "more_body": True})
+
+
+async def test_client_that_stops_reading_is_dropped_after_one_write_timeout(
+    autojump_clock,
+):
+    """Streams whose writes queue behind the one that timed out do not each
+    wait for the write timeout again."""
+    from triasgi import ClientDisconnected
+
+    gone = {}
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] != "/first":
+            await release.wait()
+        try:
+            await endless_body(scope, receive, send)
+        except ClientDisconnected:
+            gone[scope["path"]] = trio.current_time()
+            raise
+
+    async with memory_server(app, timeout_write=2) as server:
+        async with trio.open_nursery() as nursery:
+            client, stalling = await stalling_client(server, nursery)
+            for path in ("/first", "/b", "/c"):
+                await client.request("GET", path)
+            while not client.replies[1].body:
+                await client.receive()
+            stalling.stall()
+            stalled_at = trio.current_time()
+            await trio.sleep(0.5)  # a write now waits: the others queue behind it
+            release.set()
+            await trio.sleep(30)
+            assert sorted(gone) == ["/b", "/c", "/first"]
+            for at in gone.values():
+                assert at - stalled_at == pytest.approx(2, abs=0.01)
+
+
 async def test_stream_over_the_limit_is_refused_alone():
     release = trio.Event()
 

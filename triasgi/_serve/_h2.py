@@ -229,6 +229,10 @@ class H2Connection(Transport):
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
         async with self._write_lock:
+            if self._gone:
+                # The write before this one found the client gone (or not
+                # reading): another would only wait for the write timeout.
+                raise ClientDisconnected("The client has disconnected.")
             data = self.protocol.data_to_send()
             while data:
                 with trio.CancelScope(shield=True):
