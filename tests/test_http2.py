@@ -477,6 +477,26 @@ async def test_client_that_stops_reading_is_dropped_after_one_write_timeout(
                 assert at - stalled_at == pytest.approx(2, abs=0.01)
 
 
+async def test_shutdown_timeout_bounds_a_write_to_a_client_that_stopped_reading(
+    autojump_clock,
+):
+    """The shielded write is cut by the hard stop after the graceful-shutdown
+    timeout, not left to run for the (longer) write timeout."""
+    settings = {"timeout_write": 60, "timeout_graceful_shutdown": 1}
+    async with memory_server(endless_body, **settings) as server:
+        async with trio.open_nursery() as nursery:
+            client, stalling = await stalling_client(server, nursery)
+            sid = await client.request("GET", "/")
+            while not client.replies[sid].body:
+                await client.receive()
+            stalling.stall()
+            await trio.sleep(0.5)  # a write now waits for the client
+            start = trio.current_time()
+            server.shutdown()
+        # The connection's task has ended: the nursery is done.
+        assert trio.current_time() - start == pytest.approx(1, abs=0.01)
+
+
 async def test_stream_over_the_limit_is_refused_alone():
     release = trio.Event()
 

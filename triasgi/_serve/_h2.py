@@ -104,6 +104,7 @@ class H2Connection(Transport):
         "_received",
         "_scope",
         "_write_lock",
+        "_write_scope",
         "closing",
         "protocol",
         "scheme",
@@ -138,6 +139,8 @@ class H2Connection(Transport):
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._write_lock = trio.StrictFIFOLock()
+        # The shielded scope of the write under way, which a hard stop unshields.
+        self._write_scope: trio.CancelScope | None = None
         self._idle_since = trio.current_time()
 
     # -- lifecycle -----------------------------------------------------------
@@ -162,6 +165,9 @@ class H2Connection(Transport):
         self._cancel_requested = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+        if self._write_scope is not None:
+            # Half a frame no longer matters: the connection is being dropped.
+            self._write_scope.shield = False
 
     def begin_shutdown(self) -> None:
         """Graceful shutdown: GOAWAY; the streams in flight finish, then it closes."""
@@ -235,8 +241,12 @@ class H2Connection(Transport):
                 raise ClientDisconnected("The client has disconnected.")
             data = self.protocol.data_to_send()
             while data:
-                with trio.CancelScope(shield=True):
-                    await self.write(data)
+                with trio.CancelScope(shield=not self._cancel_requested) as scope:
+                    self._write_scope = scope
+                    try:
+                        await self.write(data)
+                    finally:
+                        self._write_scope = None
                 # Frames queued while this wrote, by a task that could not
                 # wait to write them (stream_done).
                 data = self.protocol.data_to_send()
