@@ -7,7 +7,11 @@ then checks that another connection to the same server is still served.
 
 from __future__ import annotations
 
+import contextlib
+
 import h2.errors
+import h2.events
+import h2.exceptions
 import hpack
 import pytest
 import trio
@@ -21,6 +25,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from triasgi.testing import open_memory_connection, open_memory_server
@@ -135,6 +140,49 @@ async def test_ping_flood_is_stopped():
 async def test_settings_flood_is_stopped():
     frames = b"".join(SettingsFrame(0).serialize() for _ in range(20000))
     assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_window_update_flood_is_stopped():
+    frames = b""
+    for _ in range(20000):
+        frame = WindowUpdateFrame(0)
+        frame.window_increment = 1
+        frames += frame.serialize()
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_window_update_for_every_data_frame_is_no_flood(autojump_clock):
+    """A client that credits each DATA frame it gets, on the stream and on the
+    connection (as browsers do), downloads a large body to its end."""
+    size = 16 * 1024 * 1024  # 1024 DATA frames, 2048 WINDOW_UPDATEs
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"d" * size})
+
+    async with open_memory_server(app, lifespan="off") as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, client.headers_for("GET", "/"), True)
+            await client.flush()
+            received = 0
+            ended = False
+            while not (ended or client.closed):
+                for event in await client.receive():
+                    if isinstance(event, h2.events.DataReceived):
+                        received += len(event.data)
+                        length = event.flow_controlled_length
+                        client.conn.increment_flow_control_window(length)
+                        # Not after the stream's last frame (maybe in this read).
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            client.conn.increment_flow_control_window(length, sid)
+                    ended = ended or isinstance(event, h2.events.StreamEnded)
+                await client.flush()
+            assert client.goaway is None
+            assert ended
+            assert received == size
 
 
 async def test_empty_data_flood_is_stopped():

@@ -30,8 +30,9 @@ What this adds to h2:
 - Floods cost the attacker, not us: budgets that refill with time bound
   client resets of streams in flight (rapid reset), refused streams, and
   frames that make work without a request (PING, SETTINGS, PRIORITY, empty
-  DATA, WINDOW_UPDATE); over a budget the connection ends with GOAWAY
-  ENHANCE_YOUR_CALM.  h2 bounds CONTINUATION frames per header block (64)
+  DATA, WINDOW_UPDATE, less two for each DATA frame we send, which a
+  client may credit one by one); over a budget the connection ends with
+  GOAWAY ENHANCE_YOUR_CALM.  h2 bounds CONTINUATION frames per header block (64)
   and the decoded header list (``max_header_list_size``: an HPACK bomb is a
   connection error).
 - Requests: the pseudo-headers become the request line (``:path`` the
@@ -213,6 +214,10 @@ class _Budget:
             self._at = now
         self._left -= amount
         return self._left >= 0
+
+    def refund(self, amount: float) -> None:
+        """Give back ``amount``, up to the burst."""
+        self._left = min(self.burst, self._left + amount)
 
 
 class _H2Connection(h2.connection.H2Connection):
@@ -569,7 +574,7 @@ class H2Protocol:
         size = len(data)
         window = conn.local_flow_control_window(stream_id)
         frame = conn.max_outbound_frame_size
-        sent = 0
+        sent = frames = 0
         while sent < size and window > 0:
             n = min(size - sent, window, frame)
             conn.send_data(
@@ -579,6 +584,12 @@ class H2Protocol:
             )
             sent += n
             window -= n
+            frames += 1
+        if frames:
+            # Each DATA frame may bring the stream's and the connection's
+            # WINDOW_UPDATE back (browsers credit every frame): frames that
+            # answer ours are no flood.
+            self._calm.refund(2 * frames)
         if end_stream and not size:
             conn.end_stream(stream_id)
         self.response_body_bytes[stream_id] = (
