@@ -720,6 +720,73 @@ async def test_head_and_204_have_no_body():
         assert empty.body == b""
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-bad", b"one\r\nset-cookie: injected"),
+        (b"x-bad", b"nul\x00"),
+        (b"x-bad", b" padded"),
+        (b"x bad", b"1"),
+        (b"", b"1"),
+        (b":path", b"/"),
+    ],
+)
+async def test_invalid_response_header_is_a_500_and_the_connection_goes_on(field):
+    async def app(scope, receive, send):
+        headers = [(b"x-first", b"kept")]
+        if scope["path"] == "/bad":
+            headers.append(field)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app) as client:
+        bad = await client.get("/bad")
+        assert bad.status == 500
+        assert bad.ended
+        # HPACK's state is whole: the field before the bad one decodes right.
+        good = await client.get("/good")
+        assert good.status == 200
+        assert good.header[b"x-first"] == b"kept"
+        assert good.body == b"ok"
+
+
+async def test_response_te_header_is_dropped():
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"te", b"gzip"), (b"x-a", b"1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.status == 200
+        assert b"te" not in reply.header
+        assert reply.header[b"x-a"] == b"1"
+
+
+async def test_invalid_trailer_resets_the_stream_and_the_connection_goes_on():
+    async def app(scope, receive, send):
+        if scope["path"] == "/good":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"x-t", b"a\r\nb")]}
+        )
+
+    async with H2Session(app) as client:
+        bad = await client.get("/bad")
+        assert bad.reset == ErrorCodes.INTERNAL_ERROR
+        assert bad.trailers == []
+        assert (await client.get("/good")).body == b"ok"
+
+
 async def test_app_error_before_the_response_is_500_after_it_a_reset():
     async def app(scope, receive, send):
         if scope["path"] == "/late":

@@ -58,6 +58,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from .._events import Body, EndBody, ProtocolError, Request
+from ._h1writer import valid_field
 
 #: The first bytes of every HTTP/2 connection from a client (RFC 9113 3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -73,12 +74,14 @@ CANCEL: Final = h2.errors.ErrorCodes.CANCEL
 ENHANCE_YOUR_CALM: Final = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 # Fields that are about one HTTP/1.1 connection and have no place in HTTP/2
-# (RFC 9113 section 8.2.2): dropped from the app's response headers.
+# (RFC 9113 section 8.2.2), and TE, which only a request may carry: dropped
+# from the app's response headers.
 _CONNECTION_FIELDS = frozenset(
     {
         b"connection",
         b"keep-alive",
         b"proxy-connection",
+        b"te",
         b"transfer-encoding",
         b"upgrade",
     }
@@ -519,6 +522,7 @@ class H2Protocol:
             lower = name.lower()
             if lower in _CONNECTION_FIELDS:
                 continue
+            _check_field(name, value)
             present.add(lower)
             fields.append((lower, value))
         for name, value in defaults:
@@ -533,11 +537,11 @@ class H2Protocol:
         """Queue an interim response (1xx) on a stream (raises as :meth:`respond`)."""
         self._check_open(stream_id)
         fields = [(b":status", b"%d" % status)]
-        fields.extend(
-            (lower, value)
-            for name, value in headers
-            if (lower := name.lower()) not in _CONNECTION_FIELDS
-        )
+        for name, value in headers:
+            lower = name.lower()
+            if lower not in _CONNECTION_FIELDS:
+                _check_field(name, value)
+                fields.append((lower, value))
         self._send_headers(stream_id, fields, False)
 
     def send_trailers(
@@ -545,7 +549,10 @@ class H2Protocol:
     ) -> None:
         """Queue the trailer fields, which end the stream (raises as ``respond``)."""
         self._check_open(stream_id)
-        fields = [(name.lower(), value) for name, value in headers]
+        fields = []
+        for name, value in headers:
+            _check_field(name, value)
+            fields.append((name.lower(), value))
         self._send_headers(stream_id, fields, True)
 
     def _send_headers(
@@ -604,6 +611,18 @@ class H2Protocol:
         stream = self._conn.streams.get(stream_id)
         if stream is not None and not stream.closed:
             self._conn.reset_stream(stream_id, code)
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    """Raise ValueError for a field of the app's that must not be sent.
+
+    Checked before h2 sees it: h2 lets a bad value through, and the client
+    then ends the whole connection; and a field h2 refuses is found after the
+    fields before it went into HPACK's table and the stream's state moved
+    on, which no 500 can repair.
+    """
+    if not valid_field(name, value):
+        raise ValueError(f"invalid field {name!r}: {value!r}")
 
 
 def _code_name(code: int) -> str:
