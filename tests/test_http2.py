@@ -750,6 +750,64 @@ async def test_invalid_response_header_is_a_500_and_the_connection_goes_on(field
         assert good.body == b"ok"
 
 
+@pytest.mark.parametrize(
+    ("bodies", "status", "reset"),
+    [
+        ([b"hello world"], 500, None),  # longer, in one message: a 500
+        ([b"hel"], 500, None),  # shorter, in one message
+        ([b"hel", b"lo world"], 200, ErrorCodes.INTERNAL_ERROR),  # longer, later
+        ([b"hel", b""], 200, ErrorCodes.INTERNAL_ERROR),  # shorter, at the end
+    ],
+)
+async def test_body_that_does_not_match_its_content_length(bodies, status, reset):
+    """Never a malformed response, which would make the client end the
+    connection: the connection goes on."""
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/good":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"5")],
+            }
+        )
+        for i, body in enumerate(bodies):
+            more = i < len(bodies) - 1
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/bad")
+        assert reply.status == status
+        assert reply.reset == reset
+        assert (await client.get("/good")).body == b"ok"
+
+
+async def test_body_that_matches_its_content_length_in_pieces():
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"5")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"he", "more_body": True})
+        await send({"type": "http.response.body", "body": b"llo", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.body == b"hello"
+        assert reply.ended
+        head = await client.response(await client.request("HEAD", "/"))
+        assert head.header[b"content-length"] == b"5"
+        assert head.ended
+
+
 async def test_response_te_header_is_dropped():
     async def app(scope, receive, send):
         await send(

@@ -473,7 +473,14 @@ class H2Connection(Transport):
 class H2Call(AppCall):
     """One stream's request, response and app call."""
 
-    __slots__ = ("cancel_scope", "data_lot", "inbox", "stream_id", "window_lot")
+    __slots__ = (
+        "_length_left",
+        "cancel_scope",
+        "data_lot",
+        "inbox",
+        "stream_id",
+        "window_lot",
+    )
 
     conn: H2Connection  # type: ignore[assignment]
 
@@ -488,6 +495,8 @@ class H2Call(AppCall):
         self.window_lot = Waiters()
         # Cancelled when this stream's grace period after a reset ends.
         self.cancel_scope = trio.CancelScope()
+        # Body bytes the response's content-length still promises, if it has one.
+        self._length_left: int | None = None
 
     async def run(self) -> None:
         """Call the app in the stream's scope; finish the stream after it."""
@@ -612,6 +621,10 @@ class H2Call(AppCall):
         if self._bodiless():
             body = b""
         if self.state is _HEAD:
+            self._length_left = self._declared_length()
+        if self._length_left is not None:
+            self._check_length(len(body), last)
+        if self.state is _HEAD:
             head_ends = end and not body
             self._respond(head_ends)
         self.after_body(last)
@@ -621,6 +634,38 @@ class H2Call(AppCall):
             await self._flush()
         if self.state is _DONE:
             self._response_complete()
+
+    def _declared_length(self) -> int | None:
+        """The content-length the DATA frames must add up to (RFC 9113
+        section 8.1.1), or None: none given, or a response without a body."""
+        if self._bodiless():
+            return None
+        length = None
+        for name, value in self.response_headers:
+            if name.lower() == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    self.must_close = True
+                    raise ASGIProtocolError(
+                        f"Invalid response: invalid content-length {value!r}."
+                    )
+                length = int(value)
+        return length
+
+    def _check_length(self, size: int, last: bool) -> None:
+        """Raise before a body that would not add up to the content-length:
+        the client would take the response for malformed and end the
+        connection.  Nothing of it is sent, so a head still held becomes a
+        500, and a response under way a reset stream."""
+        assert self._length_left is not None
+        left = self._length_left - size
+        if left < 0 or (last and left):
+            self.must_close = True
+            longer = "longer" if left < 0 else "shorter"
+            raise ASGIProtocolError(
+                f"Invalid response: body {longer} than its content-length."
+            )
+        self._length_left = left
 
     def _bodiless(self) -> bool:
         """A response that has no body: to HEAD, or a 204 or 304."""
