@@ -211,6 +211,39 @@ async def test_connection_lost_disconnects_every_stream(autojump_clock):
     assert seen == ["http.disconnect"] * 3
 
 
+async def test_expect_100_continue_gets_100_when_the_app_reads(autojump_clock):
+    read = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/refuse":
+            await send({"type": "http.response.start", "status": 413})
+            await send({"type": "http.response.body", "body": b"no"})
+            return
+        read.set()
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    async with H2Session(app) as client:
+        expect = [("expect", "100-continue")]
+        # An app that answers without reading: no 100, the client sends nothing.
+        refused = await client.request("POST", "/refuse", headers=expect, end=False)
+        reply = await client.response(refused)
+        assert reply.status == 413
+        assert reply.informational == []
+        sid = await client.request("POST", "/", headers=expect, end=False)
+        reply = client.replies[sid]
+        await read.wait()
+        with trio.fail_after(1):
+            while not reply.informational:
+                await client.receive()
+        assert reply.informational == [(100, [])]
+        await client.send_body(sid, b"payload")
+        reply = await client.response(sid)
+        assert reply.status == 200
+        assert reply.body == b"payload"
+
+
 async def test_request_body_larger_than_the_window_is_credited_as_read():
     big = b"x" * (3 * 1024 * 1024)
 

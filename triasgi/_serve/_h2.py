@@ -564,6 +564,8 @@ class H2Call(AppCall):
         if event is not None:
             self.pending_body = None
         else:
+            if not (self.inbox or self.sent_100 or self.head_written):
+                await self._continue()
             timeout = self.conn.server.config.timeout_request_body
             with trio.move_on_after(timeout):
                 event = await self._next_event()
@@ -587,6 +589,19 @@ class H2Call(AppCall):
             if self.conn.protocol.has_output:
                 await self._flush_quietly()
         return message
+
+    async def _continue(self) -> None:
+        """``100 (Continue)`` when the client waits for it to send the body
+        (RFC 9110 section 10.1.1), as the app first asks for the body."""
+        for name, value in self.request.headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.sent_100 = True
+                try:
+                    self.conn.protocol.informational(self.stream_id, 100, [])
+                except StreamGone:
+                    return
+                await self._flush_quietly()
+                return
 
     async def _next_event(self) -> Body | EndBody | object:
         while not self.inbox:
