@@ -878,6 +878,24 @@ async def test_invalid_trailer_resets_the_stream_and_the_connection_goes_on():
         assert (await client.get("/good")).body == b"ok"
 
 
+async def test_204_carries_no_content_length():
+    async def app(scope, receive, send):
+        status = 204 if scope["path"] == "/none" else 304
+        headers = [(b"content-length", b"12"), (b"etag", b'"x"')]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with H2Session(app) as client:
+        none = await client.get("/none")
+        assert none.status == 204
+        assert b"content-length" not in none.header
+        assert none.header[b"etag"] == b'"x"'
+        # A 304 may give the length the full response would have.
+        same = await client.get("/same")
+        assert same.status == 304
+        assert same.header[b"content-length"] == b"12"
+
+
 async def test_app_error_before_the_response_is_500_after_it_a_reset():
     async def app(scope, receive, send):
         if scope["path"] == "/late":

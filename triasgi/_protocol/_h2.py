@@ -520,7 +520,10 @@ class H2Protocol:
         present = set()
         for name, value in headers:
             lower = name.lower()
-            if lower in _CONNECTION_FIELDS:
+            if lower in _CONNECTION_FIELDS or (
+                # RFC 9110 section 8.6: never on a 204.
+                status == 204 and lower == b"content-length"
+            ):
                 continue
             _check_field(name, value)
             present.add(lower)
