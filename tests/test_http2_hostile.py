@@ -260,3 +260,38 @@ async def test_data_on_stream_zero_is_a_protocol_error():
     # A DATA frame (type 0) of 10 bytes on stream 0.
     frame = b"\x00\x00\x0a\x00\x00\x00\x00\x00\x00" + b"x" * 10
     assert await flood(Counter(), frame) == ErrorCodes.PROTOCOL_ERROR
+
+
+async def test_goaway_after_the_graceful_one_never_names_a_later_stream(autojump_clock):
+    """A flood after a shutdown's GOAWAY ends the connection with a GOAWAY
+    whose last stream id is not above the first's (RFC 9113 section 6.8),
+    though the client opened (refused) streams after it."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with open_memory_server(app, lifespan="off") as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream)
+            await client.start()
+            first = await client.request("GET", "/")
+            await trio.sleep(0.1)
+            server.shutdown()
+            while client.goaway is None:
+                await client.receive()
+            assert client.goaway.last_stream_id == first
+            late = await client.request("GET", "/late")
+            assert (await client.response(late)).reset == ErrorCodes.REFUSED_STREAM
+            flood = b"".join(PingFrame(0, b"12345678").serialize() for _ in range(5000))
+            await client.send_raw(flood)
+            goaways = []
+            while not client.closed:
+                for event in await client.receive():
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        goaways.append(event)
+            release.set()
+        assert goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+        assert goaways[-1].last_stream_id == first

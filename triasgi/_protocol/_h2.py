@@ -403,7 +403,12 @@ class H2Protocol:
         return False
 
     def _calm_down(self, reason: str, events: list[H2Event]) -> None:
-        self._conn.close_connection(error_code=ENHANCE_YOUR_CALM)
+        # After our graceful GOAWAY, its last stream id again: the id a GOAWAY
+        # names must never grow (RFC 9113 section 6.8), and h2 would name the
+        # highest stream opened, refused ones too.
+        self._conn.close_connection(
+            error_code=ENHANCE_YOUR_CALM, last_stream_id=self._goaway_sent
+        )
         self.closed = True
         events.append(ConnectionEnded(True, reason))
 
@@ -474,7 +479,9 @@ class H2Protocol:
     def close(self, code: int = NO_ERROR) -> None:
         """End the connection with GOAWAY ``code``; nothing more is sent after it."""
         if not self._h2_closed:
-            self._conn.close_connection(error_code=code)
+            self._conn.close_connection(
+                error_code=code, last_stream_id=self._goaway_sent
+            )
         self.closed = True
 
     @property
