@@ -472,7 +472,9 @@ async def stalling_client(server, nursery, **client_args) -> tuple[H2Client, Sta
 async def endless_body(scope, receive, send):
     await send({"type": "http.response.start", "status": 200})
     while True:
-        await send({"type": "http.response.body", "body": b"e" * 16384, "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": b"e" * 16384, "more_body": True}
+        )
 
 
 async def test_client_that_stops_reading_is_dropped_after_one_write_timeout(
@@ -868,9 +870,7 @@ async def test_invalid_trailer_resets_the_stream_and_the_connection_goes_on():
             return
         await send({"type": "http.response.start", "status": 200, "trailers": True})
         await send({"type": "http.response.body", "body": b"data"})
-        await send(
-            {"type": "http.response.trailers", "headers": [(b"x-t", b"a\r\nb")]}
-        )
+        await send({"type": "http.response.trailers", "headers": [(b"x-t", b"a\r\nb")]})
 
     async with H2Session(app) as client:
         bad = await client.get("/bad")
@@ -883,7 +883,9 @@ async def test_204_carries_no_content_length():
     async def app(scope, receive, send):
         status = 204 if scope["path"] == "/none" else 304
         headers = [(b"content-length", b"12"), (b"etag", b'"x"')]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers}
+        )
         await send({"type": "http.response.body", "body": b""})
 
     async with H2Session(app) as client:
@@ -1064,3 +1066,31 @@ async def test_root_path_and_proxy_headers_over_http2():
             ],
         )
         assert reply.body == b"/api/items/3 /api 203.0.113.9 https"
+
+
+async def test_head_limits_answer_on_the_stream_as_on_http11():
+    async def app(scope, receive, send):
+        cookie = dict(scope["headers"]).get(b"cookie", b"")
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": cookie})
+
+    async with H2Session(
+        app,
+        limit_request_fields=10,
+        limit_request_field_size=200,
+        limit_request_line=100,
+    ) as client:
+        many = await client.get("/", headers=[(f"x-{i}", "v") for i in range(11)])
+        assert many.status == 431
+        big = await client.get("/", headers=[("x-big", "v" * 300)])
+        assert big.status == 431
+        long = await client.get("/" + "p" * 200)
+        assert long.status == 414
+        # Cookie crumbs are one field, as on HTTP/1.1.
+        crumbs = await client.get(
+            "/", headers=[("cookie", f"c{i}=1") for i in range(20)]
+        )
+        assert crumbs.status == 200
+        assert crumbs.body == "; ".join(f"c{i}=1" for i in range(20)).encode()
+        # The connection goes on.
+        assert (await client.get("/")).status == 200

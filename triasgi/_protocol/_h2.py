@@ -112,15 +112,22 @@ class H2Limits:
         connection_window: the same for the whole connection.
         max_frame_size: SETTINGS_MAX_FRAME_SIZE.
         enable_connect_protocol: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+        fields, field_size, target: HTTP/1.1's limits on a request head
+            (``limit_request_fields``, ``limit_request_field_size``,
+            ``limit_request_line``), for the same answer on its stream: 431,
+            or 414 for a ``:path`` over ``target`` bytes.
     """
 
     __slots__ = (
         "connection_window",
         "enable_connect_protocol",
+        "field_size",
+        "fields",
         "initial_window",
         "max_concurrent_streams",
         "max_frame_size",
         "max_header_list_size",
+        "target",
     )
 
     def __init__(
@@ -132,7 +139,13 @@ class H2Limits:
         connection_window: int = 1024 * 1024,
         max_frame_size: int = 16384,
         enable_connect_protocol: bool = False,
+        fields: int = 100,
+        field_size: int = 8190,
+        target: int = 8190,
     ) -> None:
+        self.fields = fields
+        self.field_size = field_size
+        self.target = target
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_list_size = max_header_list_size
         self.initial_window = initial_window
@@ -424,7 +437,9 @@ class H2Protocol:
             if not self._refusals.spend(now):
                 self._calm_down("too many streams over the limit", events)
             return
-        request = _request_of(stream_id, event.headers or [], event.priority_updated)
+        request = _request_of(
+            stream_id, event.headers or [], event.priority_updated, self.limits
+        )
         if type(request) is ProtocolError:
             # A request h2 let through that HTTP cannot take: answered on
             # its stream, which then counts as open until that is done.
@@ -643,9 +658,16 @@ def _code_name(code: int) -> str:
 
 
 def _request_of(
-    stream_id: int, headers: Sequence[tuple[bytes, bytes]], priority: Any
+    stream_id: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    priority: Any,
+    limits: H2Limits,
 ) -> Request | ProtocolError:
-    """A :class:`Request` from a stream's header list (validated by h2)."""
+    """A :class:`Request` from a stream's header list (validated by h2).
+
+    The whole list is bounded by h2's decoder (``max_header_list_size``);
+    HTTP/1.1's per-field limits give the same 431 (or 414) on the stream.
+    """
     method = path = authority = protocol = b""
     scheme = b""
     fields: list[tuple[bytes, bytes]] = []
@@ -673,7 +695,18 @@ def _request_of(
             te_trailers = True
         fields.append((name, value))
     if cookies:
+        # Browsers send each cookie as a field of its own, to compress
+        # better; joined, they are the one field HTTP/1.1 would have had.
         fields.append((b"cookie", b"; ".join(cookies)))
+    if len(path) > limits.target:
+        return ProtocolError(stream_id, 414, f":path of {len(path)} bytes")
+    if len(fields) > limits.fields:
+        return ProtocolError(stream_id, 431, f"{len(fields)} header fields")
+    for name, value in fields:
+        if len(name) + len(value) + 2 > limits.field_size:
+            return ProtocolError(
+                stream_id, 431, f"header field {name!r} over {limits.field_size} bytes"
+            )
     if authority and not any(name == b"host" for name, _ in fields):
         fields.insert(0, (b"host", authority))
     if method == b"CONNECT" and not protocol:
