@@ -209,6 +209,20 @@ class H2Client:
         sid = await self.request("GET", path, **kwargs)  # type: ignore[arg-type]
         return await self.response(sid)
 
+    async def round_trip(self) -> None:
+        """PING and read until its ACK: what the server wrote before it is here."""
+        self._pings = getattr(self, "_pings", 0) + 1
+        payload = b"%08d" % self._pings
+        self.conn.ping(payload)
+        await self.flush()
+        while not any(
+            isinstance(event, h2.events.PingAckReceived) and event.ping_data == payload
+            for event in self.events
+        ):
+            if self.closed:
+                raise AssertionError("the connection closed before the PING ACK")
+            await self.receive()
+
     async def until_closed(self) -> None:
         while not self.closed:
             await self.receive()

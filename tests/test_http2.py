@@ -12,6 +12,7 @@ import trio
 import trio.testing
 from conftest import hello_app
 from h2client import H2Client, H2Reply, H2Session
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 from triasgi.testing import open_memory_connection, open_memory_server
 
@@ -211,6 +212,39 @@ async def test_connection_lost_disconnects_every_stream(autojump_clock):
     assert seen == ["http.disconnect"] * 3
 
 
+async def test_expect_100_continue_gets_100_when_the_app_reads(autojump_clock):
+    read = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/refuse":
+            await send({"type": "http.response.start", "status": 413})
+            await send({"type": "http.response.body", "body": b"no"})
+            return
+        read.set()
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    async with H2Session(app) as client:
+        expect = [("expect", "100-continue")]
+        # An app that answers without reading: no 100, the client sends nothing.
+        refused = await client.request("POST", "/refuse", headers=expect, end=False)
+        reply = await client.response(refused)
+        assert reply.status == 413
+        assert reply.informational == []
+        sid = await client.request("POST", "/", headers=expect, end=False)
+        reply = client.replies[sid]
+        await read.wait()
+        with trio.fail_after(1):
+            while not reply.informational:
+                await client.receive()
+        assert reply.informational == [(100, [])]
+        await client.send_body(sid, b"payload")
+        reply = await client.response(sid)
+        assert reply.status == 200
+        assert reply.body == b"payload"
+
+
 async def test_request_body_larger_than_the_window_is_credited_as_read():
     big = b"x" * (3 * 1024 * 1024)
 
@@ -326,6 +360,179 @@ async def test_stalled_window_resets_that_stream_after_the_write_timeout(
             assert outcome == ["disconnected"]
 
 
+@pytest.mark.parametrize("stall", ["response window", "request body"])
+async def test_stream_the_server_resets_gets_the_grace_period(autojump_clock, stall):
+    """An app that goes on after its stream was reset is cancelled, as on a
+    client's reset: it cannot hold a stream (and its slot) forever."""
+    from triasgi import ClientDisconnected
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        try:
+            if stall == "request body":
+                while (await receive())["type"] == "http.request":
+                    pass
+            else:
+                await send({"type": "http.response.start", "status": 200})
+                await send({"type": "http.response.body", "body": b"q" * 100_000})
+        except ClientDisconnected:
+            pass
+        seen["gone"] = trio.current_time()
+        try:
+            await trio.sleep(1000)  # an app that ignores the disconnect
+        except trio.Cancelled:
+            seen["cancelled"] = trio.current_time()
+            raise
+
+    settings = {"timeout_write": 2, "timeout_request_body": 2}
+    async with memory_server(app, disconnect_grace_period=3, **settings) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("POST", "/", body=b"part", end=False)
+            reply = await client.response(sid)
+            assert reply.reset == ErrorCodes.CANCEL
+            await trio.sleep(10)
+            assert seen["gone"] == pytest.approx(2, abs=0.01)
+            assert seen["cancelled"] - seen["gone"] == pytest.approx(3, abs=0.01)
+
+
+async def test_connection_lost_while_the_last_body_waits_gives_the_grace_period(
+    autojump_clock,
+):
+    from triasgi import ClientDisconnected
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        try:
+            await send({"type": "http.response.body", "body": b"q" * 100_000})
+        except ClientDisconnected:
+            seen["gone"] = trio.current_time()
+        try:
+            await trio.sleep(1000)
+        except trio.Cancelled:
+            seen["cancelled"] = trio.current_time()
+            raise
+
+    async with memory_server(app, disconnect_grace_period=3) as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = await client.request("GET", "/")
+            while len(client.replies[sid].body) < 65535:
+                await client.receive()
+            await trio.sleep(1)
+        await trio.sleep(10)
+    assert seen["gone"] == pytest.approx(1, abs=0.01)
+    assert seen["cancelled"] - seen["gone"] == pytest.approx(3, abs=0.01)
+
+
+class Stalling(trio.abc.Stream):
+    """The server's end of a memory connection, whose client stops reading at
+    ``stall()``: from then on a write waits for good, as on a socket whose
+    buffers are full."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.stalled = False
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def send_all(self, data) -> None:
+        if self.stalled:
+            await trio.sleep_forever()
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None):
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def stalling_client(server, nursery, **client_args) -> tuple[H2Client, Stalling]:
+    """An HTTP/2 client with windows wide open, on a connection that can stall."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    stalling = Stalling(server_stream)
+    nursery.start_soon(server.serve_stream, stalling, ("127.0.0.1", 50000), None)
+    client = H2Client(client_stream, settings={4: 2**31 - 1}, **client_args)
+    await client.start()
+    client.conn.increment_flow_control_window(2**30)
+    await client.flush()
+    return client, stalling
+
+
+async def endless_body(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200})
+    while True:
+        await send(
+            {"type": "http.response.body", "body": b"e" * 16384, "more_body": True}
+        )
+
+
+async def test_client_that_stops_reading_is_dropped_after_one_write_timeout(
+    autojump_clock,
+):
+    """Streams whose writes queue behind the one that timed out do not each
+    wait for the write timeout again."""
+    from triasgi import ClientDisconnected
+
+    gone = {}
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] != "/first":
+            await release.wait()
+        try:
+            await endless_body(scope, receive, send)
+        except ClientDisconnected:
+            gone[scope["path"]] = trio.current_time()
+            raise
+
+    async with memory_server(app, timeout_write=2) as server:
+        async with trio.open_nursery() as nursery:
+            client, stalling = await stalling_client(server, nursery)
+            for path in ("/first", "/b", "/c"):
+                await client.request("GET", path)
+            while not client.replies[1].body:
+                await client.receive()
+            stalling.stall()
+            stalled_at = trio.current_time()
+            await trio.sleep(0.5)  # a write now waits: the others queue behind it
+            release.set()
+            await trio.sleep(30)
+            assert sorted(gone) == ["/b", "/c", "/first"]
+            for at in gone.values():
+                assert at - stalled_at == pytest.approx(2, abs=0.01)
+
+
+async def test_shutdown_timeout_bounds_a_write_to_a_client_that_stopped_reading(
+    autojump_clock,
+):
+    """The shielded write is cut by the hard stop after the graceful-shutdown
+    timeout, not left to run for the (longer) write timeout."""
+    settings = {"timeout_write": 60, "timeout_graceful_shutdown": 1}
+    async with memory_server(endless_body, **settings) as server:
+        async with trio.open_nursery() as nursery:
+            client, stalling = await stalling_client(server, nursery)
+            sid = await client.request("GET", "/")
+            while not client.replies[sid].body:
+                await client.receive()
+            stalling.stall()
+            await trio.sleep(0.5)  # a write now waits for the client
+            start = trio.current_time()
+            server.shutdown()
+        # The connection's task has ended: the nursery is done.
+        assert trio.current_time() - start == pytest.approx(1, abs=0.01)
+
+
 async def test_stream_over_the_limit_is_refused_alone():
     release = trio.Event()
 
@@ -384,6 +591,34 @@ async def test_graceful_shutdown_goaway_and_in_flight_streams_finish(autojump_cl
             assert reply.ended
             assert len(reply.body) == 100_000
             await client.until_closed()
+
+
+async def test_client_goaway_keeps_the_frames_after_it_in_the_same_read(
+    autojump_clock,
+):
+    """A client's GOAWAY NO_ERROR and the rest of a stream's body, sent together."""
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": body})
+
+    async with H2Session(app) as client:
+        sid = await client.request("POST", "/", body=b"abc", end=False)
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = ErrorCodes.NO_ERROR
+        data = DataFrame(sid, b"defg")
+        data.flags.add("END_STREAM")
+        await client.send_raw(goaway.serialize() + data.serialize())
+        reply = await client.response(sid)
+        assert reply.status == 200
+        assert reply.body == b"abcdefg"
 
 
 async def test_new_stream_after_goaway_is_refused(autojump_clock):
@@ -475,6 +710,28 @@ async def test_early_hints_are_interim_headers():
         assert reply.body == b"page"
 
 
+async def test_response_before_the_request_body_ends_is_followed_by_a_reset(
+    autojump_clock,
+):
+    """RST_STREAM NO_ERROR goes out when the app returns, not with a later write."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"early"})
+
+    async with H2Session(app) as client:
+        await client.round_trip()  # nothing else of the client's is coming
+        sid = await client.request("POST", "/", body=b"part", end=False)
+        reply = client.replies[sid]
+        with trio.fail_after(1):
+            while reply.reset is None:
+                await client.receive()
+        assert reply.body == b"early"
+        assert reply.ended
+        assert reply.reset == ErrorCodes.NO_ERROR
+        assert client.goaway is None
+
+
 async def test_head_and_204_have_no_body():
     async def app(scope, receive, send):
         status = 204 if scope["path"] == "/empty" else 200
@@ -497,6 +754,149 @@ async def test_head_and_204_have_no_body():
         empty = await client.get("/empty")
         assert empty.status == 204
         assert empty.body == b""
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-bad", b"one\r\nset-cookie: injected"),
+        (b"x-bad", b"nul\x00"),
+        (b"x-bad", b" padded"),
+        (b"x bad", b"1"),
+        (b"", b"1"),
+        (b":path", b"/"),
+    ],
+)
+async def test_invalid_response_header_is_a_500_and_the_connection_goes_on(field):
+    async def app(scope, receive, send):
+        headers = [(b"x-first", b"kept")]
+        if scope["path"] == "/bad":
+            headers.append(field)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app) as client:
+        bad = await client.get("/bad")
+        assert bad.status == 500
+        assert bad.ended
+        # HPACK's state is whole: the field before the bad one decodes right.
+        good = await client.get("/good")
+        assert good.status == 200
+        assert good.header[b"x-first"] == b"kept"
+        assert good.body == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("bodies", "status", "reset"),
+    [
+        ([b"hello world"], 500, None),  # longer, in one message: a 500
+        ([b"hel"], 500, None),  # shorter, in one message
+        ([b"hel", b"lo world"], 200, ErrorCodes.INTERNAL_ERROR),  # longer, later
+        ([b"hel", b""], 200, ErrorCodes.INTERNAL_ERROR),  # shorter, at the end
+    ],
+)
+async def test_body_that_does_not_match_its_content_length(bodies, status, reset):
+    """Never a malformed response, which would make the client end the
+    connection: the connection goes on."""
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/good":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"5")],
+            }
+        )
+        for i, body in enumerate(bodies):
+            more = i < len(bodies) - 1
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/bad")
+        assert reply.status == status
+        assert reply.reset == reset
+        assert (await client.get("/good")).body == b"ok"
+
+
+async def test_body_that_matches_its_content_length_in_pieces():
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"5")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"he", "more_body": True})
+        await send({"type": "http.response.body", "body": b"llo", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.body == b"hello"
+        assert reply.ended
+        head = await client.response(await client.request("HEAD", "/"))
+        assert head.header[b"content-length"] == b"5"
+        assert head.ended
+
+
+async def test_response_te_header_is_dropped():
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"te", b"gzip"), (b"x-a", b"1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app) as client:
+        reply = await client.get("/")
+        assert reply.status == 200
+        assert b"te" not in reply.header
+        assert reply.header[b"x-a"] == b"1"
+
+
+async def test_invalid_trailer_resets_the_stream_and_the_connection_goes_on():
+    async def app(scope, receive, send):
+        if scope["path"] == "/good":
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-t", b"a\r\nb")]})
+
+    async with H2Session(app) as client:
+        bad = await client.get("/bad")
+        assert bad.reset == ErrorCodes.INTERNAL_ERROR
+        assert bad.trailers == []
+        assert (await client.get("/good")).body == b"ok"
+
+
+async def test_204_carries_no_content_length():
+    async def app(scope, receive, send):
+        status = 204 if scope["path"] == "/none" else 304
+        headers = [(b"content-length", b"12"), (b"etag", b'"x"')]
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    async with H2Session(app) as client:
+        none = await client.get("/none")
+        assert none.status == 204
+        assert b"content-length" not in none.header
+        assert none.header[b"etag"] == b'"x"'
+        # A 304 may give the length the full response would have.
+        same = await client.get("/same")
+        assert same.status == 304
+        assert same.header[b"content-length"] == b"12"
 
 
 async def test_app_error_before_the_response_is_500_after_it_a_reset():
@@ -545,6 +945,55 @@ async def test_limit_concurrency_answers_503_on_the_stream():
         second = await client.request("GET", "/")
         reply = await client.response(second)
         assert reply.status == 503
+        release.set()
+        assert (await client.response(first)).body == b"ok"
+
+
+async def test_body_of_a_request_answered_503_is_credited_to_the_connection():
+    """Body that came with a request the server answered itself is not lost."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, limit_concurrency=1) as client:
+        await client.round_trip()
+        first = await client.request("GET", "/")
+        window = client.conn.outbound_flow_control_window
+        assert window == 1024 * 1024
+        # Each body comes in the same read as its request head.
+        for _ in range(10):
+            sid = await client.request("POST", "/", body=b"x" * 60_000)
+            assert (await client.response(sid)).status == 503
+        await client.round_trip()
+        # 600,000 bytes sent: the server credits them back (in steps of half
+        # its window), instead of letting the connection window shrink.
+        assert client.conn.outbound_flow_control_window > window - 600_000
+        release.set()
+        assert (await client.response(first)).body == b"ok"
+
+
+async def test_503_before_the_request_body_ends_resets_the_stream(autojump_clock):
+    """The rest of the body is not wanted: RST_STREAM NO_ERROR after the 503."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with H2Session(app, limit_concurrency=1) as client:
+        first = await client.request("GET", "/")
+        sid = await client.request("POST", "/", body=b"part", end=False)
+        reply = client.replies[sid]
+        with trio.fail_after(1):
+            while reply.reset is None:
+                await client.receive()
+        assert reply.status == 503
+        assert reply.ended
+        assert reply.reset == ErrorCodes.NO_ERROR
         release.set()
         assert (await client.response(first)).body == b"ok"
 
@@ -617,3 +1066,31 @@ async def test_root_path_and_proxy_headers_over_http2():
             ],
         )
         assert reply.body == b"/api/items/3 /api 203.0.113.9 https"
+
+
+async def test_head_limits_answer_on_the_stream_as_on_http11():
+    async def app(scope, receive, send):
+        cookie = dict(scope["headers"]).get(b"cookie", b"")
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": cookie})
+
+    async with H2Session(
+        app,
+        limit_request_fields=10,
+        limit_request_field_size=200,
+        limit_request_line=100,
+    ) as client:
+        many = await client.get("/", headers=[(f"x-{i}", "v") for i in range(11)])
+        assert many.status == 431
+        big = await client.get("/", headers=[("x-big", "v" * 300)])
+        assert big.status == 431
+        long = await client.get("/" + "p" * 200)
+        assert long.status == 414
+        # Cookie crumbs are one field, as on HTTP/1.1.
+        crumbs = await client.get(
+            "/", headers=[("cookie", f"c{i}=1") for i in range(20)]
+        )
+        assert crumbs.status == 200
+        assert crumbs.body == "; ".join(f"c{i}=1" for i in range(20)).encode()
+        # The connection goes on.
+        assert (await client.get("/")).status == 200

@@ -7,7 +7,11 @@ then checks that another connection to the same server is still served.
 
 from __future__ import annotations
 
+import contextlib
+
 import h2.errors
+import h2.events
+import h2.exceptions
 import hpack
 import pytest
 import trio
@@ -21,6 +25,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from triasgi.testing import open_memory_connection, open_memory_server
@@ -137,6 +142,49 @@ async def test_settings_flood_is_stopped():
     assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
 
 
+async def test_window_update_flood_is_stopped():
+    frames = b""
+    for _ in range(20000):
+        frame = WindowUpdateFrame(0)
+        frame.window_increment = 1
+        frames += frame.serialize()
+    assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_window_update_for_every_data_frame_is_no_flood(autojump_clock):
+    """A client that credits each DATA frame it gets, on the stream and on the
+    connection (as browsers do), downloads a large body to its end."""
+    size = 16 * 1024 * 1024  # 1024 DATA frames, 2048 WINDOW_UPDATEs
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"d" * size})
+
+    async with open_memory_server(app, lifespan="off") as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream, auto_window=False)
+            await client.start()
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, client.headers_for("GET", "/"), True)
+            await client.flush()
+            received = 0
+            ended = False
+            while not (ended or client.closed):
+                for event in await client.receive():
+                    if isinstance(event, h2.events.DataReceived):
+                        received += len(event.data)
+                        length = event.flow_controlled_length
+                        client.conn.increment_flow_control_window(length)
+                        # Not after the stream's last frame (maybe in this read).
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            client.conn.increment_flow_control_window(length, sid)
+                    ended = ended or isinstance(event, h2.events.StreamEnded)
+                await client.flush()
+            assert client.goaway is None
+            assert ended
+            assert received == size
+
+
 async def test_empty_data_flood_is_stopped():
     encoder = hpack.Encoder()
     frames = headers_frame(1, request_block(encoder), end_stream=False)
@@ -212,3 +260,38 @@ async def test_data_on_stream_zero_is_a_protocol_error():
     # A DATA frame (type 0) of 10 bytes on stream 0.
     frame = b"\x00\x00\x0a\x00\x00\x00\x00\x00\x00" + b"x" * 10
     assert await flood(Counter(), frame) == ErrorCodes.PROTOCOL_ERROR
+
+
+async def test_goaway_after_the_graceful_one_never_names_a_later_stream(autojump_clock):
+    """A flood after a shutdown's GOAWAY ends the connection with a GOAWAY
+    whose last stream id is not above the first's (RFC 9113 section 6.8),
+    though the client opened (refused) streams after it."""
+    release = trio.Event()
+
+    async def app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with open_memory_server(app, lifespan="off") as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream)
+            await client.start()
+            first = await client.request("GET", "/")
+            await trio.sleep(0.1)
+            server.shutdown()
+            while client.goaway is None:
+                await client.receive()
+            assert client.goaway.last_stream_id == first
+            late = await client.request("GET", "/late")
+            assert (await client.response(late)).reset == ErrorCodes.REFUSED_STREAM
+            flood = b"".join(PingFrame(0, b"12345678").serialize() for _ in range(5000))
+            await client.send_raw(flood)
+            goaways = []
+            while not client.closed:
+                for event in await client.receive():
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        goaways.append(event)
+            release.set()
+        assert goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+        assert goaways[-1].last_stream_id == first

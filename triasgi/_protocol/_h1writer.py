@@ -279,6 +279,13 @@ def informational_head(
     return b"".join([status_line, *_field_lines(headers, "response header"), b"\r\n"])
 
 
+def valid_field(name: bytes, value: bytes) -> bool:
+    """Whether a header or trailer field may be sent: its name a token, its
+    value free of CR, LF and NUL and of whitespace at either end (RFC 9110
+    section 5; HTTP/2 has the same rules, RFC 9113 section 8.2.1)."""
+    return _TOKEN.fullmatch(name) is not None and _BAD_VALUE.search(value) is None
+
+
 def _field_lines(fields: Sequence[tuple[bytes, bytes]], what: str) -> list[bytes]:
     """``name: value`` lines of header or trailer fields, each checked.
 
@@ -287,7 +294,7 @@ def _field_lines(fields: Sequence[tuple[bytes, bytes]], what: str) -> list[bytes
     """
     lines = []
     for name, value in fields:
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        if not valid_field(name, value):
             raise ResponseError(f"Invalid {what} {name!r}: {value!r}")
         lines.append(b"%s: %s\r\n" % (name, value))
     return lines

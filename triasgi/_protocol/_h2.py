@@ -30,8 +30,9 @@ What this adds to h2:
 - Floods cost the attacker, not us: budgets that refill with time bound
   client resets of streams in flight (rapid reset), refused streams, and
   frames that make work without a request (PING, SETTINGS, PRIORITY, empty
-  DATA, WINDOW_UPDATE); over a budget the connection ends with GOAWAY
-  ENHANCE_YOUR_CALM.  h2 bounds CONTINUATION frames per header block (64)
+  DATA, WINDOW_UPDATE, less two for each DATA frame we send, which a
+  client may credit one by one); over a budget the connection ends with
+  GOAWAY ENHANCE_YOUR_CALM.  h2 bounds CONTINUATION frames per header block (64)
   and the decoded header list (``max_header_list_size``: an HPACK bomb is a
   connection error).
 - Requests: the pseudo-headers become the request line (``:path`` the
@@ -57,6 +58,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from .._events import Body, EndBody, ProtocolError, Request
+from ._h1writer import valid_field
 
 #: The first bytes of every HTTP/2 connection from a client (RFC 9113 3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -72,12 +74,14 @@ CANCEL: Final = h2.errors.ErrorCodes.CANCEL
 ENHANCE_YOUR_CALM: Final = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 # Fields that are about one HTTP/1.1 connection and have no place in HTTP/2
-# (RFC 9113 section 8.2.2): dropped from the app's response headers.
+# (RFC 9113 section 8.2.2), and TE, which only a request may carry: dropped
+# from the app's response headers.
 _CONNECTION_FIELDS = frozenset(
     {
         b"connection",
         b"keep-alive",
         b"proxy-connection",
+        b"te",
         b"transfer-encoding",
         b"upgrade",
     }
@@ -108,15 +112,22 @@ class H2Limits:
         connection_window: the same for the whole connection.
         max_frame_size: SETTINGS_MAX_FRAME_SIZE.
         enable_connect_protocol: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+        fields, field_size, target: HTTP/1.1's limits on a request head
+            (``limit_request_fields``, ``limit_request_field_size``,
+            ``limit_request_line``), for the same answer on its stream: 431,
+            or 414 for a ``:path`` over ``target`` bytes.
     """
 
     __slots__ = (
         "connection_window",
         "enable_connect_protocol",
+        "field_size",
+        "fields",
         "initial_window",
         "max_concurrent_streams",
         "max_frame_size",
         "max_header_list_size",
+        "target",
     )
 
     def __init__(
@@ -128,7 +139,13 @@ class H2Limits:
         connection_window: int = 1024 * 1024,
         max_frame_size: int = 16384,
         enable_connect_protocol: bool = False,
+        fields: int = 100,
+        field_size: int = 8190,
+        target: int = 8190,
     ) -> None:
+        self.fields = fields
+        self.field_size = field_size
+        self.target = target
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_list_size = max_header_list_size
         self.initial_window = initial_window
@@ -213,6 +230,10 @@ class _Budget:
             self._at = now
         self._left -= amount
         return self._left >= 0
+
+    def refund(self, amount: float) -> None:
+        """Give back ``amount``, up to the burst."""
+        self._left = min(self.burst, self._left + amount)
 
 
 class _H2Connection(h2.connection.H2Connection):
@@ -381,7 +402,10 @@ class H2Protocol:
                         f"the client sent GOAWAY ({_code_name(code)})",
                     )
                 )
-                break
+                if self.closed:
+                    break
+                # A goodbye without an error: what came after it (the body,
+                # WINDOW_UPDATE or RST_STREAM of the streams in flight) counts.
             elif not self._spend_calm(now, events):
                 # PING, PRIORITY, a SETTINGS ack, request trailers, an
                 # unknown frame: work without a request.
@@ -395,7 +419,12 @@ class H2Protocol:
         return False
 
     def _calm_down(self, reason: str, events: list[H2Event]) -> None:
-        self._conn.close_connection(error_code=ENHANCE_YOUR_CALM)
+        # After our graceful GOAWAY, its last stream id again: the id a GOAWAY
+        # names must never grow (RFC 9113 section 6.8), and h2 would name the
+        # highest stream opened, refused ones too.
+        self._conn.close_connection(
+            error_code=ENHANCE_YOUR_CALM, last_stream_id=self._goaway_sent
+        )
         self.closed = True
         events.append(ConnectionEnded(True, reason))
 
@@ -411,7 +440,9 @@ class H2Protocol:
             if not self._refusals.spend(now):
                 self._calm_down("too many streams over the limit", events)
             return
-        request = _request_of(stream_id, event.headers or [], event.priority_updated)
+        request = _request_of(
+            stream_id, event.headers or [], event.priority_updated, self.limits
+        )
         if type(request) is ProtocolError:
             # A request h2 let through that HTTP cannot take: answered on
             # its stream, which then counts as open until that is done.
@@ -472,7 +503,9 @@ class H2Protocol:
     def close(self, code: int = NO_ERROR) -> None:
         """End the connection with GOAWAY ``code``; nothing more is sent after it."""
         if not self._h2_closed:
-            self._conn.close_connection(error_code=code)
+            self._conn.close_connection(
+                error_code=code, last_stream_id=self._goaway_sent
+            )
         self.closed = True
 
     @property
@@ -518,8 +551,12 @@ class H2Protocol:
         present = set()
         for name, value in headers:
             lower = name.lower()
-            if lower in _CONNECTION_FIELDS:
+            if lower in _CONNECTION_FIELDS or (
+                # RFC 9110 section 8.6: never on a 204.
+                status == 204 and lower == b"content-length"
+            ):
                 continue
+            _check_field(name, value)
             present.add(lower)
             fields.append((lower, value))
         for name, value in defaults:
@@ -534,11 +571,11 @@ class H2Protocol:
         """Queue an interim response (1xx) on a stream (raises as :meth:`respond`)."""
         self._check_open(stream_id)
         fields = [(b":status", b"%d" % status)]
-        fields.extend(
-            (lower, value)
-            for name, value in headers
-            if (lower := name.lower()) not in _CONNECTION_FIELDS
-        )
+        for name, value in headers:
+            lower = name.lower()
+            if lower not in _CONNECTION_FIELDS:
+                _check_field(name, value)
+                fields.append((lower, value))
         self._send_headers(stream_id, fields, False)
 
     def send_trailers(
@@ -546,7 +583,10 @@ class H2Protocol:
     ) -> None:
         """Queue the trailer fields, which end the stream (raises as ``respond``)."""
         self._check_open(stream_id)
-        fields = [(name.lower(), value) for name, value in headers]
+        fields = []
+        for name, value in headers:
+            _check_field(name, value)
+            fields.append((name.lower(), value))
         self._send_headers(stream_id, fields, True)
 
     def _send_headers(
@@ -575,7 +615,7 @@ class H2Protocol:
         size = len(data)
         window = conn.local_flow_control_window(stream_id)
         frame = conn.max_outbound_frame_size
-        sent = 0
+        sent = frames = 0
         while sent < size and window > 0:
             n = min(size - sent, window, frame)
             conn.send_data(
@@ -585,6 +625,12 @@ class H2Protocol:
             )
             sent += n
             window -= n
+            frames += 1
+        if frames:
+            # Each DATA frame may bring the stream's and the connection's
+            # WINDOW_UPDATE back (browsers credit every frame): frames that
+            # answer ours are no flood.
+            self._calm.refund(2 * frames)
         if end_stream and not size:
             conn.end_stream(stream_id)
         self.response_body_bytes[stream_id] = (
@@ -601,6 +647,18 @@ class H2Protocol:
             self._conn.reset_stream(stream_id, code)
 
 
+def _check_field(name: bytes, value: bytes) -> None:
+    """Raise ValueError for a field of the app's that must not be sent.
+
+    Checked before h2 sees it: h2 lets a bad value through, and the client
+    then ends the whole connection; and a field h2 refuses is found after the
+    fields before it went into HPACK's table and the stream's state moved
+    on, which no 500 can repair.
+    """
+    if not valid_field(name, value):
+        raise ValueError(f"invalid field {name!r}: {value!r}")
+
+
 def _code_name(code: int) -> str:
     try:
         return h2.errors.ErrorCodes(code).name
@@ -609,9 +667,16 @@ def _code_name(code: int) -> str:
 
 
 def _request_of(
-    stream_id: int, headers: Sequence[tuple[bytes, bytes]], priority: Any
+    stream_id: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    priority: Any,
+    limits: H2Limits,
 ) -> Request | ProtocolError:
-    """A :class:`Request` from a stream's header list (validated by h2)."""
+    """A :class:`Request` from a stream's header list (validated by h2).
+
+    The whole list is bounded by h2's decoder (``max_header_list_size``);
+    HTTP/1.1's per-field limits give the same 431 (or 414) on the stream.
+    """
     method = path = authority = protocol = b""
     scheme = b""
     fields: list[tuple[bytes, bytes]] = []
@@ -639,7 +704,18 @@ def _request_of(
             te_trailers = True
         fields.append((name, value))
     if cookies:
+        # Browsers send each cookie as a field of its own, to compress
+        # better; joined, they are the one field HTTP/1.1 would have had.
         fields.append((b"cookie", b"; ".join(cookies)))
+    if len(path) > limits.target:
+        return ProtocolError(stream_id, 414, f":path of {len(path)} bytes")
+    if len(fields) > limits.fields:
+        return ProtocolError(stream_id, 431, f"{len(fields)} header fields")
+    for name, value in fields:
+        if len(name) + len(value) + 2 > limits.field_size:
+            return ProtocolError(
+                stream_id, 431, f"header field {name!r} over {limits.field_size} bytes"
+            )
     if authority and not any(name == b"host" for name, _ in fields):
         fields.insert(0, (b"host", authority))
     if method == b"CONNECT" and not protocol:

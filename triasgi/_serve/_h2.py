@@ -104,6 +104,7 @@ class H2Connection(Transport):
         "_received",
         "_scope",
         "_write_lock",
+        "_write_scope",
         "closing",
         "protocol",
         "scheme",
@@ -138,6 +139,8 @@ class H2Connection(Transport):
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._write_lock = trio.StrictFIFOLock()
+        # The shielded scope of the write under way, which a hard stop unshields.
+        self._write_scope: trio.CancelScope | None = None
         self._idle_since = trio.current_time()
 
     # -- lifecycle -----------------------------------------------------------
@@ -169,6 +172,9 @@ class H2Connection(Transport):
         self._cancel_requested = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+        if self._write_scope is not None:
+            # Half a frame no longer matters: the connection is being dropped.
+            self._write_scope.shield = False
 
     def begin_shutdown(self) -> None:
         """Graceful shutdown: GOAWAY; the streams in flight finish, then it closes."""
@@ -236,10 +242,21 @@ class H2Connection(Transport):
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
         async with self._write_lock:
+            if self._gone:
+                # The write before this one found the client gone (or not
+                # reading): another would only wait for the write timeout.
+                raise ClientDisconnected("The client has disconnected.")
             data = self.protocol.data_to_send()
-            if data:
-                with trio.CancelScope(shield=True):
-                    await self.write(data)
+            while data:
+                with trio.CancelScope(shield=not self._cancel_requested) as scope:
+                    self._write_scope = scope
+                    try:
+                        await self.write(data)
+                    finally:
+                        self._write_scope = None
+                # Frames queued while this wrote, by a task that could not
+                # wait to write them (stream_done).
+                data = self.protocol.data_to_send()
 
     # -- the connection task ----------------------------------------------------
 
@@ -294,6 +311,10 @@ class H2Connection(Transport):
                 if call is not None:
                     call.inbox.append(event)
                     call.data_lot.unpark_all()
+                elif kind is Body:
+                    # Its stream was answered without an app call (503,
+                    # 501...) by an event before this one: no one reads it.
+                    self.protocol.consumed(event.stream_id, len(event.data))
             elif kind is Request:
                 self._start(event)
             elif kind is WindowOpened:
@@ -307,7 +328,7 @@ class H2Connection(Transport):
             elif kind is StreamReset:
                 call = self.streams.get(event.stream_id)
                 if call is not None:
-                    call.reset_by_client()
+                    call.on_reset()
             elif kind is ProtocolError:
                 logger.debug(
                     "Rejected HTTP/2 request from %s: %s (%d)",
@@ -371,6 +392,9 @@ class H2Connection(Transport):
             protocol.send_body(stream_id, memoryview(body), True)
         except (StreamGone, ValueError):
             pass
+        # The rest of a request body is not wanted (RFC 9113 section 8.1),
+        # and a stream the client leaves open would be kept forever.
+        protocol.reset(stream_id, NO_ERROR)
         protocol.stream_done(stream_id)
 
     def stream_done(self, call: Stream) -> None:
@@ -395,6 +419,10 @@ class H2Connection(Transport):
             elif self._scope is not None:
                 # The read under way began with streams open: no deadline.
                 self._scope.deadline = now + self.server.config.timeout_keep_alive
+        if protocol.has_output:
+            # The reset or window credit queued here: the connection task
+            # writes it, as this may run in a cancelled scope.
+            self._wake()
 
     def cycle_finished(self, call: AppCall) -> None:
         """The response of a stream is complete (``AppCall`` calls this)."""
@@ -459,7 +487,14 @@ class H2Connection(Transport):
 class H2Call(AppCall):
     """One stream's request, response and app call."""
 
-    __slots__ = ("cancel_scope", "data_lot", "inbox", "stream_id", "window_lot")
+    __slots__ = (
+        "_length_left",
+        "cancel_scope",
+        "data_lot",
+        "inbox",
+        "stream_id",
+        "window_lot",
+    )
 
     conn: H2Connection  # type: ignore[assignment]
 
@@ -474,6 +509,8 @@ class H2Call(AppCall):
         self.window_lot = Waiters()
         # Cancelled when this stream's grace period after a reset ends.
         self.cancel_scope = trio.CancelScope()
+        # Body bytes the response's content-length still promises, if it has one.
+        self._length_left: int | None = None
 
     async def run(self) -> None:
         """Call the app in the stream's scope; finish the stream after it."""
@@ -518,8 +555,9 @@ class H2Call(AppCall):
     def begin_shutdown(self) -> None:
         """A request in flight finishes on its own within the shutdown timeout."""
 
-    def reset_by_client(self) -> None:
-        """RST_STREAM from the client: the app gets its grace period, alone."""
+    def on_reset(self) -> None:
+        """The stream was reset, by the client or by us: the app gets its
+        grace period, alone."""
         if self.stream_gone():
             self.cancel_scope.deadline = min(
                 self.cancel_scope.deadline,
@@ -530,7 +568,9 @@ class H2Call(AppCall):
         """The stream's client has gone; True if its response was not complete."""
         self.data_lot.unpark_all()
         self.window_lot.unpark_all()
-        if self.disconnected or self.state is _DONE:
+        # Not ``state``, which is DONE while the last frames wait for the
+        # client's window: the response is complete once they are written.
+        if self.disconnected or self.finished:
             return False
         self.on_disconnect()
         metrics = self.conn.server.metrics
@@ -545,6 +585,8 @@ class H2Call(AppCall):
         if event is not None:
             self.pending_body = None
         else:
+            if not (self.inbox or self.sent_100 or self.head_written):
+                await self._continue()
             timeout = self.conn.server.config.timeout_request_body
             with trio.move_on_after(timeout):
                 event = await self._next_event()
@@ -555,7 +597,7 @@ class H2Call(AppCall):
                     timeout,
                 )
                 self.conn.protocol.reset(self.stream_id, CANCEL)
-                self.stream_gone()
+                self.on_reset()
                 await self._flush_quietly()
                 return {"type": "http.disconnect"}
         inbox = self.inbox
@@ -568,6 +610,19 @@ class H2Call(AppCall):
             if self.conn.protocol.has_output:
                 await self._flush_quietly()
         return message
+
+    async def _continue(self) -> None:
+        """``100 (Continue)`` when the client waits for it to send the body
+        (RFC 9110 section 10.1.1), as the app first asks for the body."""
+        for name, value in self.request.headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.sent_100 = True
+                try:
+                    self.conn.protocol.informational(self.stream_id, 100, [])
+                except StreamGone:
+                    return
+                await self._flush_quietly()
+                return
 
     async def _next_event(self) -> Body | EndBody | object:
         while not self.inbox:
@@ -602,6 +657,10 @@ class H2Call(AppCall):
         if self._bodiless():
             body = b""
         if self.state is _HEAD:
+            self._length_left = self._declared_length()
+        if self._length_left is not None:
+            self._check_length(len(body), last)
+        if self.state is _HEAD:
             head_ends = end and not body
             self._respond(head_ends)
         self.after_body(last)
@@ -611,6 +670,38 @@ class H2Call(AppCall):
             await self._flush()
         if self.state is _DONE:
             self._response_complete()
+
+    def _declared_length(self) -> int | None:
+        """The content-length the DATA frames must add up to (RFC 9113
+        section 8.1.1), or None: none given, or a response without a body."""
+        if self._bodiless():
+            return None
+        length = None
+        for name, value in self.response_headers:
+            if name.lower() == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    self.must_close = True
+                    raise ASGIProtocolError(
+                        f"Invalid response: invalid content-length {value!r}."
+                    )
+                length = int(value)
+        return length
+
+    def _check_length(self, size: int, last: bool) -> None:
+        """Raise before a body that would not add up to the content-length:
+        the client would take the response for malformed and end the
+        connection.  Nothing of it is sent, so a head still held becomes a
+        500, and a response under way a reset stream."""
+        assert self._length_left is not None
+        left = self._length_left - size
+        if left < 0 or (last and left):
+            self.must_close = True
+            longer = "longer" if left < 0 else "shorter"
+            raise ASGIProtocolError(
+                f"Invalid response: body {longer} than its content-length."
+            )
+        self._length_left = left
 
     def _bodiless(self) -> bool:
         """A response that has no body: to HEAD, or a 204 or 304."""

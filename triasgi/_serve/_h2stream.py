@@ -40,7 +40,8 @@ class Stream(Protocol):
     @property
     def disconnected(self) -> bool: ...
 
-    def reset_by_client(self) -> None: ...
+    def on_reset(self) -> None:
+        """The stream was reset, by the client or by us: gone, with its grace."""
 
     def stream_gone(self) -> bool: ...
 
@@ -98,7 +99,7 @@ async def _wait_for_window(conn: H2Connection, stream: Stream) -> None:
             timeout,
         )
         protocol.reset(stream.stream_id, CANCEL)
-        stream.stream_gone()
+        stream.on_reset()
         try:
             await conn.flush()
         except ClientDisconnected:

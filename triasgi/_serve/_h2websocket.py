@@ -74,8 +74,9 @@ class H2WebSocketSession(WebSocketSession):
     def disconnected(self) -> bool:
         return self._stream_gone
 
-    def reset_by_client(self) -> None:
-        """RST_STREAM: the WebSocket is gone; its app gets the grace period."""
+    def on_reset(self) -> None:
+        """RST_STREAM, either way: the WebSocket is gone; its app gets the grace
+        period."""
         self.stream_gone()
 
     def stream_gone(self) -> bool:

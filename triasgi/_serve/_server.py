@@ -161,6 +161,9 @@ class Server:
             max_concurrent_streams=config.h2_max_concurrent_streams,
             max_header_list_size=config.h11_max_incomplete_event_size,
             enable_connect_protocol=True,
+            fields=config.limit_request_fields,
+            field_size=config.limit_request_field_size,
+            target=config.limit_request_line,
         )
         self._edge_init()
 
