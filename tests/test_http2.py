@@ -675,9 +675,14 @@ async def test_trailers_every_message_kept():
         )
 
     async with H2Session(app) as client:
-        reply = await client.get("/")
+        reply = await client.get("/", headers=[("te", "trailers")])
         assert reply.body == b"data"
         assert reply.trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
+        assert reply.ended
+        # Without TE: trailers they are dropped (the ASGI trailers extension).
+        reply = await client.get("/")
+        assert reply.body == b"data"
+        assert reply.trailers == []
         assert reply.ended
 
 
@@ -873,7 +878,7 @@ async def test_invalid_trailer_resets_the_stream_and_the_connection_goes_on():
         await send({"type": "http.response.trailers", "headers": [(b"x-t", b"a\r\nb")]})
 
     async with H2Session(app) as client:
-        bad = await client.get("/bad")
+        bad = await client.get("/bad", headers=[("te", "trailers")])
         assert bad.reset == ErrorCodes.INTERNAL_ERROR
         assert bad.trailers == []
         assert (await client.get("/good")).body == b"ok"

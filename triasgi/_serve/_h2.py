@@ -750,7 +750,12 @@ class H2Call(AppCall):
         if kind is Trailers:
             assert isinstance(command, Trailers)
             try:
-                protocol.send_trailers(self.stream_id, command.headers)
+                if self.request.te_trailers:
+                    protocol.send_trailers(self.stream_id, command.headers)
+                else:
+                    # The ASGI trailers extension: only to a client that
+                    # said ``TE: trailers``; the stream just ends.
+                    protocol.send_body(self.stream_id, memoryview(b""), True)
             except StreamGone:
                 self.stream_gone()
                 raise ClientDisconnected("The client has disconnected.") from None
