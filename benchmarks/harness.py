@@ -102,6 +102,7 @@ _NEEDS = {
     "uvicorn-h11": ["uvicorn", "h11", "wsproto"],
     "uvicorn-httptools": ["uvicorn", "httptools", "uvloop"],
     "hypercorn-trio": ["hypercorn", "trio"],
+    "hypercorn-asyncio": ["hypercorn"],
     "triasgi-asyncio": ["triasgi", "trio_asyncio"],
     "trio-floor": ["trio"],
     "trio-floor-task": ["trio"],
