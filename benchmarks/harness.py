@@ -122,6 +122,8 @@ H2_SCENARIOS = [
 H2_MEMORY = "h2-memory"
 #: The least warm-up of an HTTP/2 cell: its rate sizes the measured run.
 H2_MIN_WARMUP = 1.0
+#: Seconds a server whose requests failed is given to exit, if it is exiting.
+H2_EXIT_WAIT = 2.0
 #: The scenarios run by default.  The HTTP/2 ones run when named: they need
 #: h2load, and their ratios another baseline.
 SCENARIOS = [s.key for s in HTTP_SCENARIOS] + [MEMORY, WEBSOCKET]
@@ -768,6 +770,12 @@ def run_h2(server: RunningServer, scenario: H2Scenario, options: Options) -> H2S
     sample = h2load.run(url, requests=n, limit=options.seconds * 10 + 60, **load)
     cpu = server.cpu_seconds() - cpu_before
     exited = server.process.poll() is not None
+    if sample.unsuccessful and not exited:
+        # A server whose requests failed may be on its way out: tell a crash
+        # from a server that fails requests and goes on.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(H2_EXIT_WAIT)
+            exited = True
     log = _server_log(server)[log_start:]
     return dataclasses.replace(
         sample,
@@ -817,7 +825,8 @@ def _http2_turn(
     """A server's HTTP/2 cells of one round, then its idle HTTP/2 memory.
 
     A server that exits during a cell is recorded as such and started again
-    for the next cell, so that one crash costs one cell, not the run.
+    for the next cell, so that one crash costs one cell, not the run (nor
+    the next cell).
     """
     scenarios = [s for s in H2_SCENARIOS if s.key in options.scenarios]
     pending = list(scenarios)
@@ -825,13 +834,11 @@ def _http2_turn(
         with serve(spec) as server:
             if not _h2_checked(server, scenarios, problems, results):
                 return
-            while pending:
+            while pending and server.process.poll() is None:
                 scenario = pending.pop(0)
                 sample = run_h2(server, scenario, options)
                 results.add_h2(scenario.key, spec.name, sample)
                 _log(f"{tag} {scenario.key}: {_describe_h2(sample)}")
-                if sample.exited:
-                    break
     if H2_MEMORY in options.scenarios:
         with serve(spec) as server:
             if not _h2_checked(server, scenarios, problems, results):
