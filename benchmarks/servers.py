@@ -142,6 +142,8 @@ class ServerSpec:
                 self.name.removeprefix("hypercorn-"),
                 "-w",
                 "0",
+                "--config",
+                "python:benchmarks.hypercorn_config",
                 "--bind",
                 f"{host}:{port}",
                 "--log-level",
