@@ -908,8 +908,8 @@ def header(options: Options, argv: list[str]) -> str:
                 f"- revision {_git_revision(options.revision)}; "
                 + _baseline_part(options)
                 + f"Python {platform.python_version()}; {_versions()}",
-                f"- {cpus} cores: servers pinned to core {options.server_core}, "
-                f"load (wrk -t1, Python clients) to core {options.load_core}",
+                f"- {cpus} cores: servers pinned to core {options.server_core}, load "
+                f"(wrk -t1, h2load -t1, Python clients) to core {options.load_core}",
                 f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
                 f"{options.warmup:g} s of warm-up; servers in rotating order",
                 "",
