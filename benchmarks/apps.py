@@ -8,6 +8,7 @@ server is left to choose between framing it and chunking it.
 Routes:
     ``GET /``: 14 bytes of text (hello GET; also what idle connections ask).
     ``GET /64k``: 64 KiB in one body message.
+    ``GET /1m``: 1 MiB in one body message (the HTTP/2 download).
     ``POST /echo``: the request body back, read whole first.
     ``GET /stream``: ``STREAM_CHUNKS`` body messages of ``STREAM_CHUNK_SIZE``
     bytes each, so the server frames it (chunked encoding).
@@ -41,6 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 HELLO = b"Hello, world!\n"
 LARGE = bytes(range(256)) * 256  # 64 KiB
+DOWNLOAD = LARGE * 16  # 1 MiB
 STREAM_CHUNKS = 128
 STREAM_CHUNK_SIZE = 64
 _CHUNK = b"x" * (STREAM_CHUNK_SIZE - 1) + b"\n"
@@ -125,6 +127,8 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
         await _respond(send, HELLO)
     elif path == "/64k":
         await _respond(send, LARGE, _BINARY)
+    elif path == "/1m":
+        await _respond(send, DOWNLOAD, _BINARY)
     elif path == "/echo" and scope["method"] == "POST":
         await _echo(receive, send)
     elif path == "/stream":

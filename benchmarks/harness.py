@@ -34,8 +34,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import apps, wrk, wsload
-from .report import BASELINE, FILE, MIB, HttpSample, Results, format_report
+from . import apps, h2get, h2load, wrk, wsload
+from .report import (
+    BASELINE,
+    FILE,
+    H2_BASELINE,
+    MIB,
+    H2Sample,
+    HttpSample,
+    Results,
+    format_report,
+)
 from .servers import (
     REPO_ROOT,
     SERVERS,
@@ -92,8 +101,34 @@ HTTP_SCENARIOS = [
 ]
 MEMORY = "memory"
 WEBSOCKET = "websocket"
+
+
+@dataclass(frozen=True)
+class H2Scenario:
+    """An HTTP/2 scenario: h2load with prior knowledge, GET ``path``."""
+
+    key: str
+    title: str
+    path: str
+    connections: int
+    streams: int  # concurrent streams on each connection (h2load -m)
+
+
+H2_SCENARIOS = [
+    H2Scenario("h2-hello", "HTTP/2 hello GET", "/", 10, 10),
+    # Fewer streams in flight: each response is 1 MiB.
+    H2Scenario("h2-1mib", "HTTP/2 1 MiB download", "/1m", 4, 4),
+]
+H2_MEMORY = "h2-memory"
+#: The least warm-up of an HTTP/2 cell: its rate sizes the measured run.
+H2_MIN_WARMUP = 1.0
+#: Seconds a server whose requests failed is given to exit, if it is exiting.
+H2_EXIT_WAIT = 2.0
+#: The scenarios run by default.  The HTTP/2 ones run when named: they need
+#: h2load, and their ratios another baseline.
 SCENARIOS = [s.key for s in HTTP_SCENARIOS] + [MEMORY, WEBSOCKET]
-TITLES = {s.key: s.title for s in HTTP_SCENARIOS}
+H2_KEYS = [s.key for s in H2_SCENARIOS] + [H2_MEMORY]
+TITLES = {s.key: s.title for s in HTTP_SCENARIOS + H2_SCENARIOS}
 
 # What each server needs importable, to say what to install when it is not.
 _NEEDS = {
@@ -102,6 +137,7 @@ _NEEDS = {
     "uvicorn-h11": ["uvicorn", "h11", "wsproto"],
     "uvicorn-httptools": ["uvicorn", "httptools", "uvloop"],
     "hypercorn-trio": ["hypercorn", "trio"],
+    "hypercorn-asyncio": ["hypercorn"],
     "triasgi-asyncio": ["triasgi", "trio_asyncio"],
     "trio-floor": ["trio"],
     "trio-floor-task": ["trio"],
@@ -190,9 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenarios",
-        type=_names(SCENARIOS),
+        type=_names(SCENARIOS + H2_KEYS),
         default=SCENARIOS,
-        help=f"scenarios to run (default: all of {', '.join(SCENARIOS)})",
+        help=(
+            f"scenarios to run (default: all of {', '.join(SCENARIOS)}); the "
+            f"HTTP/2 ones, with h2load, when named: {', '.join(H2_KEYS)}"
+        ),
     )
     parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
     parser.add_argument(
@@ -256,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     servers = list(ns.servers)
     if BASELINE not in servers:
         servers.insert(0, BASELINE)
+    if H2_BASELINE not in servers and set(ns.scenarios) & set(H2_KEYS):
+        servers.append(H2_BASELINE)
     options = Options(
         servers=servers,
         scenarios=list(ns.scenarios),
@@ -645,8 +686,10 @@ def probe_websocket(server: RunningServer, core: int) -> str | None:
     return done.stderr.strip() or f"the probe exited with {done.returncode}"
 
 
-def measure_idle_memory(server: RunningServer, options: Options) -> float:
-    """RSS growth per idle keep-alive connection, in bytes."""
+def measure_idle_memory(
+    server: RunningServer, options: Options, *, http2: bool = False
+) -> float:
+    """RSS growth per idle keep-alive connection (HTTP/2 ones with ``http2``)."""
     time.sleep(0.5)
     before = server.rss_bytes()
     n = options.idle_connections
@@ -656,6 +699,7 @@ def measure_idle_memory(server: RunningServer, options: Options) -> float:
         str(server.port),
         "--connections",
         str(n),
+        *(["--http2"] if http2 else []),
         core=options.load_core,
     )
     with _client_process(cmd) as process:
@@ -666,6 +710,142 @@ def measure_idle_memory(server: RunningServer, options: Options) -> float:
         server.check_alive()
         after = server.rss_bytes()
     return (after - before) / n
+
+
+# -- HTTP/2 ---------------------------------------------------------------------
+
+_H2_ANSWERS = {"/": apps.HELLO, "/1m": apps.DOWNLOAD}
+
+
+def verify_h2(server: RunningServer, scenarios: list[H2Scenario]) -> str | None:
+    """None if the server answers each HTTP/2 route rightly, else what went wrong.
+
+    Each route is asked for once on a fresh connection with prior knowledge;
+    ``GET /`` also when no scenario asks for it (idle memory does).
+    """
+    paths = dict.fromkeys(["/", *(s.path for s in scenarios)])
+    for path in paths:
+        try:
+            status, body = h2get.get(server.port, path)
+        except (OSError, h2get.H2GetError) as exc:
+            return f"an HTTP/2 GET {path} with prior knowledge failed: {exc}"
+        if status != 200 or body != _H2_ANSWERS[path]:
+            return (
+                f"an HTTP/2 GET {path} with prior knowledge was answered "
+                f"{status} with {len(body):,} bytes that are not the route's"
+            )
+    return None
+
+
+def _server_log(server: RunningServer) -> str:
+    try:
+        return server.log.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_h2(server: RunningServer, scenario: H2Scenario, options: Options) -> H2Sample:
+    """One HTTP/2 cell: a timed warm-up run, then a measured run.
+
+    The measured run asks for as many requests as the warm-up's rate makes
+    in about ``options.seconds`` (benchmarks/h2load.py says why).  The
+    server's CPU time is taken around the measured run; its tracebacks are
+    counted over the whole cell, and whether it is still running at the end.
+    """
+    url = server.url + scenario.path
+    load = {
+        "connections": scenario.connections,
+        "streams": scenario.streams,
+        "core": options.load_core,
+    }
+    log_start = len(_server_log(server))
+    warmup = max(options.warmup, H2_MIN_WARMUP)
+    warm = h2load.run(url, seconds=warmup, limit=warmup + 60, **load)
+    n = h2load.measured_requests(
+        warm.requests_per_s,
+        options.seconds,
+        scenario.connections * scenario.streams,
+    )
+    cpu_before = server.cpu_seconds()
+    sample = h2load.run(url, requests=n, limit=options.seconds * 10 + 60, **load)
+    cpu = server.cpu_seconds() - cpu_before
+    exited = server.process.poll() is not None
+    if sample.unsuccessful and not exited:
+        # A server whose requests failed may be on its way out: tell a crash
+        # from a server that fails requests and goes on.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(H2_EXIT_WAIT)
+            exited = True
+    log = _server_log(server)[log_start:]
+    return dataclasses.replace(
+        sample,
+        cpu_seconds=cpu,
+        server_errors=h2load.count_tracebacks(log),
+        last_error=h2load.last_exception(log),
+        exited=exited,
+    )
+
+
+def _describe_h2(sample: H2Sample) -> str:
+    text = (
+        f"{sample.requests_per_s:,.0f} req/s, mean {sample.mean_ms:.2f} ms, "
+        f"{sample.cpu_us_per_request:,.0f} µs CPU/req, "
+        f"{sample.unsuccessful:,} of {sample.requests:,} failed"
+    )
+    if sample.server_errors:
+        text += f", {sample.server_errors} tracebacks logged"
+    if sample.exited:
+        text += ", the server exited"
+    return text
+
+
+def _h2_checked(
+    server: RunningServer,
+    scenarios: list[H2Scenario],
+    problems: dict[str, str | None],
+    results: Results,
+) -> bool:
+    """Whether the server serves HTTP/2 rightly, checked once per server."""
+    name = server.spec.name
+    if name not in problems:
+        problems[name] = verify_h2(server, scenarios)
+        if problems[name] is not None:
+            results.notes.append(f"HTTP/2: {name} skipped, {problems[name]}.")
+    return problems[name] is None
+
+
+def _http2_turn(
+    spec: ServerSpec,
+    options: Options,
+    results: Results,
+    serve: Serve,
+    problems: dict[str, str | None],
+    tag: str,
+) -> None:
+    """A server's HTTP/2 cells of one round, then its idle HTTP/2 memory.
+
+    A server that exits during a cell is recorded as such and started again
+    for the next cell, so that one crash costs one cell, not the run (nor
+    the next cell).
+    """
+    scenarios = [s for s in H2_SCENARIOS if s.key in options.scenarios]
+    pending = list(scenarios)
+    while pending:
+        with serve(spec) as server:
+            if not _h2_checked(server, scenarios, problems, results):
+                return
+            while pending and server.process.poll() is None:
+                scenario = pending.pop(0)
+                sample = run_h2(server, scenario, options)
+                results.add_h2(scenario.key, spec.name, sample)
+                _log(f"{tag} {scenario.key}: {_describe_h2(sample)}")
+    if H2_MEMORY in options.scenarios:
+        with serve(spec) as server:
+            if not _h2_checked(server, scenarios, problems, results):
+                return
+            per_conn = measure_idle_memory(server, options, http2=True)
+        results.h2_memory.setdefault(spec.name, []).append(per_conn)
+        _log(f"{tag} idle HTTP/2 memory: {per_conn / 1024:.1f} KiB per connection")
 
 
 # -- the run -------------------------------------------------------------------
@@ -728,8 +908,8 @@ def header(options: Options, argv: list[str]) -> str:
                 f"- revision {_git_revision(options.revision)}; "
                 + _baseline_part(options)
                 + f"Python {platform.python_version()}; {_versions()}",
-                f"- {cpus} cores: servers pinned to core {options.server_core}, "
-                f"load (wrk -t1, Python clients) to core {options.load_core}",
+                f"- {cpus} cores: servers pinned to core {options.server_core}, load "
+                f"(wrk -t1, h2load -t1, Python clients) to core {options.load_core}",
                 f"- {options.rounds} round(s) of {options.seconds:g} s per cell after "
                 f"{options.warmup:g} s of warm-up; servers in rotating order",
                 "",
@@ -804,6 +984,22 @@ def _scenario_lines(options: Options) -> list[str]:
             f"- idle memory: a fresh server, {options.idle_connections} connections "
             "opened with one GET / each, then held idle; RSS growth divided by "
             "the connections"
+        )
+    for h2 in H2_SCENARIOS:
+        if h2.key in options.scenarios:
+            lines.append(
+                f"- {h2.title}: h2load -t1 -c{h2.connections} -m{h2.streams} "
+                f"(cleartext, prior knowledge), GET {h2.path}; a warm-up run of "
+                f"{max(options.warmup, H2_MIN_WARMUP):g} s (h2load -D) whose "
+                "rate sizes the measured run (h2load -n) to about "
+                f"{options.seconds:g} s"
+            )
+    if H2_MEMORY in options.scenarios:
+        lines.append(
+            f"- idle HTTP/2 memory: a fresh server, {options.idle_connections} "
+            "connections opened with the client preface, SETTINGS and one GET / "
+            "each (the response read whole, the server's SETTINGS acknowledged), "
+            "then held idle; RSS growth divided by the connections"
         )
     if WEBSOCKET in options.scenarios:
         lines.append(
@@ -941,6 +1137,19 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
                 f"Idle memory skipped: the open-files limit is {got}, below the "
                 f"{needed} that {options.idle_connections} connections need."
             )
+    h2_servers: list[str] = []
+    if set(options.scenarios) & set(H2_KEYS):
+        h2_servers = [n for n in options.servers if server_spec(n).http2]
+        if H2_MEMORY in options.scenarios:
+            _raise_nofile(options.idle_connections + 1000)
+        no_h2 = [n for n in options.servers if n not in h2_servers]
+        if no_h2:
+            results.notes.append(
+                f"HTTP/2: {', '.join(no_h2)} skipped, "
+                f"{'it does' if len(no_h2) == 1 else 'they do'} not serve HTTP/2 "
+                "with prior knowledge."
+            )
+    h2_problems: dict[str, str | None] = {}
 
     def serve(spec: ServerSpec) -> contextlib.AbstractContextManager[RunningServer]:
         return running(
@@ -981,6 +1190,8 @@ def run(options: Options, results: Results, workdir: Path) -> Options:
                     per_conn = measure_idle_memory(server, options)
                 results.memory.setdefault(name, []).append(per_conn)
                 _log(f"{tag} idle memory: {per_conn / 1024:.1f} KiB per connection")
+            if name in h2_servers:
+                _http2_turn(spec, options, results, serve, h2_problems, tag)
     if advertised:
         results.notes.append(pathsend_note(advertised))
     return options
@@ -1041,6 +1252,11 @@ def main(argv: list[str] | None = None) -> int:
     }:
         print(wrk.INSTALL_HINT, file=sys.stderr)
         return 2
+    if h2load.find_h2load() is None and set(options.scenarios) & {
+        s.key for s in H2_SCENARIOS
+    }:
+        print(h2load.INSTALL_HINT, file=sys.stderr)
+        return 2
     missing = _missing_packages(options.servers, options.scenarios)
     if missing:
         print(
@@ -1066,7 +1282,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _log("Interrupted; every server was stopped.")
         return 130
-    except (ServerError, wrk.WrkError, subprocess.TimeoutExpired) as exc:
+    except (
+        ServerError,
+        wrk.WrkError,
+        h2load.H2loadError,
+        subprocess.TimeoutExpired,
+    ) as exc:
         _log(f"The benchmark failed: {exc}")
         return 1
     _log(f"Done in {time.monotonic() - started:.0f} s.")
@@ -1082,6 +1303,12 @@ def main(argv: list[str] | None = None) -> int:
                 for s in samples
             ],
             "memory_bytes_per_connection": results.memory,
+            "http2": [
+                {"scenario": sc, "server": sv, **asdict(s)}
+                for (sc, sv), samples in results.h2.items()
+                for s in samples
+            ],
+            "http2_memory_bytes_per_connection": results.h2_memory,
             "websocket_messages_per_second": results.websocket,
             "paced_requests_per_second_offered": (
                 options.pace if PACED in options.scenarios else None

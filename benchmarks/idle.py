@@ -5,6 +5,10 @@ it opens the connections in batches, makes one ``GET /`` on each and reads the
 whole response (so that every connection has served a request and sits idle
 in keep-alive), prints ``ready N``, and holds them until its standard input
 closes or ``--hold`` seconds pass.  Then it closes them all and exits.
+
+With ``--http2`` each connection speaks HTTP/2 with prior knowledge instead:
+the client preface and SETTINGS, one ``GET /`` on stream 1, the whole
+response read and the server's SETTINGS acknowledged (``benchmarks.h2get``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import select
 import socket
 import sys
 import time
+
+from . import h2get
 
 _BATCH = 100
 
@@ -58,11 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--hold", type=float, default=120.0)
+    parser.add_argument("--http2", action="store_true", help="HTTP/2 connections")
     args = parser.parse_args(argv)
     raise_nofile(args.connections + 100)
     request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n\r\n".encode()
     socks: list[socket.socket] = []
     try:
+        if args.http2:
+            # One at a time: each waits for its response before the next.
+            while len(socks) < args.connections:
+                socks.append(h2get.open_connection(args.port))
         while len(socks) < args.connections:
             batch = [
                 socket.create_connection(("127.0.0.1", args.port), timeout=30)
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             readable, _, _ = select.select([sys.stdin], [], [], remaining)
             if readable and not sys.stdin.readline():
                 break
-    except (OSError, ConnectionError) as exc:
+    except (OSError, ConnectionError, h2get.H2GetError) as exc:
         print(f"error after {len(socks)} connections: {exc}", flush=True)
         return 1
     finally:

@@ -29,6 +29,12 @@ PACED_RATE_TOLERANCE = 0.05
 FILE = "file-16m"
 MIB = 1 << 20
 MIN_FILE_BYTES_RATIO = 1.5
+#: The server every HTTP/2 ratio is taken against (uvicorn has no HTTP/2),
+#: and the HTTP/2 goal: at least this ratio of its hello GET requests per
+#: second, with no failed request.
+H2_BASELINE = "hypercorn-asyncio"
+H2_HELLO = "h2-hello"
+MIN_H2_HELLO_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,47 @@ class HttpSummary:
     cpu_us_per_request: float  # NaN when not measured
 
 
+@dataclass(frozen=True)
+class H2Sample:
+    """One measured h2load run of one HTTP/2 scenario against one server."""
+
+    #: Requests that succeeded (2xx or 3xx) per second of the run.
+    requests_per_s: float
+    #: What h2load was told to make, and what became of them (its counts:
+    #: ``errored`` are failures without a status, resets and lost
+    #: connections, ``timed_out`` a part of them; ``failed`` adds the
+    #: responses with a 4xx or 5xx status).
+    requests: int
+    done: int
+    succeeded: int
+    failed: int = 0
+    errored: int = 0
+    timed_out: int = 0
+    #: The mean time from request to whole response, in ms (NaN: none).
+    mean_ms: float = math.nan
+    seconds: float = 0.0
+    #: CPU time the server used during the measured run (0: not measured).
+    cpu_seconds: float = 0.0
+    #: Tracebacks the server logged during the cell, warm-up included, and
+    #: the last exception among them.
+    server_errors: int = 0
+    last_error: str = ""
+    #: Whether the server process was gone at the end of the cell.
+    exited: bool = False
+
+    @property
+    def unsuccessful(self) -> int:
+        """Requests asked for that did not succeed, whatever the reason."""
+        return max(self.requests - self.succeeded, self.failed)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU per request that succeeded."""
+        if not self.succeeded or not self.cpu_seconds:
+            return math.nan
+        return self.cpu_seconds / self.succeeded * 1e6
+
+
 @dataclass
 class Results:
     """Everything one run measured, keyed by scenario and server name."""
@@ -79,9 +126,20 @@ class Results:
     notes: list[str] = field(default_factory=list)
     #: The baseline's hello GET req/s in the paced scenario's calibration run.
     calibration: float | None = None
+    #: HTTP/2 scenarios (h2load), keyed as ``http``.
+    h2: dict[tuple[str, str], list[H2Sample]] = field(default_factory=dict)
+    #: bytes of RSS per idle HTTP/2 connection, one value per round.
+    h2_memory: dict[str, list[float]] = field(default_factory=dict)
 
     def add_http(self, scenario: str, server: str, sample: HttpSample) -> None:
         self.http.setdefault((scenario, server), []).append(sample)
+
+    def add_h2(self, scenario: str, server: str, sample: H2Sample) -> None:
+        self.h2.setdefault((scenario, server), []).append(sample)
+
+    def h2_scenarios(self) -> list[str]:
+        """The HTTP/2 scenarios measured, in the order first measured."""
+        return list(dict.fromkeys(scenario for scenario, _ in self.h2))
 
     def scenarios(self) -> list[str]:
         """The HTTP scenarios measured, in the order first measured."""
@@ -475,6 +533,214 @@ def goals(
     return lines
 
 
+# -- HTTP/2 ---------------------------------------------------------------------
+
+
+def _h2_verdict(samples: list[H2Sample]) -> str:
+    """What a server's name carries in the HTTP/2 table when it misbehaved."""
+    if any(s.exited for s in samples):
+        return " (exited!)"
+    if any(s.unsuccessful for s in samples):
+        return " (failed requests!)"
+    if any(s.server_errors for s in samples):
+        return " (errors logged!)"
+    return ""
+
+
+def _fmt_failed(samples: list[H2Sample]) -> str:
+    failed = sum(s.unsuccessful for s in samples)
+    asked = sum(s.requests for s in samples)
+    if not failed:
+        return f"0 of {asked:,}"
+    return f"{failed:,} of {asked:,} ({failed / asked:.1%})" if asked else f"{failed:,}"
+
+
+def h2_table(results: Results, titles: dict[str, str] | None = None) -> list[str]:
+    """The HTTP/2 table: req/s and CPU per request with their ratios, failures.
+
+    The ratios to ``H2_BASELINE`` are paired: the median over the rounds of
+    the two servers' ratio within each round, with its spread.
+    """
+    titles = titles or {}
+    vs = f"vs {H2_BASELINE}"
+    header = [
+        "scenario",
+        "server",
+        "req/s",
+        "spread",
+        vs,
+        "mean time",
+        "CPU/req",
+        vs,
+        "failed",
+        "tracebacks",
+    ]
+    rows = []
+    for scenario in results.h2_scenarios():
+        base = results.h2.get((scenario, H2_BASELINE), [])
+        for server in results.servers:
+            samples = results.h2.get((scenario, server))
+            if not samples:
+                continue
+            rates = [s.requests_per_s for s in samples]
+            median = statistics.median(rates)
+            spread = (max(rates) - min(rates)) / 2 / median if median else 0.0
+            rate_ratio = paired_ratio(rates, [b.requests_per_s for b in base])
+            cpu_ratio = paired_ratio(
+                [s.cpu_us_per_request for s in samples],
+                [b.cpu_us_per_request for b in base],
+            )
+            rows.append(
+                [
+                    titles.get(scenario, scenario),
+                    server + _h2_verdict(samples),
+                    _fmt_rate(median),
+                    f"±{spread * 100:.0f}%",
+                    _fmt_paired(rate_ratio),
+                    _fmt_ms(_nan_median([s.mean_ms for s in samples])),
+                    _fmt_us(_nan_median([s.cpu_us_per_request for s in samples])),
+                    _fmt_paired(cpu_ratio),
+                    _fmt_failed(samples),
+                    f"{sum(s.server_errors for s in samples):,}",
+                ]
+            )
+    return _table(header, rows, left=2)
+
+
+def h2_memory_table(results: Results) -> list[str]:
+    """KiB of RSS per idle HTTP/2 connection, against ``H2_BASELINE`` and HTTP/1.1."""
+    base = _median(results.h2_memory.get(H2_BASELINE))
+    rows = []
+    for server in results.servers:
+        value = _median(results.h2_memory.get(server))
+        if value is None:
+            continue
+        h1 = _median(results.memory.get(server))
+        rows.append(
+            [
+                server,
+                f"{value / 1024:.1f}",
+                _fmt_ratio(ratio(value, base)),
+                _fmt_ratio(ratio(value, h1)),
+            ]
+        )
+    header = [
+        "server",
+        "KiB per idle HTTP/2 connection",
+        f"vs {H2_BASELINE}",
+        "vs its HTTP/1.1 connection",
+    ]
+    return _table(header, rows)
+
+
+def h2_goals(results: Results, server: str = "triasgi") -> list[str]:
+    """The HTTP/2 goal lines: the hello GET ratio, and no failed request."""
+    if not results.h2:
+        return []
+    lines = []
+    what = f"HTTP/2 hello GET req/s at least {MIN_H2_HELLO_RATIO:.1f}x {H2_BASELINE}"
+    mine = results.h2.get((H2_HELLO, server))
+    base = results.h2.get((H2_HELLO, H2_BASELINE))
+    r = None
+    if mine and base:
+        r = paired_ratio(
+            [s.requests_per_s for s in mine], [b.requests_per_s for b in base]
+        )
+    if mine and base and r is not None:
+        verdict = "met" if r.median >= MIN_H2_HELLO_RATIO else "missed"
+        cpu = paired_ratio(
+            [s.cpu_us_per_request for s in mine],
+            [b.cpu_us_per_request for b in base],
+        )
+        cpu_note = (
+            f"; server CPU per request {_fmt_paired(cpu)}" if cpu is not None else ""
+        )
+        lines.append(
+            f"{what}: {verdict} ({_fmt_paired(r)} over {r.rounds} round(s){cpu_note})"
+        )
+    else:
+        lines.append(f"{what}: not measured")
+    own = [
+        (scenario, samples)
+        for (scenario, name), samples in results.h2.items()
+        if name == server
+    ]
+    if own:
+        failed = sum(s.unsuccessful for _, ss in own for s in ss)
+        asked = sum(s.requests for _, ss in own for s in ss)
+        errors = sum(s.server_errors for _, ss in own for s in ss)
+        exited = sum(s.exited for _, ss in own for s in ss)
+        met = not (failed or errors or exited)
+        detail = f"{failed:,} of {asked:,} requests failed"
+        if errors:
+            detail += f", {errors:,} tracebacks logged"
+        if exited:
+            detail += f", the server exited in {exited} cell(s)"
+        lines.append(
+            f"HTTP/2 without failed requests ({server}): "
+            f"{'met' if met else 'missed'} ({detail})"
+        )
+    return lines
+
+
+def h2_trouble(results: Results, titles: dict[str, str] | None = None) -> list[str]:
+    """A note for each HTTP/2 cell where requests failed or the server erred.
+
+    Says what h2load counted (resets and lost connections, time-outs, error
+    statuses, requests never finished) and the last exception logged.
+    """
+    titles = titles or {}
+    notes = []
+    for (scenario, server), samples in results.h2.items():
+        for index, s in enumerate(samples, 1):
+            if not (s.unsuccessful or s.server_errors or s.exited):
+                continue
+            parts = []
+            if s.unsuccessful:
+                statuses = s.failed - s.errored
+                unfinished = s.requests - s.succeeded - s.failed
+                parts.append(
+                    f"{s.unsuccessful:,} of {s.requests:,} requests failed "
+                    f"({s.errored - s.timed_out:,} reset or lost with their "
+                    f"connection, {s.timed_out:,} timed out, {statuses:,} with an "
+                    f"error status, {max(unfinished, 0):,} never finished)"
+                )
+            if s.server_errors:
+                last = f", the last: {s.last_error}" if s.last_error else ""
+                parts.append(f"{s.server_errors:,} tracebacks in its log{last}")
+            if s.exited:
+                parts.append("the server process exited")
+            notes.append(
+                f"HTTP/2: {server}, {titles.get(scenario, scenario)}, sample "
+                f"{index}: " + "; ".join(parts) + "."
+            )
+    return notes
+
+
+def h2_section(results: Results, titles: dict[str, str] | None = None) -> list[str]:
+    """The HTTP/2 part of the report: its tables and what they mean."""
+    out: list[str] = []
+    if results.h2:
+        out += ["HTTP/2 (h2load, cleartext with prior knowledge):", ""]
+        out += h2_table(results, titles)
+        out += [
+            "",
+            f"Medians over rounds; spread is half the range of req/s over the "
+            f'rounds; "vs {H2_BASELINE}" is the median of the ratios within '
+            "each round, ± half their range relative to it (higher is better "
+            "for req/s, lower for CPU). req/s counts the requests that "
+            "succeeded; failed counts every request h2load was told to make "
+            "that did not succeed, over all rounds; tracebacks are those the "
+            "server logged during the cells.",
+            "",
+        ]
+    if results.h2_memory:
+        out += ["Idle HTTP/2 connections (RSS delta / connections):", ""]
+        out += h2_memory_table(results)
+        out.append("")
+    return out
+
+
 def format_report(results: Results, titles: dict[str, str] | None = None) -> str:
     """The whole markdown report: tables, goal verdicts, notes."""
     out: list[str] = []
@@ -512,6 +778,7 @@ def format_report(results: Results, titles: dict[str, str] | None = None) -> str
         ]
         out += websocket_table(results)
         out.append("")
+    out += h2_section(results, titles)
     table, memory = twin_table(results, titles), twin_memory_lines(results)
     if table or memory:
         commits = sorted({twin.partition("@")[2] for _, twin in twins(results.servers)})
@@ -536,8 +803,11 @@ def format_report(results: Results, titles: dict[str, str] | None = None) -> str
             "",
         ]
     out += ["Goals:", ""]
-    out += [f"- {line}" for line in goals(results)]
-    if results.notes:
+    if results.http or results.memory or not results.h2:
+        out += [f"- {line}" for line in goals(results)]
+    out += [f"- {line}" for line in h2_goals(results)]
+    notes = results.notes + h2_trouble(results, titles)
+    if notes:
         out += ["", "Notes:", ""]
-        out += [f"- {note}" for note in results.notes]
+        out += [f"- {note}" for note in notes]
     return "\n".join(out) + "\n"

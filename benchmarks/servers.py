@@ -52,6 +52,9 @@ class ServerSpec:
     websocket: bool  # whether it takes part in the WebSocket scenario
     # The HTTP scenarios it can serve, when not all of them.
     only: tuple[str, ...] | None = None
+    # Whether it serves HTTP/2 with prior knowledge on its cleartext port
+    # (the HTTP/2 scenarios and idle memory).
+    http2: bool = False
 
     @property
     def flavour(self) -> str:
@@ -129,16 +132,18 @@ class ServerSpec:
                 str(BACKLOG),
                 *(["--app-task"] if self.name == "trio-floor-task" else []),
             ]
-        if self.name == "hypercorn-trio":
+        if self.name in ("hypercorn-trio", "hypercorn-asyncio"):
             # -w 0 serves in this process rather than in a spawned worker.
             return [
                 py,
                 "-m",
                 "hypercorn",
                 "-k",
-                "trio",
+                self.name.removeprefix("hypercorn-"),
                 "-w",
                 "0",
+                "--config",
+                "python:benchmarks.hypercorn_config",
                 "--bind",
                 f"{host}:{port}",
                 "--log-level",
@@ -155,12 +160,14 @@ class ServerSpec:
 SERVERS = {
     spec.name: spec
     for spec in [
-        ServerSpec("triasgi", websocket=True),
-        ServerSpec("triasgi-httptools", websocket=False),
+        ServerSpec("triasgi", websocket=True, http2=True),
+        ServerSpec("triasgi-httptools", websocket=False, http2=True),
         ServerSpec("uvicorn-h11", websocket=True),
         ServerSpec("uvicorn-httptools", websocket=False),
-        ServerSpec("hypercorn-trio", websocket=False),
-        ServerSpec("triasgi-asyncio", websocket=False),
+        ServerSpec("hypercorn-trio", websocket=False, http2=True),
+        # The baseline of the HTTP/2 ratios (uvicorn has no HTTP/2).
+        ServerSpec("hypercorn-asyncio", websocket=False, http2=True),
+        ServerSpec("triasgi-asyncio", websocket=False, http2=True),
         # The bound on any trio server (benchmarks/floor.py).
         ServerSpec("trio-floor", websocket=False, only=("hello", "paced")),
         # The same with a task per request that checkpoints as ASGI send() does.

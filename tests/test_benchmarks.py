@@ -7,21 +7,39 @@ benchmarks/ from rotting between the runs that use it.
 from __future__ import annotations
 
 import math
+import socket
 import subprocess
+import threading
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import trio
 import trio.testing
 
-from benchmarks import apps, floor, harness, servers, wrk, wsload
+from benchmarks import (
+    apps,
+    floor,
+    h2get,
+    h2load,
+    h2protocol,
+    harness,
+    servers,
+    wrk,
+    wsload,
+)
 from benchmarks.report import (
     BASELINE,
     FILE,
+    H2_BASELINE,
+    H2Sample,
     HttpSample,
     Results,
     file_goal,
     format_report,
     goals,
+    h2_goals,
     mib_per_s,
     paired_ratio,
     ratio,
@@ -420,6 +438,299 @@ def test_wrk_output_is_parsed_in_milliseconds() -> None:
 def test_unreadable_wrk_output_is_an_error() -> None:
     with pytest.raises(wrk.WrkError):
         wrk.parse_output("unable to connect to 127.0.0.1:8000 Connection refused\n")
+
+
+# -- HTTP/2: h2load's output, the HTTP/2 tables and goals ----------------------
+
+H2LOAD_OUTPUT = """\
+starting benchmark...
+spawning thread #0: 10 total client(s). 3000 total requests
+Application protocol: h2c
+
+finished in 2.44s, 1229.28 req/s, 45.10KB/s
+requests: 3000 total, 3000 started, 3000 done, 2990 succeeded, 10 failed, 6 errored, 2 timeout
+status codes: 2994 2xx, 0 3xx, 0 4xx, 4 5xx
+traffic: 110.06KB (112700) total, 15.60KB (15970) headers (space savings 95.12%), 41.02KB (42000) data
+                     min         max         mean         sd        +/- sd
+time for request:    51.78ms    178.12ms     81.17ms     28.87ms    87.00%
+time for connect:      133us       568us       305us       128us    80.00%
+time to 1st byte:   151.16ms    151.64ms    151.41ms       160us    80.00%
+req/s           :     122.93      122.95      122.95        0.01    80.00%
+"""
+
+# A server that closed every connection: h2load counts all it was told to make.
+H2LOAD_LOST = """\
+finished in 687us, 0.00 req/s, 0B/s
+requests: 100 total, 4 started, 0 done, 0 succeeded, 100 failed, 100 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+"""
+
+HYPERCORN_LOG = """\
+[2026-12-06 12:42:35 +0000] [7970] [ERROR] Error in ASGI Framework
+Traceback (most recent call last):
+  File "hypercorn/trio/tcp_server.py", line 88, in protocol_send
+trio.BusyResourceError: another task is currently sending data on this SocketStream
+  + Exception Group Traceback (most recent call last):
+  |   File "hypercorn/trio/tcp_server.py", line 60, in run
+  | ExceptionGroup: Exceptions from Trio nursery (1 sub-exception)
+  +-+---------------- 1 ----------------
+    | Traceback (most recent call last):
+    |   File "hypercorn/protocol/h2.py", line 154, in send_task
+    | trio.ClosedResourceError: this socket was already closed
+    +------------------------------------
+Exception in callback StreamReaderProtocol.connection_made
+"""
+
+
+def test_h2load_output_is_read_as_successes_per_second() -> None:
+    sample = h2load.parse_output(H2LOAD_OUTPUT)
+    assert (sample.requests, sample.done, sample.succeeded) == (3000, 3000, 2990)
+    assert (sample.failed, sample.errored, sample.timed_out) == (10, 6, 2)
+    assert sample.seconds == pytest.approx(2.44)
+    # Only the requests that succeeded are throughput.
+    assert sample.requests_per_s == pytest.approx(2990 / 2.44)
+    assert sample.mean_ms == pytest.approx(81.17)
+    assert sample.unsuccessful == 10
+    timed = H2Sample(1.0, requests=3000, done=3000, succeeded=2990, cpu_seconds=0.598)
+    assert timed.cpu_us_per_request == pytest.approx(200.0)
+
+
+def test_h2load_counts_the_requests_a_lost_connection_took() -> None:
+    sample = h2load.parse_output(H2LOAD_LOST)
+    assert sample.seconds == pytest.approx(687e-6)
+    assert sample.requests_per_s == 0.0
+    assert sample.unsuccessful == 100
+    assert math.isnan(sample.mean_ms)
+    assert math.isnan(sample.cpu_us_per_request)
+    # A request asked for but never done counts as failed too.
+    cut = H2LOAD_OUTPUT.replace(
+        "3000 done, 2990 succeeded", "2995 done, 2985 succeeded"
+    )
+    assert h2load.parse_output(cut).unsuccessful == 15
+
+
+def test_unreadable_h2load_output_is_an_error() -> None:
+    with pytest.raises(h2load.H2loadError):
+        h2load.parse_output("connect to 127.0.0.1:8000 failed\n")
+
+
+def test_the_warm_up_rate_sizes_the_measured_run() -> None:
+    assert h2load.measured_requests(2000.0, 5.0, 100) == 10_000
+    # At least ten requests per stream in flight, even from a dead warm-up.
+    assert h2load.measured_requests(0.0, 5.0, 100) == 1000
+    assert h2load.measured_requests(30.0, 5.0, 16) == 160
+
+
+def test_server_tracebacks_are_counted_once_per_group() -> None:
+    assert h2load.count_tracebacks(HYPERCORN_LOG) == 2
+    # The exception inside the group, not the group, and not a log message.
+    assert h2load.last_exception(HYPERCORN_LOG) == (
+        "trio.ClosedResourceError: this socket was already closed"
+    )
+    assert h2load.last_exception("all quiet\n") == ""
+
+
+def test_the_http2_scenarios_and_servers() -> None:
+    scenarios = {s.key: s for s in harness.H2_SCENARIOS}
+    hello = scenarios["h2-hello"]
+    assert (hello.path, hello.connections, hello.streams) == ("/", 10, 10)
+    assert scenarios["h2-1mib"].path == "/1m"
+    assert len(apps.DOWNLOAD) == 1 << 20
+    # Run when named: they need h2load, and another baseline.
+    assert harness.H2_KEYS == ["h2-hello", "h2-1mib", "h2-memory"]
+    assert not set(harness.H2_KEYS) & set(harness.SCENARIOS)
+    assert harness.parse_args(["--scenarios", "h2-1mib"]).scenarios == ["h2-1mib"]
+    speaks_h2 = {name for name, spec in servers.SERVERS.items() if spec.http2}
+    assert {"triasgi", "hypercorn-trio", "hypercorn-asyncio"} <= speaks_h2
+    assert not {"uvicorn-h11", "uvicorn-httptools", "trio-floor"} & speaks_h2
+    command = servers.SERVERS["hypercorn-asyncio"].command(8000)
+    assert command[command.index("-k") + 1] == "asyncio"
+    # The HTTP/2 baseline is added when an HTTP/2 scenario runs, as
+    # uvicorn-h11 always is.
+    options = harness.parse_args(["--servers", "triasgi", "--scenarios", "h2-hello"])
+    assert options.servers == [BASELINE, "triasgi", H2_BASELINE]
+    options = harness.parse_args(["--servers", "triasgi", "--scenarios", "hello"])
+    assert H2_BASELINE not in options.servers
+    lines = harness._scenario_lines(
+        harness.parse_args(["--scenarios", "h2-hello,h2-memory", "--quick"])
+    )
+    assert lines[0].startswith(
+        "- HTTP/2 hello GET: h2load -t1 -c10 -m10 (cleartext, prior knowledge), GET /;"
+    )
+    assert lines[1].startswith("- idle HTTP/2 memory: a fresh server, 1000 connections")
+
+
+def test_http2_scenarios_need_h2load(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(h2load, "find_h2load", lambda: None)
+    assert harness.main(["--scenarios", "h2-hello", "--servers", "triasgi"]) == 2
+    assert capsys.readouterr().err == h2load.INSTALL_HINT + "\n"
+
+
+def _h2(rate: float, cpu: float = 1.0, **counts: object) -> H2Sample:
+    """A sample of 1,000 requests at ``rate``, all succeeded unless ``counts``."""
+    fields: dict = {"requests": 1000, "done": 1000, "succeeded": 1000, "mean_ms": 50.0}
+    fields.update(counts)
+    return H2Sample(rate, cpu_seconds=cpu, **fields)
+
+
+def _h2_results() -> Results:
+    results = Results(servers=[BASELINE, "triasgi", "hypercorn-trio", H2_BASELINE])
+    for tri, base in [(2200.0, 1000.0), (2500.0, 1000.0), (2000.0, 1000.0)]:
+        results.add_h2("h2-hello", "triasgi", _h2(tri, cpu=0.3))
+        results.add_h2("h2-hello", H2_BASELINE, _h2(base, cpu=0.6))
+    crashed = _h2(
+        0.0,
+        succeeded=0,
+        done=0,
+        failed=1000,
+        errored=1000,
+        server_errors=4,
+        last_error="trio.BusyResourceError: another task is sending",
+        exited=True,
+        mean_ms=math.nan,
+    )
+    results.add_h2("h2-hello", "hypercorn-trio", crashed)
+    results.h2_memory = {"triasgi": [24 * 1024.0], H2_BASELINE: [32 * 1024.0]}
+    results.memory = {"triasgi": [8 * 1024.0]}
+    return results
+
+
+def test_the_http2_report_gives_paired_ratios_and_failures() -> None:
+    report = format_report(_h2_results(), harness.TITLES)
+    lines = report.splitlines()
+    # Ratios 2.2, 2.5 and 2.0 round by round: median 2.2, ± 0.25 / 2.2.
+    assert (
+        "| HTTP/2 hello GET | triasgi | 2,200 | ±11% | 2.20x ±11% | 50.00 ms "
+        "| 300 µs | 0.50x ±0% | 0 of 3,000 | 0 |"
+    ) in lines
+    assert (
+        "| HTTP/2 hello GET | hypercorn-trio (exited!) | 0 | ±0% | 0.00x ±0% "
+        "| n/a | n/a | n/a | 1,000 of 1,000 (100.0%) | 4 |"
+    ) in lines
+    assert "| triasgi | 24.0 | 0.75x | 3.00x |" in lines
+    assert "| hypercorn-asyncio | 32.0 | 1.00x | n/a |" in lines
+    assert (
+        "- HTTP/2 hello GET req/s at least 2.0x hypercorn-asyncio: met (2.20x ±11% "
+        "over 3 round(s); server CPU per request 0.50x ±0%)"
+    ) in lines
+    assert (
+        "- HTTP/2 without failed requests (triasgi): met (0 of 3,000 requests failed)"
+        in (lines)
+    )
+    assert (
+        "- HTTP/2: hypercorn-trio, HTTP/2 hello GET, sample 1: 1,000 of 1,000 "
+        "requests failed (1,000 reset or lost with their connection, 0 timed out, "
+        "0 with an error status, 0 never finished); 4 tracebacks in its log, the "
+        "last: trio.BusyResourceError: another task is sending; the server "
+        "process exited."
+    ) in lines
+    # An HTTP/2 run alone has no HTTP/1.1 goal lines.
+    assert "- hello GET against the baseline: not measured" in lines
+    results = _h2_results()
+    results.memory = {}
+    alone = format_report(results).splitlines()
+    assert not any(line.startswith(("- hello GET", "- memory")) for line in alone)
+    # Every table row has as many cells as its header.
+    (header,) = [
+        line
+        for line in lines
+        if line.startswith("| scenario | server | req/s | spread")
+    ]
+    for line in lines:
+        if line.startswith("| HTTP/2 hello GET"):
+            assert line.count("|") == header.count("|")
+
+
+def test_the_http2_goals_are_missed_by_a_slow_or_failing_server() -> None:
+    results = Results(servers=["triasgi", H2_BASELINE])
+    results.add_h2("h2-hello", "triasgi", _h2(1500.0, failed=2, succeeded=998))
+    results.add_h2("h2-hello", H2_BASELINE, _h2(1000.0))
+    results.add_h2("h2-1mib", "triasgi", _h2(100.0, server_errors=1))
+    assert h2_goals(results) == [
+        "HTTP/2 hello GET req/s at least 2.0x hypercorn-asyncio: missed "
+        "(1.50x ±0% over 1 round(s); server CPU per request 1.00x ±0%)",
+        "HTTP/2 without failed requests (triasgi): missed (2 of 2,000 requests "
+        "failed, 1 tracebacks logged)",
+    ]
+    alone = Results(servers=["triasgi"])
+    alone.add_h2("h2-1mib", "triasgi", _h2(100.0))
+    assert h2_goals(alone)[0] == (
+        "HTTP/2 hello GET req/s at least 2.0x hypercorn-asyncio: not measured"
+    )
+    assert h2_goals(_results()) == []
+    assert "HTTP/2" not in format_report(_results())
+
+
+def _serve_h2_once(listener: socket.socket, body: bytes) -> None:
+    """Answer one HTTP/2 connection's requests with ``body``, under flow control."""
+    sock, _ = listener.accept()
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    sending: dict[int, bytes] = {}
+    with sock:
+        while data := sock.recv(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, [(b":status", b"200")])
+                    sending[event.stream_id] = body
+            for stream_id, left in list(sending.items()):
+                while left and (
+                    size := min(
+                        conn.local_flow_control_window(stream_id),
+                        conn.max_outbound_frame_size,
+                        len(left),
+                    )
+                ):
+                    conn.send_data(stream_id, left[:size], end_stream=size == len(left))
+                    left = left[size:]
+                sending[stream_id] = left
+                if not left:
+                    del sending[stream_id]
+            sock.sendall(conn.data_to_send())
+
+
+def test_the_protocol_alone_answers_every_recorded_request() -> None:
+    sent = h2protocol.record(30)
+    # The preface, three batches of ten requests, and a credit or two.
+    assert len(sent) >= 4
+    # A clock that ticks once a reading: each phase counts its calls.
+    ticks = iter(range(1000))
+    spent = h2protocol.replay(sent, lambda: float(next(ticks)))
+    assert spent == {"read": len(sent), "head": 30, "body": 30}
+
+
+@pytest.mark.parametrize("size", [14, 1 << 20])
+def test_the_http2_check_reads_a_body_larger_than_the_window(size: int) -> None:
+    body = bytes(range(256)) * (size // 256) or b"Hello, world!\n"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = threading.Thread(target=_serve_h2_once, args=(listener, body))
+        server.start()
+        try:
+            assert h2get.get(port, "/1m", timeout=5) == (200, body)
+        finally:
+            server.join(5)
+
+
+def test_an_idle_http2_connection_has_served_a_request() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = threading.Thread(target=_serve_h2_once, args=(listener, b"hi"))
+        server.start()
+        sock = h2get.open_connection(port, timeout=5)
+        try:
+            # Still open: the server has nothing more to say and waits.
+            sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+        finally:
+            sock.close()
+            server.join(5)
 
 
 def test_quick_mode_and_defaults() -> None:
