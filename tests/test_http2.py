@@ -1099,3 +1099,36 @@ async def test_head_limits_answer_on_the_stream_as_on_http11():
         assert crumbs.body == "; ".join(f"c{i}=1" for i in range(20)).encode()
         # The connection goes on.
         assert (await client.get("/")).status == 200
+
+
+async def test_repeated_and_changing_heads_decode_and_encode_right():
+    """Heads the HPACK sides remember stay right as the tables change."""
+
+    async def app(scope, receive, send):
+        value = dict(scope["headers"]).get(b"x-value", b"none")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"x-echo", value), (b"x-path", scope["path"].encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": value})
+
+    async with H2Session(app) as client:
+        # "b" after "a" takes "a"'s index: the second "b" is the same bytes
+        # as the second "a" was, and must not decode as "a".
+        values = ["a", "a", "b", "b", "a", "a", "c" * 100, "b", "b"]
+        for i, value in enumerate(values):
+            path = "/same" if i < 6 else f"/p{i % 2}"
+            reply = await client.get(path, headers=[("x-value", value)])
+            assert reply.body == value.encode()
+            assert reply.header[b"x-echo"] == value.encode()
+            assert reply.header[b"x-path"] == path.encode()
+        # The client shrinks the server's encoder table: the next heads must
+        # carry the size update, and still decode.
+        client.conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
+        await client.flush()
+        for value in ["a", "a", "d"]:
+            reply = await client.get("/same", headers=[("x-value", value)])
+            assert reply.header[b"x-echo"] == value.encode()

@@ -55,6 +55,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from hyperframe.frame import GoAwayFrame
 
 from .._events import Body, EndBody, ProtocolError, Request
@@ -95,6 +96,8 @@ _FORWARDING = frozenset(
         b"x-forwarded-port",
     }
 )
+# Header blocks each HPACK side remembers (_RepeatingDecoder, _RepeatingEncoder).
+_REMEMBERED_BLOCKS = 32
 # Statuses whose response has no body (RFC 9110 sections 15.3.5, 15.4.5).
 _NO_BODY = frozenset({204, 304})
 
@@ -236,6 +239,87 @@ class _Budget:
         self._left = min(self.burst, self._left + amount)
 
 
+def _all_indexed(block: bytes) -> bool:
+    """Whether an HPACK block is only indexed fields (RFC 7541 section 6.1).
+
+    Such a block neither adds to the dynamic table nor resizes it: it means
+    the same for as long as the table is unchanged.
+    """
+    i = 0
+    size = len(block)
+    while i < size:
+        byte = block[i]
+        if not byte & 0x80:
+            return False
+        i += 1
+        if byte & 0x7F == 0x7F:  # the index goes on in the next bytes
+            while i < size and block[i] & 0x80:
+                i += 1
+            i += 1
+    return i == size
+
+
+class _RepeatingDecoder(hpack.Decoder):
+    """HPACK's decoder, which remembers blocks made only of indexed fields.
+
+    A client that sends the same request again (a load generator, and most of
+    a browser's requests to one site) sends the same bytes, which decode to
+    the same fields while the table is unchanged.  Any other block may change
+    the table, and forgets what was remembered.  Decoding is most of what an
+    HTTP/2 request costs (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: dict[bytes, list[Any]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        known = self._known
+        block = bytes(data)
+        if raw:
+            headers = known.get(block)
+            if headers is not None:
+                return list(headers)
+        headers = list(super().decode(data, raw))
+        if raw and _all_indexed(block):
+            if len(known) >= _REMEMBERED_BLOCKS:
+                known.clear()
+            known[block] = headers
+            return list(headers)
+        known.clear()
+        return headers
+
+
+class _RepeatingEncoder(hpack.Encoder):
+    """HPACK's encoder, which remembers response heads it encoded as indexes only.
+
+    The same fields encode to the same indexed-only bytes while the table is
+    unchanged; an encoding that adds to the table, or a resize the client
+    asked for, forgets what was remembered.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        known = self._known
+        if self.table_size_changes:
+            known.clear()
+        key = tuple(headers)
+        block = known.get(key)
+        if block is not None:
+            return block
+        block = super().encode(key, huffman)
+        if _all_indexed(block):
+            if len(known) >= _REMEMBERED_BLOCKS:
+                known.clear()
+            known[key] = block
+        else:
+            known.clear()
+        return block
+
+
 class _H2Connection(h2.connection.H2Connection):
     """h2's connection, minus two decisions that :class:`H2Protocol` makes."""
 
@@ -290,10 +374,15 @@ class H2Protocol:
             header_encoding=None,
             validate_inbound_headers=True,
             normalize_inbound_headers=True,
-            validate_outbound_headers=True,
-            normalize_outbound_headers=True,
+            # The response fields are checked and lower-cased here
+            # (respond, informational, send_trailers), as HTTP/1.1's are:
+            # h2's own pipeline would be a second pass over them.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         conn = self._conn = _H2Connection(config)
+        conn.encoder = _RepeatingEncoder()
+        conn.decoder = _RepeatingDecoder()
         codes = h2.settings.SettingCodes
         settings: dict[h2.settings.SettingCodes, int] = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
