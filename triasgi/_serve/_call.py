@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,6 +22,7 @@ from .._asgi._http import HTTPCycle
 from .._asgi._messages import ResponseState
 from .._errors import ASGIProtocolError, ClientDisconnected
 from .._events import (
+    NEED_DATA,
     Body,
     Command,
     Informational,
@@ -34,6 +35,7 @@ from .._logging import AccessEntry, log_access
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
 from .._types import Message
+from ._transport import TURN_SECONDS
 from ._waiters import Flag
 
 if TYPE_CHECKING:
@@ -52,14 +54,14 @@ class AppCall(HTTPCycle):
     """The ``receive``/``send`` pair of one request, and the app call over them."""
 
     # Slots: one of these is made for every request.
-    __slots__ = ("conn", "released", "started_at")
+    __slots__ = ("conn", "released", "started_at", "turn_began")
 
     def __init__(
         self, conn: HTTP11Connection, request: Request, scope: dict[str, Any]
     ) -> None:
         super().__init__(request, scope)
         self.conn = conn
-        self.started_at = time.perf_counter()
+        self.started_at = self.turn_began = perf_counter()
         # Set when receive() should stop waiting: disconnect or response done.
         self.released = Flag()
 
@@ -68,6 +70,9 @@ class AppCall(HTTPCycle):
         conn = self.conn
         server = conn.server
         conn.apps_running += 1
+        # When the app's task last let the other tasks run, as far as
+        # receive() and send() know: its turn begins as it starts.
+        self.turn_began = perf_counter()
         try:
             await server.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -93,6 +98,9 @@ class AppCall(HTTPCycle):
         return {"type": "http.disconnect"}
 
     async def _receive_body(self) -> Message:
+        # A cancellation point before anything is taken; a schedule point
+        # only to wait for the body, or when the app's turn is over.
+        await trio.lowlevel.checkpoint_if_cancelled()
         conn = self.conn
         protocol = conn.protocol
         if (
@@ -101,14 +109,17 @@ class AppCall(HTTPCycle):
             and not self.head_written
         ):
             self.sent_100 = True
-            await conn.write(CONTINUE_100)
+            if await conn.write(CONTINUE_100):
+                self.turn_began = perf_counter()
         event: Any = self.pending_body
         if event is not None:
             self.pending_body = None
-        else:
+        elif (event := conn.next_event_nowait()) is NEED_DATA:
             timeout = conn.server.config.timeout_request_body
+            event = None
             with trio.move_on_after(timeout):
                 event = await conn.next_event()
+            self.turn_began = perf_counter()
             if event is None:
                 # A body that stalls is a client that has gone, for the app.
                 logger.debug(
@@ -116,21 +127,24 @@ class AppCall(HTTPCycle):
                 )
                 conn.client_gone()
                 return {"type": "http.disconnect"}
-            if type(event) is ProtocolError:
-                # The rest of the body cannot be read: for the app the
-                # request ends as if the client had gone; the client gets
-                # the error status if no response has started.
-                logger.debug("Bad request body from %s: %s", conn.client, event.reason)
-                self.error_status = event.status
-                conn.request_broken(self)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return {"type": "http.disconnect"}
+        if type(event) is ProtocolError:
+            # The rest of the body cannot be read: for the app the request
+            # ends as if the client had gone; the client gets the error
+            # status if no response has started.
+            logger.debug("Bad request body from %s: %s", conn.client, event.reason)
+            self.error_status = event.status
+            conn.request_broken(self)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return {"type": "http.disconnect"}
         after = conn.next_event_nowait() if type(event) is Body else None
         message = self.body_message(event, after)
         if message is None:
             # The connection ended, or anything unexpected: the client is gone.
             conn.client_gone()
             return {"type": "http.disconnect"}
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
         return message
 
     # -- send ----------------------------------------------------------------
@@ -139,12 +153,19 @@ class AppCall(HTTPCycle):
         if self.disconnected:
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
+        # A cancellation point always; a schedule point only when a write
+        # waits, or when the app's turn is over (TURN_SECONDS).
         body = self.app_sent(message)
         if body is None:
-            await trio.lowlevel.checkpoint()
+            if perf_counter() - self.turn_began > TURN_SECONDS:
+                await trio.lowlevel.checkpoint()
+                self.turn_began = perf_counter()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             return
         if type(body) is not bytes and body.__class__ in _COMMANDS:
             await self._run_command(body)  # type: ignore[arg-type]
+            await self._end_turn_if_due()
             return
         last = not message.get("more_body", False)
         trailers = self.trailers
@@ -174,14 +195,27 @@ class AppCall(HTTPCycle):
             final = True
         if chunks:
             # The response is complete once the kernel has its last byte,
-            # before the write's schedule point: by then the client may have
-            # sent its next request, which is best met by a connection that
-            # is ready for it (cycle_finished).
-            await conn.write(*chunks, then=self._response_complete if final else None)
+            # before any schedule point: by then the client may have sent
+            # its next request, which is best met by a connection that is
+            # ready for it (cycle_finished).
+            if await conn.write(
+                *chunks, then=self._response_complete if final else None
+            ):
+                self.turn_began = perf_counter()
+                return
         else:
             if final:
                 self._response_complete()
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
+
+    async def _end_turn_if_due(self) -> None:
+        """Let the other tasks run if the app's turn is over (TURN_SECONDS)."""
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
 
     async def _run_command(self, command: Command) -> None:
         """A step of a response extension: an interim response, trailers, a file."""
@@ -290,7 +324,7 @@ class AppCall(HTTPCycle):
             scheme=scope["scheme"],
             status=self.status,
             body_bytes=self.conn.protocol.response_body_bytes,
-            duration=time.perf_counter() - self.started_at,
+            duration=perf_counter() - self.started_at,
             request_headers=request.headers,
             response_headers=self.response_headers,
         )

@@ -1,0 +1,179 @@
+"""send() and receive() let other tasks run only when they must, and in turns.
+
+A send the kernel takes at once is a cancellation point but not a schedule
+point (docs/performance.md): the app's task runs on.  These tests, over real
+sockets, hold the two promises that come with it: an app that streams in a
+tight loop, with no other await, does not keep the other connections waiting
+(its turn ends after ``TURN_SECONDS``), and such an app is still cancelled
+when its client has gone and the grace period ends, or when a graceful
+shutdown times out.
+
+The streaming clients read in threads as fast as the kernel gives them
+bytes, so that no send ever waits: an app whose sends never let the other
+tasks run would then hold the server until the bound below, and each test
+would fail on what the log says.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import trio
+from conftest import H11Client, connect
+
+import triasgi
+from triasgi.testing import open_server
+
+# The whole module runs against both request parsers (--http).
+pytestmark = pytest.mark.usefixtures("http_backend")
+
+# How long a streaming app goes on at most: a bound for a broken server, so
+# that the test ends (and fails) rather than hangs.  Never reached when the
+# tests pass, which takes a few milliseconds of streaming.
+_GIVE_UP_SECONDS = 10.0
+_CHUNK = b"x" * 16
+_STREAM_END = b"0\r\n\r\n"
+
+
+def _stream_in_a_thread(
+    port: int, target: bytes, *, half_close: bool = False
+) -> tuple[int, bool]:
+    """GET ``target`` and read the response as fast as it comes, until EOF
+    or the end of the chunked body; the bytes read and whether it ended.
+
+    ``half_close``: send our EOF once the response has begun, as a client
+    that has gone away but whose socket still reads.
+    """
+    received = 0
+    tail = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nhost: a\r\n\r\n")
+        sock.settimeout(_GIVE_UP_SECONDS * 2)
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return received, False
+            if half_close and not received:
+                sock.shutdown(socket.SHUT_WR)
+            received += len(data)
+            tail = (tail + data)[-len(_STREAM_END) :]
+            if tail == _STREAM_END:
+                return received, True
+
+
+def streaming_app(log: list[str], stop: list[bool]):
+    """Streams small chunks on ``/stream`` with no await but send(); ``/other``
+    answers at once and notes whether the stream is still going."""
+    streaming = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        if scope["path"] == "/other":
+            log.append("other answered while streaming" if streaming else "other")
+            await send({"type": "http.response.body", "body": b"other"})
+            return
+        log.append("streaming")
+        streaming.append(True)
+        give_up = time.monotonic() + _GIVE_UP_SECONDS
+        try:
+            while not stop and time.monotonic() < give_up:
+                try:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": _CHUNK,
+                            "more_body": True,
+                        }
+                    )
+                except triasgi.ClientDisconnected:
+                    # A stubborn app: it goes on, and only the grace period
+                    # can stop it.
+                    if "disconnected" not in log:
+                        log.append("disconnected")
+        except trio.Cancelled:
+            log.append("cancelled")
+            raise
+        finally:
+            streaming.clear()
+        log.append("stopped" if stop else "gave up")
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _wait_for(log: list[str], entry: str) -> None:
+    while entry not in log:
+        await trio.sleep(0.001)
+
+
+async def test_a_tight_streaming_loop_does_not_hold_up_other_connections():
+    log: list[str] = []
+    stop: list[bool] = []
+    result = []
+    async with open_server(streaming_app(log, stop)) as server:
+        port = server.addresses[0][1]
+        async with trio.open_nursery() as nursery:
+
+            async def stream() -> None:
+                result.append(
+                    await trio.to_thread.run_sync(_stream_in_a_thread, port, b"/stream")
+                )
+
+            nursery.start_soon(stream)
+            await _wait_for(log, "streaming")
+            client = H11Client(await connect(server))
+            reply = await client.request_response("GET", "/other")
+            stop.append(True)
+    assert reply.body == b"other"
+    assert log == ["streaming", "other answered while streaming", "stopped"]
+    received, ended = result[0]
+    assert ended
+    assert received > 0
+
+
+async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends():
+    # The client sends its EOF and reads on: the app's sends all succeed, and
+    # only the connection task's read (which runs when the app's turn ends)
+    # tells it the client has gone.  The app ignores that and sends on.
+    log: list[str] = []
+    result = []
+    async with open_server(
+        streaming_app(log, []), disconnect_grace_period=0.2
+    ) as server:
+        port = server.addresses[0][1]
+        result.append(
+            await trio.to_thread.run_sync(
+                lambda: _stream_in_a_thread(port, b"/stream", half_close=True)
+            )
+        )
+    assert log == ["streaming", "disconnected", "cancelled"]
+    received, ended = result[0]
+    assert received > 0
+    assert not ended  # the response could not end: the connection was closed
+
+
+async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_times_out():
+    log: list[str] = []
+    result = []
+    async with open_server(
+        streaming_app(log, []), timeout_graceful_shutdown=0.2
+    ) as server:
+        port = server.addresses[0][1]
+        async with trio.open_nursery() as nursery:
+
+            async def stream() -> None:
+                result.append(
+                    await trio.to_thread.run_sync(_stream_in_a_thread, port, b"/stream")
+                )
+
+            nursery.start_soon(stream)
+            await _wait_for(log, "streaming")
+            server.shutdown()
+    assert log == ["streaming", "cancelled"]
+    received, ended = result[0]
+    assert received > 0
+    assert not ended
