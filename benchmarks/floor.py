@@ -10,8 +10,15 @@ it beside the others in the hello GET and idle-memory scenarios.
 ``--app-task`` adds what any ASGI server on trio that keeps reading while
 the app runs must add, and nothing else: each request is answered from a
 task of its own, started in the connection's nursery, which checkpoints
-once for the response start and once more in writing the body, as an ASGI
-``send`` of each does.  The harness runs it as ``trio-floor-task``.
+once for the response start and once more in writing the body, as trio's
+own ``send_all`` does.  The harness runs it as ``trio-floor-task``.
+
+``--app-task --no-yield`` keeps that task and its two cancellation points,
+but not the two schedule points: ``checkpoint_if_cancelled()`` for the
+response start, and a non-blocking send that waits (and so lets other
+tasks run) only when the kernel does not take the whole response, as
+triasgi's ``send()`` does.  The harness runs it as ``trio-floor-noyield``.
+
 Requests that a client pipelines are answered together, by one task and
 one write, and nothing bounds how many it may pipeline without reading:
 wrk sends one request at a time per connection.
@@ -20,7 +27,9 @@ wrk sends one request at a time per connection.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -58,6 +67,30 @@ async def _answer(stream: trio.SocketStream, answers: _Answers) -> None:
         answers.running = False
 
 
+async def _answer_without_yielding(
+    stream: trio.SocketStream, answers: _Answers
+) -> None:
+    # As _answer, but the task yields only when the kernel does not take
+    # the whole response at once.
+    raw = stream.socket._sock  # type: ignore[attr-defined]
+    try:
+        while answers.pending:
+            heads, answers.pending = answers.pending, 0
+            await trio.lowlevel.checkpoint_if_cancelled()  # send() of the start
+            data = RESPONSE * heads
+            await trio.lowlevel.checkpoint_if_cancelled()  # send() of the body
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                await stream.send_all(memoryview(data)[sent:])
+    except (trio.BrokenResourceError, OSError):
+        pass
+    finally:
+        answers.running = False
+
+
 async def _receive(stream: trio.SocketStream) -> bytes:
     """The next bytes from the client; b"" once it has gone."""
     try:
@@ -74,7 +107,9 @@ def _complete_heads(pending: bytes) -> tuple[int, bytes]:
     return heads, pending
 
 
-async def _serve_with_app_task(stream: trio.SocketStream) -> None:
+async def _serve_with_app_task(
+    stream: trio.SocketStream, answer: Callable[..., Awaitable[None]] = _answer
+) -> None:
     pending = b""
     answers = _Answers()
     async with stream, trio.open_nursery() as nursery:
@@ -84,7 +119,7 @@ async def _serve_with_app_task(stream: trio.SocketStream) -> None:
                 answers.pending += heads
                 if not answers.running:
                     answers.running = True
-                    nursery.start_soon(_answer, stream, answers)
+                    nursery.start_soon(answer, stream, answers)
 
 
 async def _serve(stream: trio.SocketStream) -> None:
@@ -109,8 +144,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="answer each request from a task of its own, as an ASGI server does",
     )
+    parser.add_argument(
+        "--no-yield",
+        action="store_true",
+        help="with --app-task: cancellation points, but no schedule point "
+        "unless a send must wait",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    handler = _serve_with_app_task if args.app_task else _serve
+    if args.no_yield and not args.app_task:
+        parser.error("--no-yield goes with --app-task")
+    handler: Callable[[trio.SocketStream], Awaitable[None]] = _serve
+    if args.app_task:
+        handler = functools.partial(
+            _serve_with_app_task,
+            answer=_answer_without_yielding if args.no_yield else _answer,
+        )
 
     async def serve() -> None:
         await trio.serve_tcp(handler, args.port, host=args.host, backlog=args.backlog)

@@ -6,6 +6,7 @@ benchmarks/ from rotting between the runs that use it.
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 
@@ -483,9 +484,21 @@ def test_websocket_client_splits_server_frames() -> None:
     assert stream == wsload.server_frame(0x1, b"tail")[:3]
 
 
-@pytest.mark.parametrize("serve", [floor._serve, floor._serve_with_app_task])
+@pytest.mark.parametrize(
+    "serve",
+    [
+        floor._serve,
+        floor._serve_with_app_task,
+        functools.partial(
+            floor._serve_with_app_task, answer=floor._answer_without_yielding
+        ),
+    ],
+    ids=["trio-floor", "trio-floor-task", "trio-floor-noyield"],
+)
 async def test_floor_answers_every_request_head_on_a_keep_alive_connection(serve):
-    client, server = trio.testing.memory_stream_pair()
+    # A socket pair: the no-yield floor writes to the socket directly.
+    client_sock, server_sock = trio.socket.socketpair()
+    client, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
     request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve, server)
