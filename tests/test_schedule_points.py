@@ -63,18 +63,68 @@ def _stream_in_a_thread(
                 return received, True
 
 
+def _websocket_in_a_thread(port: int, *, half_close: bool = False) -> tuple[int, bool]:
+    """Open a WebSocket on ``/ws`` and read its frames as fast as they come,
+    answering the server's close frame, until EOF; the messages read and
+    whether a close frame came.  ``half_close`` as for _stream_in_a_thread.
+    """
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\n"
+            b"connection: upgrade\r\nsec-websocket-version: 13\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        sock.settimeout(_GIVE_UP_SECONDS * 2)
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        messages = 0
+        closed = False
+        while True:
+            # Whole frames; the server sends small ones only (length < 126).
+            at = 0
+            while len(buffer) - at >= 2 and len(buffer) - at >= 2 + buffer[at + 1]:
+                opcode = buffer[at] & 0x0F
+                at += 2 + buffer[at + 1]
+                if opcode == 0x8:
+                    closed = True
+                    # Our close frame, masked with a zero key: code 1000.
+                    sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")
+                else:
+                    messages += 1
+            buffer = buffer[at:]
+            data = sock.recv(1 << 20)
+            if not data:
+                return messages, closed
+            if half_close and messages:
+                sock.shutdown(socket.SHUT_WR)
+                half_close = False
+            buffer += data
+
+
 def streaming_app(log: list[str], stop: list[bool]):
-    """Streams small chunks on ``/stream`` with no await but send(); ``/other``
-    answers at once and notes whether the stream is still going."""
+    """Streams small chunks on ``/stream``, or small messages on a WebSocket,
+    with no await but send(); ``/other`` answers at once and notes whether
+    the stream is still going."""
     streaming = []
 
     async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200})
-        if scope["path"] == "/other":
-            log.append("other answered while streaming" if streaming else "other")
-            await send({"type": "http.response.body", "body": b"other"})
+        if scope["type"] == "websocket":
+            assert (await receive())["type"] == "websocket.connect"
+            await send({"type": "websocket.accept"})
+            message = {"type": "websocket.send", "bytes": _CHUNK}
+            end = {"type": "websocket.close"}
+        elif scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200})
+            if scope["path"] == "/other":
+                log.append("other answered while streaming" if streaming else "other")
+                await send({"type": "http.response.body", "body": b"other"})
+                return
+            message = {"type": "http.response.body", "body": _CHUNK, "more_body": True}
+            end = {"type": "http.response.body", "body": b""}
+        else:
             return
         log.append("streaming")
         streaming.append(True)
@@ -82,13 +132,7 @@ def streaming_app(log: list[str], stop: list[bool]):
         try:
             while not stop and time.monotonic() < give_up:
                 try:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": _CHUNK,
-                            "more_body": True,
-                        }
-                    )
+                    await send(message)
                 except triasgi.ClientDisconnected:
                     # A stubborn app: it goes on, and only the grace period
                     # can stop it.
@@ -100,7 +144,7 @@ def streaming_app(log: list[str], stop: list[bool]):
         finally:
             streaming.clear()
         log.append("stopped" if stop else "gave up")
-        await send({"type": "http.response.body", "body": b""})
+        await send(end)
 
     return app
 
@@ -110,7 +154,18 @@ async def _wait_for(log: list[str], entry: str) -> None:
         await trio.sleep(0.001)
 
 
-async def test_a_tight_streaming_loop_does_not_hold_up_other_connections():
+def _http_stream(port: int, half_close: bool = False) -> tuple[int, bool]:
+    return _stream_in_a_thread(port, b"/stream", half_close=half_close)
+
+
+# A response streamed in body messages, and a WebSocket's messages.
+STREAMS = pytest.mark.parametrize(
+    "open_stream", [_http_stream, _websocket_in_a_thread], ids=["http", "websocket"]
+)
+
+
+@STREAMS
+async def test_a_tight_streaming_loop_does_not_hold_up_other_connections(open_stream):
     log: list[str] = []
     stop: list[bool] = []
     result = []
@@ -119,9 +174,7 @@ async def test_a_tight_streaming_loop_does_not_hold_up_other_connections():
         async with trio.open_nursery() as nursery:
 
             async def stream() -> None:
-                result.append(
-                    await trio.to_thread.run_sync(_stream_in_a_thread, port, b"/stream")
-                )
+                result.append(await trio.to_thread.run_sync(open_stream, port))
 
             nursery.start_soon(stream)
             await _wait_for(log, "streaming")
@@ -135,7 +188,10 @@ async def test_a_tight_streaming_loop_does_not_hold_up_other_connections():
     assert received > 0
 
 
-async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends():
+@STREAMS
+async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends(
+    open_stream,
+):
     # The client sends its EOF and reads on: the app's sends all succeed, and
     # only the connection task's read (which runs when the app's turn ends)
     # tells it the client has gone.  The app ignores that and sends on.
@@ -146,17 +202,19 @@ async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends():
     ) as server:
         port = server.addresses[0][1]
         result.append(
-            await trio.to_thread.run_sync(
-                lambda: _stream_in_a_thread(port, b"/stream", half_close=True)
-            )
+            await trio.to_thread.run_sync(lambda: open_stream(port, half_close=True))
         )
     assert log == ["streaming", "disconnected", "cancelled"]
     received, ended = result[0]
     assert received > 0
-    assert not ended  # the response could not end: the connection was closed
+    if open_stream is _http_stream:
+        assert not ended  # the response could not end: the connection closed
 
 
-async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_times_out():
+@STREAMS
+async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_times_out(
+    open_stream,
+):
     log: list[str] = []
     result = []
     async with open_server(
@@ -166,14 +224,17 @@ async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_time
         async with trio.open_nursery() as nursery:
 
             async def stream() -> None:
-                result.append(
-                    await trio.to_thread.run_sync(_stream_in_a_thread, port, b"/stream")
-                )
+                result.append(await trio.to_thread.run_sync(open_stream, port))
 
             nursery.start_soon(stream)
             await _wait_for(log, "streaming")
             server.shutdown()
-    assert log == ["streaming", "cancelled"]
+    if open_stream is _http_stream:
+        assert log == ["streaming", "cancelled"]
+    else:
+        # The shutdown's close frame (1012) is a disconnect for the app.
+        assert log == ["streaming", "disconnected", "cancelled"]
     received, ended = result[0]
     assert received > 0
-    assert not ended
+    if open_stream is _http_stream:
+        assert not ended
