@@ -36,7 +36,7 @@ from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
 from .._types import Message
 from ._transport import TURN_SECONDS
-from ._waiters import Flag
+from ._waiters import Waiters
 
 if TYPE_CHECKING:
     from ._connection import HTTP11Connection
@@ -62,8 +62,9 @@ class AppCall(HTTPCycle):
         super().__init__(request, scope)
         self.conn = conn
         self.started_at = self.turn_began = perf_counter()
-        # Set when receive() should stop waiting: disconnect or response done.
-        self.released = Flag()
+        # A receive() waiting for the response to end or the client to go,
+        # made when one first waits: most requests never have one.
+        self.released: Waiters | None = None
 
     async def run(self) -> None:
         """Call the app; then tell the connection the cycle has ended."""
@@ -94,7 +95,10 @@ class AppCall(HTTPCycle):
             return {"type": "http.disconnect"}
         if not self.body_complete:
             return await self._receive_body()
-        await self.released.wait()
+        released = self.released
+        if released is None:
+            released = self.released = Waiters()
+        await released.park()  # until _response_complete or on_disconnect
         return {"type": "http.disconnect"}
 
     async def _receive_body(self) -> Message:
@@ -303,7 +307,8 @@ class AppCall(HTTPCycle):
             os.close(fd)
 
     def _response_complete(self) -> None:
-        self.released.set()
+        if self.released is not None:
+            self.released.unpark_all()
         conn = self.conn
         if conn.server.access_log:
             self._log_access()
@@ -311,7 +316,8 @@ class AppCall(HTTPCycle):
 
     def on_disconnect(self) -> None:
         super().on_disconnect()
-        self.released.set()
+        if self.released is not None:
+            self.released.unpark_all()
 
     def _log_access(self) -> None:
         request = self.request
