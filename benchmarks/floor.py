@@ -11,13 +11,14 @@ it beside the others in the hello GET and idle-memory scenarios.
 the app runs must add, and nothing else: each request is answered from a
 task of its own, started in the connection's nursery, which checkpoints
 once for the response start and once more in writing the body, as trio's
-own ``send_all`` does.  The harness runs it as ``trio-floor-task``.
+socket send does (the write is that send without ``SocketStream``'s
+layers, as triasgi's is).  The harness runs it as ``trio-floor-task``.
 
-``--app-task --no-yield`` keeps that task and its two cancellation points,
-but not the two schedule points: ``checkpoint_if_cancelled()`` for the
-response start, and a non-blocking send that waits (and so lets other
-tasks run) only when the kernel does not take the whole response, as
-triasgi's ``send()`` does.  The harness runs it as ``trio-floor-noyield``.
+``--app-task --no-yield`` keeps that task, its write and its two
+cancellation points, but not the two schedule points: the send waits (and
+so lets other tasks run) only when the kernel does not take the whole
+response, as triasgi's ``send()`` does.  The harness runs it as
+``trio-floor-noyield``; the two differ in the schedule points alone.
 
 Requests that a client pipelines are answered together, by one task and
 one write, and nothing bounds how many it may pipeline without reading:
@@ -53,42 +54,41 @@ class _Answers:
         self.running = False
 
 
-async def _answer(stream: trio.SocketStream, answers: _Answers) -> None:
-    # One task at a time per connection, so that pipelined requests are
-    # answered in order and never by two writers at once.
-    try:
-        while answers.pending:
-            heads, answers.pending = answers.pending, 0
-            await trio.lowlevel.checkpoint()  # send() of the response start
-            await stream.send_all(RESPONSE * heads)  # send() of the body
-    except trio.BrokenResourceError:
-        pass
-    finally:
-        answers.running = False
-
-
-async def _answer_without_yielding(
-    stream: trio.SocketStream, answers: _Answers
+async def _answer(
+    stream: trio.SocketStream, answers: _Answers, *, schedule_points: bool = True
 ) -> None:
-    # As _answer, but the task yields only when the kernel does not take
-    # the whole response at once.
+    # One task at a time per connection, so that pipelined requests are
+    # answered in order and never by two writers at once.  The write is
+    # trio's socket send without SocketStream's layers, as triasgi's: a
+    # cancellation point, the non-blocking call, then (schedule_points)
+    # a schedule point; it waits only when the kernel does not take it all.
     raw = stream.socket._sock  # type: ignore[attr-defined]
     try:
         while answers.pending:
             heads, answers.pending = answers.pending, 0
-            await trio.lowlevel.checkpoint_if_cancelled()  # send() of the start
+            # send() of the response start.
+            if schedule_points:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            # send() of the body.
             data = RESPONSE * heads
-            await trio.lowlevel.checkpoint_if_cancelled()  # send() of the body
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 sent = raw.send(data)
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
                 await stream.send_all(memoryview(data)[sent:])
+            elif schedule_points:
+                await trio.lowlevel.cancel_shielded_checkpoint()
     except (trio.BrokenResourceError, OSError):
         pass
     finally:
         answers.running = False
+
+
+_answer_without_yielding = functools.partial(_answer, schedule_points=False)
 
 
 async def _receive(stream: trio.SocketStream) -> bytes:
