@@ -16,6 +16,7 @@ would fail on what the log says.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 
@@ -149,6 +150,10 @@ def streaming_app(log: list[str], stop: list[bool]):
     return app
 
 
+async def _read_stream(open_stream, port: int, result: list) -> None:
+    result.append(await trio.to_thread.run_sync(open_stream, port))
+
+
 async def _wait_for(log: list[str], entry: str) -> None:
     while entry not in log:
         await trio.sleep(0.001)
@@ -172,11 +177,7 @@ async def test_a_tight_streaming_loop_does_not_hold_up_other_connections(open_st
     async with open_server(streaming_app(log, stop)) as server:
         port = server.addresses[0][1]
         async with trio.open_nursery() as nursery:
-
-            async def stream() -> None:
-                result.append(await trio.to_thread.run_sync(open_stream, port))
-
-            nursery.start_soon(stream)
+            nursery.start_soon(_read_stream, open_stream, port, result)
             await _wait_for(log, "streaming")
             client = H11Client(await connect(server))
             reply = await client.request_response("GET", "/other")
@@ -196,14 +197,12 @@ async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends(
     # only the connection task's read (which runs when the app's turn ends)
     # tells it the client has gone.  The app ignores that and sends on.
     log: list[str] = []
-    result = []
+    result: list[tuple[int, bool]] = []
     async with open_server(
         streaming_app(log, []), disconnect_grace_period=0.2
     ) as server:
-        port = server.addresses[0][1]
-        result.append(
-            await trio.to_thread.run_sync(lambda: open_stream(port, half_close=True))
-        )
+        half_closing = functools.partial(open_stream, half_close=True)
+        await _read_stream(half_closing, server.addresses[0][1], result)
     assert log == ["streaming", "disconnected", "cancelled"]
     received, ended = result[0]
     assert received > 0
@@ -222,11 +221,7 @@ async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_time
     ) as server:
         port = server.addresses[0][1]
         async with trio.open_nursery() as nursery:
-
-            async def stream() -> None:
-                result.append(await trio.to_thread.run_sync(open_stream, port))
-
-            nursery.start_soon(stream)
+            nursery.start_soon(_read_stream, open_stream, port, result)
             await _wait_for(log, "streaming")
             server.shutdown()
     if open_stream is _http_stream:
