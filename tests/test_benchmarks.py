@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from benchmarks import apps, floor, harness, servers, wrk, wsload
+from benchmarks import apps, builds, floor, harness, servers, wrk, wsload
 from benchmarks.report import (
     BASELINE,
     FILE,
@@ -695,3 +695,8 @@ def test_instructions_refuses_an_unknown_scenario(capsys):
             main(["--baseline", "HEAD", "--scenarios", "nope"])
         assert info.value.code == 2
         assert "unknown scenario 'nope'" in capsys.readouterr().err
+
+
+def test_builds_ratio_is_the_median_of_the_ratios_within_rounds_with_their_spread():
+    # Rounds: B/A = 0.8, 1.0, 1.2: median 1.0, half the range 0.2.
+    assert builds.ratio_summary([10, 10, 10], [8, 10, 12]) == "1.00x ±20%"
