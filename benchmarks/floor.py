@@ -122,6 +122,12 @@ async def _serve_with_app_task(
                     nursery.start_soon(answer, stream, answers)
 
 
+# trio-floor-noyield's connection handler.
+_serve_without_yielding = functools.partial(
+    _serve_with_app_task, answer=_answer_without_yielding
+)
+
+
 async def _serve(stream: trio.SocketStream) -> None:
     pending = b""
     async with stream:
@@ -155,10 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--no-yield goes with --app-task")
     handler: Callable[[trio.SocketStream], Awaitable[None]] = _serve
     if args.app_task:
-        handler = functools.partial(
-            _serve_with_app_task,
-            answer=_answer_without_yielding if args.no_yield else _answer,
-        )
+        handler = _serve_without_yielding if args.no_yield else _serve_with_app_task
 
     async def serve() -> None:
         await trio.serve_tcp(handler, args.port, host=args.host, backlog=args.backlog)

@@ -6,7 +6,6 @@ benchmarks/ from rotting between the runs that use it.
 
 from __future__ import annotations
 
-import functools
 import math
 import subprocess
 
@@ -14,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from benchmarks import apps, builds, floor, harness, servers, wrk, wsload
+from benchmarks import apps, floor, harness, servers, wrk, wsload
 from benchmarks.report import (
     BASELINE,
     FILE,
@@ -489,9 +488,7 @@ def test_websocket_client_splits_server_frames() -> None:
     [
         floor._serve,
         floor._serve_with_app_task,
-        functools.partial(
-            floor._serve_with_app_task, answer=floor._answer_without_yielding
-        ),
+        floor._serve_without_yielding,
     ],
     ids=["trio-floor", "trio-floor-task", "trio-floor-noyield"],
 )
@@ -698,5 +695,7 @@ def test_instructions_refuses_an_unknown_scenario(capsys):
 
 
 def test_builds_ratio_is_the_median_of_the_ratios_within_rounds_with_their_spread():
+    from benchmarks import builds
+
     # Rounds: B/A = 0.8, 1.0, 1.2: median 1.0, half the range 0.2.
     assert builds.ratio_summary([10, 10, 10], [8, 10, 12]) == "1.00x ±20%"
