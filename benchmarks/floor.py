@@ -10,8 +10,16 @@ it beside the others in the hello GET and idle-memory scenarios.
 ``--app-task`` adds what any ASGI server on trio that keeps reading while
 the app runs must add, and nothing else: each request is answered from a
 task of its own, started in the connection's nursery, which checkpoints
-once for the response start and once more in writing the body, as an ASGI
-``send`` of each does.  The harness runs it as ``trio-floor-task``.
+once for the response start and once more in writing the body, as trio's
+socket send does (the write is that send without ``SocketStream``'s
+layers, as triasgi's is).  The harness runs it as ``trio-floor-task``.
+
+``--app-task --no-yield`` keeps that task, its write and its two
+cancellation points, but not the two schedule points: the send waits (and
+so lets other tasks run) only when the kernel does not take the whole
+response, as triasgi's ``send()`` does.  The harness runs it as
+``trio-floor-noyield``; the two differ in the schedule points alone.
+
 Requests that a client pipelines are answered together, by one task and
 one write, and nothing bounds how many it may pipeline without reading:
 wrk sends one request at a time per connection.
@@ -20,7 +28,9 @@ wrk sends one request at a time per connection.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -44,18 +54,41 @@ class _Answers:
         self.running = False
 
 
-async def _answer(stream: trio.SocketStream, answers: _Answers) -> None:
+async def _answer(
+    stream: trio.SocketStream, answers: _Answers, *, schedule_points: bool = True
+) -> None:
     # One task at a time per connection, so that pipelined requests are
-    # answered in order and never by two writers at once.
+    # answered in order and never by two writers at once.  The write is
+    # trio's socket send without SocketStream's layers, as triasgi's: a
+    # cancellation point, the non-blocking call, then (schedule_points)
+    # a schedule point; it waits only when the kernel does not take it all.
+    raw = stream.socket._sock  # type: ignore[attr-defined]
     try:
         while answers.pending:
             heads, answers.pending = answers.pending, 0
-            await trio.lowlevel.checkpoint()  # send() of the response start
-            await stream.send_all(RESPONSE * heads)  # send() of the body
-    except trio.BrokenResourceError:
+            # send() of the response start.
+            if schedule_points:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            # send() of the body.
+            data = RESPONSE * heads
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                await stream.send_all(memoryview(data)[sent:])
+            elif schedule_points:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+    except (trio.BrokenResourceError, OSError):
         pass
     finally:
         answers.running = False
+
+
+_answer_without_yielding = functools.partial(_answer, schedule_points=False)
 
 
 async def _receive(stream: trio.SocketStream) -> bytes:
@@ -74,7 +107,9 @@ def _complete_heads(pending: bytes) -> tuple[int, bytes]:
     return heads, pending
 
 
-async def _serve_with_app_task(stream: trio.SocketStream) -> None:
+async def _serve_with_app_task(
+    stream: trio.SocketStream, answer: Callable[..., Awaitable[None]] = _answer
+) -> None:
     pending = b""
     answers = _Answers()
     async with stream, trio.open_nursery() as nursery:
@@ -84,7 +119,13 @@ async def _serve_with_app_task(stream: trio.SocketStream) -> None:
                 answers.pending += heads
                 if not answers.running:
                     answers.running = True
-                    nursery.start_soon(_answer, stream, answers)
+                    nursery.start_soon(answer, stream, answers)
+
+
+# trio-floor-noyield's connection handler.
+_serve_without_yielding = functools.partial(
+    _serve_with_app_task, answer=_answer_without_yielding
+)
 
 
 async def _serve(stream: trio.SocketStream) -> None:
@@ -109,8 +150,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="answer each request from a task of its own, as an ASGI server does",
     )
+    parser.add_argument(
+        "--no-yield",
+        action="store_true",
+        help="with --app-task: cancellation points, but no schedule point "
+        "unless a send must wait",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    handler = _serve_with_app_task if args.app_task else _serve
+    if args.no_yield and not args.app_task:
+        parser.error("--no-yield goes with --app-task")
+    handler: Callable[[trio.SocketStream], Awaitable[None]] = _serve
+    if args.app_task:
+        handler = _serve_without_yielding if args.no_yield else _serve_with_app_task
 
     async def serve() -> None:
         await trio.serve_tcp(handler, args.port, host=args.host, backlog=args.backlog)

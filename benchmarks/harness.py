@@ -141,6 +141,7 @@ _NEEDS = {
     "triasgi-asyncio": ["triasgi", "trio_asyncio"],
     "trio-floor": ["trio"],
     "trio-floor-task": ["trio"],
+    "trio-floor-noyield": ["trio"],
 }
 _WS_EXAMPLE = Path("examples", "ws_echo.py")
 

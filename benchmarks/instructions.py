@@ -8,6 +8,10 @@ other; the instructions of ``--requests`` requests less those of
 
     python -m benchmarks.instructions --baseline a537609
     python -m benchmarks.instructions --baseline HEAD~1 --scenarios hello --parsers h11
+    python -m benchmarks.instructions --baseline HEAD~1 --scenarios websocket
+
+The ``websocket`` scenario counts echoes of a small text message, one after
+the other on one connection, instead of requests.
 
 Needs valgrind (Debian package ``valgrind``); a run of the defaults takes a
 few minutes.
@@ -29,9 +33,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import wsload
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PATHS = {"hello": b"/", "64k": b"/64k", "stream": b"/stream"}
+WEBSOCKET = "websocket"
+SCENARIOS = [*PATHS, WEBSOCKET]
 _SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+# Under callgrind the server runs some fifty times slower, so the 1 ms turn
+# of an app's task (TURN_SECONDS in triasgi/_serve/_transport.py) would end
+# after some 20 µs of its own work, as often as the machine's load makes it:
+# the server runs with the turn stretched by as much.  (A revision without
+# turns gets an attribute it never reads.)
+_TURN_UNDER_CALLGRIND = 0.05
+_SERVE = (
+    "import runpy, triasgi._serve._call as c, triasgi._serve._websocket as w\n"
+    f"c.TURN_SECONDS = w.TURN_SECONDS = {_TURN_UNDER_CALLGRIND}\n"
+    "runpy.run_module('triasgi', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def read_summary(text: bytes) -> int:
@@ -84,6 +103,21 @@ def _send_requests(port: int, path: bytes, count: int) -> None:
                 buffer += chunk
 
 
+def _send_echoes(port: int, count: int) -> None:
+    """``count`` WebSocket echoes, each answered before the next is sent."""
+    conn = wsload._Conn(wsload.handshake(port))
+    try:
+        for _ in range(count):
+            conn.sock.sendall(conn.frame)
+            while not wsload._echoes(conn):
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                conn.buffer += chunk
+    finally:
+        wsload._close([conn])
+
+
 def measure(
     package_dir: Path, parser: str, scenario: str, count: int, out: Path
 ) -> int:
@@ -96,7 +130,7 @@ def measure(
     )
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-        sys.executable, "-m", "triasgi", "benchmarks.apps:app", "--port", str(port),
+        sys.executable, "-c", _SERVE, "benchmarks.apps:app", "--port", str(port),
         "--no-access-log", "--log-level", "warning", "--http", parser,
         "--timeout-keep-alive", "300", "--lifespan", "off",
     ]  # fmt: skip
@@ -114,7 +148,10 @@ def measure(
                         "the server under callgrind did not start"
                     ) from None
                 time.sleep(0.1)
-        _send_requests(port, PATHS[scenario], count)
+        if scenario == WEBSOCKET:
+            _send_echoes(port, count)
+        else:
+            _send_requests(port, PATHS[scenario], count)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
@@ -140,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", required=True, help="the revision to compare with"
     )
     parser.add_argument(
-        "--scenarios", default="hello,stream", help="of hello, 64k, stream"
+        "--scenarios",
+        default="hello,stream",
+        help=f"of {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--parsers", default="h11,httptools")
     parser.add_argument(
@@ -151,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         parser.exit(2, "valgrind is missing: apt-get install -y valgrind\n")
     scenarios = args.scenarios.split(",")
-    unknown = [name for name in scenarios if name not in PATHS]
+    unknown = [name for name in scenarios if name not in SCENARIOS]
     if unknown:
-        parser.exit(2, f"unknown scenario {unknown[0]!r}: use {', '.join(PATHS)}\n")
+        parser.exit(
+            2, f"unknown scenario {unknown[0]!r}: use {', '.join(SCENARIOS)}\n"
+        )
     with tempfile.TemporaryDirectory(prefix="triasgi-instructions-") as tmp:
         work = Path(tmp)
         baseline_dir = work / "baseline"

@@ -37,6 +37,13 @@ AT = "@"
 # triasgi: the default h11 parser; triasgi-httptools: --http httptools;
 # triasgi-asyncio: the same app as asyncio code on a trio-asyncio loop
 # (--loop asyncio), to measure what the bridge costs.
+# The reference points of benchmarks/floor.py, and their options.
+_FLOOR_OPTIONS = {
+    "trio-floor": [],
+    "trio-floor-task": ["--app-task"],
+    "trio-floor-noyield": ["--app-task", "--no-yield"],
+}
+
 _TRIASGI_FLAVOURS = {
     "triasgi": ["--http", "h11"],
     "triasgi-httptools": ["--http", "httptools"],
@@ -119,7 +126,7 @@ class ServerSpec:
                 "--backlog",
                 str(BACKLOG),
             ]
-        if self.name in ("trio-floor", "trio-floor-task"):
+        if self.name in _FLOOR_OPTIONS:
             return [
                 py,
                 "-m",
@@ -130,7 +137,7 @@ class ServerSpec:
                 str(port),
                 "--backlog",
                 str(BACKLOG),
-                *(["--app-task"] if self.name == "trio-floor-task" else []),
+                *_FLOOR_OPTIONS[self.name],
             ]
         if self.name in ("hypercorn-trio", "hypercorn-asyncio"):
             # -w 0 serves in this process rather than in a spawned worker.
@@ -170,8 +177,12 @@ SERVERS = {
         ServerSpec("triasgi-asyncio", websocket=False, http2=True),
         # The bound on any trio server (benchmarks/floor.py).
         ServerSpec("trio-floor", websocket=False, only=("hello", "paced")),
-        # The same with a task per request that checkpoints as ASGI send() does.
+        # The same with a task per request that checkpoints twice, as trio's
+        # send_all does.
         ServerSpec("trio-floor-task", websocket=False, only=("hello", "paced")),
+        # The same task with its cancellation points but no schedule point
+        # unless a send must wait, as triasgi's send() does.
+        ServerSpec("trio-floor-noyield", websocket=False, only=("hello", "paced")),
     ]
 }
 

@@ -794,9 +794,19 @@ def test_websocket_client_splits_server_frames() -> None:
     assert stream == wsload.server_frame(0x1, b"tail")[:3]
 
 
-@pytest.mark.parametrize("serve", [floor._serve, floor._serve_with_app_task])
+@pytest.mark.parametrize(
+    "serve",
+    [
+        floor._serve,
+        floor._serve_with_app_task,
+        floor._serve_without_yielding,
+    ],
+    ids=["trio-floor", "trio-floor-task", "trio-floor-noyield"],
+)
 async def test_floor_answers_every_request_head_on_a_keep_alive_connection(serve):
-    client, server = trio.testing.memory_stream_pair()
+    # A socket pair: the no-yield floor writes to the socket directly.
+    client_sock, server_sock = trio.socket.socketpair()
+    client, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
     request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve, server)
@@ -993,3 +1003,10 @@ def test_instructions_refuses_an_unknown_scenario(capsys):
             main(["--baseline", "HEAD", "--scenarios", "nope"])
         assert info.value.code == 2
         assert "unknown scenario 'nope'" in capsys.readouterr().err
+
+
+def test_builds_ratio_is_the_median_of_the_ratios_within_rounds_with_their_spread():
+    from benchmarks import builds
+
+    # Rounds: B/A = 0.8, 1.0, 1.2: median 1.0, half the range 0.2.
+    assert builds.ratio_summary([10, 10, 10], [8, 10, 12]) == "1.00x ±20%"

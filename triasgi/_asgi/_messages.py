@@ -26,6 +26,10 @@ class ResponseState(enum.Enum):
     TRAILERS = "sending http.response.trailers"
     DONE = "complete"
 
+    # Members are singletons compared by identity, so they hash as objects:
+    # Enum's own __hash__ is a Python call on every table lookup.
+    __hash__ = object.__hash__
+
 
 _INTERIM = ("http.response.early_hint", "http.response.informational")
 
@@ -147,6 +151,8 @@ class WebSocketState(enum.Enum):
     CONNECTED = "connected"
     RESPONSE = "sending a websocket.http.response"
     CLOSED = "closed"
+
+    __hash__ = object.__hash__  # as ResponseState's
 
 
 # The one table of which message the app may send in which state of a

@@ -500,9 +500,10 @@ def scan_head(head: Any, limits: H1Limits) -> Request | ProtocolError:
     """
     # h11's Headers iterates through the generic Sequence protocol, one
     # __getitem__ per item; its item list is read directly when present.
-    # The httptools backend's headers are a list already.
+    # The httptools backend's headers are a list already, made for this
+    # request alone: it is taken as it is.
     if type(head) is ParsedRequest:
-        headers = head.headers.copy()
+        headers = head.headers
     else:
         items = getattr(head.headers, "_full_items", None)
         if items is not None:

@@ -143,9 +143,12 @@ class ResponseWriter:
                 lines.append(known[1])
                 continue
             name, value = header
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            if name == b"content-length" and value.isdigit():
+                lower = name  # valid as it is: the usual spelling, digits only
+            elif not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise ResponseError(f"Invalid response header {name!r}: {value!r}")
-            lower = name.lower()
+            else:
+                lower = name.lower()
             names.append(lower)
             if lower not in _FRAMING:
                 line = b"%s: %s\r\n" % (name, value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,6 +22,7 @@ from .._asgi._http import HTTPCycle
 from .._asgi._messages import ResponseState
 from .._errors import ASGIProtocolError, ClientDisconnected
 from .._events import (
+    NEED_DATA,
     Body,
     Command,
     Informational,
@@ -35,7 +36,8 @@ from .._metrics import http_protocol
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
 from .._types import Message
-from ._waiters import Flag
+from ._transport import TURN_SECONDS
+from ._waiters import Waiters
 
 if TYPE_CHECKING:
     from ._connection import HTTP11Connection
@@ -53,22 +55,26 @@ class AppCall(HTTPCycle):
     """The ``receive``/``send`` pair of one request, and the app call over them."""
 
     # Slots: one of these is made for every request.
-    __slots__ = ("conn", "released", "started_at")
+    __slots__ = ("conn", "released", "started_at", "turn_began")
 
     def __init__(
         self, conn: HTTP11Connection, request: Request, scope: dict[str, Any]
     ) -> None:
         super().__init__(request, scope)
         self.conn = conn
-        self.started_at = time.perf_counter()
-        # Set when receive() should stop waiting: disconnect or response done.
-        self.released = Flag()
+        self.started_at = self.turn_began = perf_counter()
+        # A receive() waiting for the response to end or the client to go,
+        # made when one first waits: most requests never have one.
+        self.released: Waiters | None = None
 
     async def run(self) -> None:
         """Call the app; then tell the connection the cycle has ended."""
         conn = self.conn
         server = conn.server
         conn.apps_running += 1
+        # When the app's task last let the other tasks run, as far as
+        # receive() and send() know: its turn begins as it starts.
+        self.turn_began = perf_counter()
         try:
             await server.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -90,10 +96,16 @@ class AppCall(HTTPCycle):
             return {"type": "http.disconnect"}
         if not self.body_complete:
             return await self._receive_body()
-        await self.released.wait()
+        released = self.released
+        if released is None:
+            released = self.released = Waiters()
+        await released.park()  # until _response_complete or on_disconnect
         return {"type": "http.disconnect"}
 
     async def _receive_body(self) -> Message:
+        # A cancellation point before anything is taken; a schedule point
+        # only to wait for the body, or when the app's turn is over.
+        await trio.lowlevel.checkpoint_if_cancelled()
         conn = self.conn
         protocol = conn.protocol
         if (
@@ -102,14 +114,17 @@ class AppCall(HTTPCycle):
             and not self.head_written
         ):
             self.sent_100 = True
-            await conn.write(CONTINUE_100)
+            if await conn.write(CONTINUE_100):
+                self.turn_began = perf_counter()
         event: Any = self.pending_body
         if event is not None:
             self.pending_body = None
-        else:
+        elif (event := conn.next_event_nowait()) is NEED_DATA:
             timeout = conn.server.config.timeout_request_body
+            event = None
             with trio.move_on_after(timeout):
                 event = await conn.next_event()
+            self.turn_began = perf_counter()
             if event is None:
                 # A body that stalls is a client that has gone, for the app.
                 logger.debug(
@@ -117,21 +132,24 @@ class AppCall(HTTPCycle):
                 )
                 conn.client_gone()
                 return {"type": "http.disconnect"}
-            if type(event) is ProtocolError:
-                # The rest of the body cannot be read: for the app the
-                # request ends as if the client had gone; the client gets
-                # the error status if no response has started.
-                logger.debug("Bad request body from %s: %s", conn.client, event.reason)
-                self.error_status = event.status
-                conn.request_broken(self)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return {"type": "http.disconnect"}
+        if type(event) is ProtocolError:
+            # The rest of the body cannot be read: for the app the request
+            # ends as if the client had gone; the client gets the error
+            # status if no response has started.
+            logger.debug("Bad request body from %s: %s", conn.client, event.reason)
+            self.error_status = event.status
+            conn.request_broken(self)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return {"type": "http.disconnect"}
         after = conn.next_event_nowait() if type(event) is Body else None
         message = self.body_message(event, after)
         if message is None:
             # The connection ended, or anything unexpected: the client is gone.
             conn.client_gone()
             return {"type": "http.disconnect"}
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
         return message
 
     # -- send ----------------------------------------------------------------
@@ -140,12 +158,19 @@ class AppCall(HTTPCycle):
         if self.disconnected:
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
+        # A cancellation point always; a schedule point only when a write
+        # waits, or when the app's turn is over (TURN_SECONDS).
         body = self.app_sent(message)
         if body is None:
-            await trio.lowlevel.checkpoint()
+            if perf_counter() - self.turn_began > TURN_SECONDS:
+                await trio.lowlevel.checkpoint()
+                self.turn_began = perf_counter()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             return
         if type(body) is not bytes and body.__class__ in _COMMANDS:
             await self._run_command(body)  # type: ignore[arg-type]
+            await self._end_turn_if_due()
             return
         last = not message.get("more_body", False)
         trailers = self.trailers
@@ -175,14 +200,27 @@ class AppCall(HTTPCycle):
             final = True
         if chunks:
             # The response is complete once the kernel has its last byte,
-            # before the write's schedule point: by then the client may have
-            # sent its next request, which is best met by a connection that
-            # is ready for it (cycle_finished).
-            await conn.write(*chunks, then=self._response_complete if final else None)
+            # before any schedule point: by then the client may have sent
+            # its next request, which is best met by a connection that is
+            # ready for it (cycle_finished).
+            if await conn.write(
+                *chunks, then=self._response_complete if final else None
+            ):
+                self.turn_began = perf_counter()
+                return
         else:
             if final:
                 self._response_complete()
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
+
+    async def _end_turn_if_due(self) -> None:
+        """Let the other tasks run if the app's turn is over (TURN_SECONDS)."""
+        if perf_counter() - self.turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.turn_began = perf_counter()
 
     async def _run_command(self, command: Command) -> None:
         """A step of a response extension: an interim response, trailers, a file."""
@@ -260,7 +298,8 @@ class AppCall(HTTPCycle):
             os.close(fd)
 
     def _response_complete(self) -> None:
-        self.released.set()
+        if self.released is not None:
+            self.released.unpark_all()
         conn = self.conn
         server = conn.server
         if server.access_log:
@@ -290,7 +329,8 @@ class AppCall(HTTPCycle):
 
     def on_disconnect(self) -> None:
         super().on_disconnect()
-        self.released.set()
+        if self.released is not None:
+            self.released.unpark_all()
 
     def _log_access(self) -> None:
         request = self.request
@@ -303,7 +343,7 @@ class AppCall(HTTPCycle):
             scheme=scope["scheme"],
             status=self.status,
             body_bytes=self.conn.protocol.response_body_bytes,
-            duration=time.perf_counter() - self.started_at,
+            duration=perf_counter() - self.started_at,
             request_headers=request.headers,
             response_headers=self.response_headers,
         )

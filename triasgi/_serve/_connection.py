@@ -23,8 +23,8 @@ When a response ends the common way (complete, keep-alive, the request read
 to its end), the app's task readies the connection for the next request
 itself, and the connection task, already waiting for the next bytes, is
 not woken.  Any other ending wakes it (``_wake``) by cancelling its read
-scope.  A keep-alive request then takes four task steps, not six
-(docs/performance.md).
+scope.  A keep-alive request then takes two task steps, this task's and
+the app's (docs/performance.md).
 
 Graceful shutdown (``begin_shutdown``) must not lose a request that has
 reached us.  Closing a socket with unread bytes makes the kernel answer with

@@ -32,6 +32,15 @@ LARGE_READ_SIZE = 256 * 1024
 _VECTORED_WRITE_SIZE = 64 * 1024
 # A read that fails like this is the client gone, as EOF is.
 READ_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: How long an app's task may run on through sends and receives that need
+#: not wait before one of them lets the other tasks run (a schedule point).
+#: A send the kernel takes at once, or a receive of body already here, is
+#: otherwise a cancellation point only: a schedule point costs a pass of the
+#: scheduler, as much as a third of a small request's time on trio.  The
+#: turn bounds what one app streaming in a tight loop makes the others wait,
+#: and lets the scheduler act on expired deadlines (the disconnect grace
+#: period) for an app that does nothing but send.
+TURN_SECONDS = 0.001
 
 
 class Transport:
@@ -140,13 +149,21 @@ class Transport:
 
     async def write(
         self, *parts: bytes, then: Callable[[], None] | None = None
-    ) -> None:
+    ) -> bool:
         """Send ``parts`` in order; a client that does not take them in time
         is dropped.  ``then`` is called once the kernel has taken them all.
 
         Small parts are joined into one buffer; large ones go to the kernel
         as they are (one ``sendmsg``), so a 1 MiB body is not copied to put
         a response head in front of it.
+
+        A cancellation point always, but a schedule point only when the
+        write waits for the client to take data: the caller lets the other
+        tasks run when its turn is over (``TURN_SECONDS``).  On a stream
+        other than a plain socket (TLS, in memory) every write waits.
+
+        Returns:
+            Whether the write waited, and so let the other tasks run.
         """
         if len(parts) == 1:
             size = len(parts[0])
@@ -158,9 +175,9 @@ class Transport:
         if raw is not None:
             # The common case: the kernel takes it all at once.  This is
             # what trio's socket send does (a cancellation point, the
-            # non-blocking call, a schedule point), without the stream
-            # layers and the timeout's cancel scope, which nothing needs
-            # when the write did not wait.
+            # non-blocking call), without its schedule point (see above),
+            # the stream layers and the timeout's cancel scope, which
+            # nothing needs when the write did not wait.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 sent = raw.send(parts[0]) if len(parts) == 1 else raw.sendmsg(parts)
@@ -172,9 +189,7 @@ class Transport:
             if sent == size:
                 if then is not None:
                     then()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return
-            await trio.lowlevel.cancel_shielded_checkpoint()
+                return False
         else:
             sent = 0
         # What is left, as views: no copies of large buffers.
@@ -194,6 +209,7 @@ class Transport:
             raise ClientDisconnected("The client stopped reading.")
         if then is not None:
             then()
+        return True
 
     async def send_file(self, fd: int, count: int) -> None:
         """Send ``count`` bytes of the file ``fd`` from its start.

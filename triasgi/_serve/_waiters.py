@@ -52,26 +52,3 @@ class Waiters:
             self._tasks = None
             for task in tasks:
                 trio.lowlevel.reschedule(task)
-
-
-class Flag(Waiters):
-    """A trio.Event for one connection's own tasks, without its ParkingLot.
-
-    Two of these are made for every request.
-    """
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-        self.unpark_all()
-
-    async def wait(self) -> None:
-        if self._set:
-            await trio.lowlevel.checkpoint()
-        else:
-            await self.park()

@@ -61,6 +61,7 @@ from .._protocol._websocket import (
     check_handshake,
 )
 from .._types import Message
+from ._transport import TURN_SECONDS
 
 if TYPE_CHECKING:
     from ._connection import HTTP11Connection
@@ -84,7 +85,7 @@ class WebSocketSession:
         config = conn.server.config
         self._conn = conn
         self._request = request
-        self._started_at = time.perf_counter()
+        self._started_at = self._turn_began = time.perf_counter()
         self._max_size = config.ws_max_size
         self._max_queue = config.ws_max_queue
         self._ping_interval = config.ws_ping_interval
@@ -218,6 +219,9 @@ class WebSocketSession:
         )
 
     async def _call_app(self) -> Exception | None:
+        # When the app's task last let the other tasks run, as far as its
+        # receive() and send() know (TURN_SECONDS).
+        self._turn_began = time.perf_counter()
         try:
             await self._conn.server.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -255,8 +259,12 @@ class WebSocketSession:
     # -- receive -------------------------------------------------------------
 
     async def receive(self) -> Message:
-        """The app's ``receive()``."""
-        await trio.lowlevel.checkpoint()
+        """The app's ``receive()``.
+
+        A cancellation point; a schedule point only when it waits for a
+        message, or when the app's turn is over (as HTTP's, ``_call.py``).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not self._connect_delivered:
             self._connect_delivered = True
             return {"type": "websocket.connect"}
@@ -264,11 +272,25 @@ class WebSocketSession:
             if self._queue:
                 message = self._queue.popleft()
                 self._space_lot.unpark()
-                return message
+                break
             if self._disconnect is not None:
                 code, reason = self._disconnect
-                return {"type": "websocket.disconnect", "code": code, "reason": reason}
+                message = {
+                    "type": "websocket.disconnect",
+                    "code": code,
+                    "reason": reason,
+                }
+                break
             await self._queue_lot.park()
+            self._turn_began = time.perf_counter()
+        await self._end_turn_if_due()
+        return message
+
+    async def _end_turn_if_due(self) -> None:
+        """Let the other tasks run if the app's turn is over (TURN_SECONDS)."""
+        if time.perf_counter() - self._turn_began > TURN_SECONDS:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._turn_began = time.perf_counter()
 
     def _set_disconnect(self, code: int, reason: str) -> None:
         if self._disconnect is None:
@@ -293,6 +315,7 @@ class WebSocketSession:
                 await self._send_frame(TEXT, text)
             else:
                 await self._send_frame(BINARY, message["bytes"])
+            await self._end_turn_if_due()
         elif msg_type == "websocket.accept":
             await self._accept(message)
         elif msg_type == "websocket.close" and state is WebSocketState.CONNECTED:
@@ -449,10 +472,20 @@ class WebSocketSession:
         final: bool = False,
         code: int = 1000,
     ) -> None:
-        """Serialize a frame and write it, in that order, under the lock."""
+        """Serialize a frame and write it, in that order, under the lock.
+
+        A cancellation point; a schedule point only when the lock or the
+        write must wait.
+        """
         ws = self._ws
         assert ws is not None
-        async with self._write_lock:
+        lock = self._write_lock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if not ws.can_send(kind):
                 await trio.lowlevel.checkpoint()
                 raise ClientDisconnected("The WebSocket is closed.")
@@ -461,6 +494,8 @@ class WebSocketSession:
             else:
                 frame = ws.frame(kind, data)
             await self._write_locked(frame, final)
+        finally:
+            lock.release()
 
     async def _close_from_server(self, code: int, reason: str) -> None:
         """Start the closing handshake from our side (RFC 6455 section 7.1.2)."""
