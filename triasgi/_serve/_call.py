@@ -320,7 +320,7 @@ class AppCall(HTTPCycle):
             http_protocol(request.http_version),
             conn.protocol.take_request_body_bytes(),
             self.body_bytes_sent(),
-            time.perf_counter() - self.started_at,
+            perf_counter() - self.started_at,
         )
 
     def body_bytes_sent(self) -> int:
