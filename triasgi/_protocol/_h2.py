@@ -55,11 +55,12 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
 from hyperframe.frame import GoAwayFrame
 
 from .._events import Body, EndBody, ProtocolError, Request
 from ._h1writer import valid_field
+from ._h2head import request_of
+from ._hpack import RepeatingDecoder, RepeatingEncoder
 
 #: The first bytes of every HTTP/2 connection from a client (RFC 9113 3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -87,17 +88,6 @@ _CONNECTION_FIELDS = frozenset(
         b"upgrade",
     }
 )
-_FORWARDING = frozenset(
-    {
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-    }
-)
-# Header blocks each HPACK side remembers (_RepeatingDecoder, _RepeatingEncoder).
-_REMEMBERED_BLOCKS = 32
 # Statuses whose response has no body (RFC 9110 sections 15.3.5, 15.4.5).
 _NO_BODY = frozenset({204, 304})
 
@@ -239,87 +229,6 @@ class _Budget:
         self._left = min(self.burst, self._left + amount)
 
 
-def _all_indexed(block: bytes) -> bool:
-    """Whether an HPACK block is only indexed fields (RFC 7541 section 6.1).
-
-    Such a block neither adds to the dynamic table nor resizes it: it means
-    the same for as long as the table is unchanged.
-    """
-    i = 0
-    size = len(block)
-    while i < size:
-        byte = block[i]
-        if not byte & 0x80:
-            return False
-        i += 1
-        if byte & 0x7F == 0x7F:  # the index goes on in the next bytes
-            while i < size and block[i] & 0x80:
-                i += 1
-            i += 1
-    return i == size
-
-
-class _RepeatingDecoder(hpack.Decoder):
-    """HPACK's decoder, which remembers blocks made only of indexed fields.
-
-    A client that sends the same request again (a load generator, and most of
-    a browser's requests to one site) sends the same bytes, which decode to
-    the same fields while the table is unchanged.  Any other block may change
-    the table, and forgets what was remembered.  Decoding is most of what an
-    HTTP/2 request costs (docs/performance.md).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._known: dict[bytes, list[Any]] = {}
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        known = self._known
-        block = bytes(data)
-        if raw:
-            headers = known.get(block)
-            if headers is not None:
-                return list(headers)
-        headers = list(super().decode(data, raw))
-        if raw and _all_indexed(block):
-            if len(known) >= _REMEMBERED_BLOCKS:
-                known.clear()
-            known[block] = headers
-            return list(headers)
-        known.clear()
-        return headers
-
-
-class _RepeatingEncoder(hpack.Encoder):
-    """HPACK's encoder, which remembers response heads it encoded as indexes only.
-
-    The same fields encode to the same indexed-only bytes while the table is
-    unchanged; an encoding that adds to the table, or a resize the client
-    asked for, forgets what was remembered.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._known: dict[tuple[Any, ...], bytes] = {}
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        known = self._known
-        if self.table_size_changes:
-            known.clear()
-        key = tuple(headers)
-        block = known.get(key)
-        if block is not None:
-            return block
-        block = super().encode(key, huffman)
-        if _all_indexed(block):
-            if len(known) >= _REMEMBERED_BLOCKS:
-                known.clear()
-            known[key] = block
-        else:
-            known.clear()
-        return block
-
-
 class _H2Connection(h2.connection.H2Connection):
     """h2's connection, minus two decisions that :class:`H2Protocol` makes."""
 
@@ -381,8 +290,8 @@ class H2Protocol:
             normalize_outbound_headers=False,
         )
         conn = self._conn = _H2Connection(config)
-        conn.encoder = _RepeatingEncoder()
-        conn.decoder = _RepeatingDecoder()
+        conn.encoder = RepeatingEncoder()
+        conn.decoder = RepeatingDecoder()
         codes = h2.settings.SettingCodes
         settings: dict[h2.settings.SettingCodes, int] = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -529,7 +438,7 @@ class H2Protocol:
             if not self._refusals.spend(now):
                 self._calm_down("too many streams over the limit", events)
             return
-        request = _request_of(
+        request = request_of(
             stream_id, event.headers or [], event.priority_updated, self.limits
         )
         if type(request) is ProtocolError:
@@ -753,75 +662,3 @@ def _code_name(code: int) -> str:
         return h2.errors.ErrorCodes(code).name
     except ValueError:
         return str(code)
-
-
-def _request_of(
-    stream_id: int,
-    headers: Sequence[tuple[bytes, bytes]],
-    priority: Any,
-    limits: H2Limits,
-) -> Request | ProtocolError:
-    """A :class:`Request` from a stream's header list (validated by h2).
-
-    The whole list is bounded by h2's decoder (``max_header_list_size``);
-    HTTP/1.1's per-field limits give the same 431 (or 414) on the stream.
-    """
-    method = path = authority = protocol = b""
-    scheme = b""
-    fields: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    forwarded = te_trailers = False
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":scheme":
-                scheme = value
-            elif name == b":protocol":
-                protocol = value
-            continue
-        if name == b"cookie":
-            cookies.append(value)
-            continue
-        if name in _FORWARDING:
-            forwarded = True
-        elif name == b"te":
-            te_trailers = True
-        fields.append((name, value))
-    if cookies:
-        # Browsers send each cookie as a field of its own, to compress
-        # better; joined, they are the one field HTTP/1.1 would have had.
-        fields.append((b"cookie", b"; ".join(cookies)))
-    if len(path) > limits.target:
-        return ProtocolError(stream_id, 414, f":path of {len(path)} bytes")
-    if len(fields) > limits.fields:
-        return ProtocolError(stream_id, 431, f"{len(fields)} header fields")
-    for name, value in fields:
-        if len(name) + len(value) + 2 > limits.field_size:
-            return ProtocolError(
-                stream_id, 431, f"header field {name!r} over {limits.field_size} bytes"
-            )
-    if authority and not any(name == b"host" for name, _ in fields):
-        fields.insert(0, (b"host", authority))
-    if method == b"CONNECT" and not protocol:
-        return ProtocolError(stream_id, 405, "CONNECT is not served")
-    if not path:
-        return ProtocolError(stream_id, 400, "no :path")
-    del scheme
-    return Request(
-        stream_id,
-        method,
-        path,
-        b"2",
-        fields,
-        keep_alive=True,
-        forwarded=forwarded,
-        upgrade=bool(protocol),
-        te_trailers=te_trailers,
-        priority=None if priority is None else (priority.weight, priority.depends_on),
-        protocol=protocol,
-    )
