@@ -241,3 +241,36 @@ async def test_a_request_longer_than_the_keep_alive_timeout_is_answered(autojump
         assert answered - asked == pytest.approx(12)
         assert await stream.receive_some() == b""
         assert trio.current_time() - answered == pytest.approx(5)
+
+
+async def test_client_gone_during_the_last_write_gets_the_grace_period(autojump_clock):
+    """The last body went to send() but not yet to the client: it is not done."""
+    from triasgi import ClientDisconnected
+    from triasgi.testing import open_memory_connection, open_memory_server
+
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        try:
+            await send({"type": "http.response.body", "body": b"x" * 1_000_000})
+        except ClientDisconnected:
+            seen.append(("disconnected", trio.current_time()))
+            try:
+                await trio.sleep_forever()  # cleanup that never ends
+            except trio.Cancelled:
+                seen.append(("cancelled", trio.current_time()))
+                raise
+
+    async with open_memory_server(app, disconnect_grace_period=3) as server:
+        async with open_memory_connection(server, lockstep=True) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            await stream.receive_some(1000)  # part of the response, then gone
+        with trio.fail_after(30):
+            while len(seen) < 2:
+                await trio.sleep(0.5)
+    (_, gone_at), (what, cancelled_at) = seen
+    assert what == "cancelled"
+    assert cancelled_at - gone_at == pytest.approx(3, abs=0.6)

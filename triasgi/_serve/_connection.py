@@ -210,7 +210,9 @@ class HTTP11Connection(Inbox):
         self._eof = True
         self._data_lot.unpark_all()
         cycle = self._cycle
-        if cycle is not None and not cycle.disconnected and cycle.state is not _DONE:
+        # Not finished: the response's last bytes may have been handed to a
+        # write (its state DONE) that the client never took.
+        if cycle is not None and not cycle.disconnected and not cycle.finished:
             cycle.on_disconnect()
             self.grant_disconnect_grace()
             metrics = self.server.metrics
