@@ -267,6 +267,15 @@ class JSONFormatter(logging.Formatter):
 
 # -- the access log line ------------------------------------------------------
 
+# The version an access line writes for a request's wire version: HTTP/2's
+# is "2" in the scope and "HTTP/2.0" in the log, as other servers write it.
+_LOGGED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0", b"2": "2.0"}
+
+
+def logged_version(http_version: bytes) -> str:
+    """The ``http_version`` of an :class:`AccessEntry` for a request's."""
+    return _LOGGED_VERSIONS.get(http_version) or http_version.decode("ascii")
+
 
 @final
 @dataclass

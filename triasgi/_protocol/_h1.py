@@ -57,7 +57,8 @@ _H11_NEED_DATA = h11.NEED_DATA
 _MAX_CHUNK = 2**64 - 1
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 
-_FORWARDING = frozenset(
+#: The fields a proxy forwards the client, scheme and host in (both protocols).
+FORWARDING = frozenset(
     {
         b"forwarded",
         b"x-forwarded-for",
@@ -66,7 +67,7 @@ _FORWARDING = frozenset(
         b"x-forwarded-port",
     }
 )
-_NOTABLE = _FORWARDING | {
+_NOTABLE = FORWARDING | {
     b"transfer-encoding",
     b"content-length",
     b"connection",

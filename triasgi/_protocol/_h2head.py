@@ -11,19 +11,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._events import ProtocolError, Request
+from ._h1 import FORWARDING
 
 if TYPE_CHECKING:
     from ._h2 import H2Limits
-
-_FORWARDING = frozenset(
-    {
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-    }
-)
 
 
 def request_of(
@@ -58,7 +49,7 @@ def request_of(
         if name == b"cookie":
             cookies.append(value)
             continue
-        if name in _FORWARDING:
+        if name in FORWARDING:
             forwarded = True
         elif name == b"te":
             te_trailers = True

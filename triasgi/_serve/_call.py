@@ -31,7 +31,7 @@ from .._events import (
     Request,
     Trailers,
 )
-from .._logging import AccessEntry, log_access
+from .._logging import AccessEntry, log_access, logged_version
 from .._metrics import http_protocol
 from .._protocol._h1 import CONTINUE_100
 from .._protocol._h1writer import ResponseError
@@ -339,10 +339,10 @@ class AppCall(HTTPCycle):
             client=scope["client"],
             method=request.method.decode("ascii"),
             target=request.target.decode("ascii", "replace"),
-            http_version=request.http_version.decode("ascii"),
+            http_version=logged_version(request.http_version),
             scheme=scope["scheme"],
             status=self.status,
-            body_bytes=self.conn.protocol.response_body_bytes,
+            body_bytes=self.body_bytes_sent(),
             duration=perf_counter() - self.started_at,
             request_headers=request.headers,
             response_headers=self.response_headers,

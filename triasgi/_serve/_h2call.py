@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,6 @@ from .._events import (
     Request,
     Trailers,
 )
-from .._logging import AccessEntry, log_access
 from .._protocol._h2 import CANCEL, INTERNAL_ERROR, StreamGone
 from .._types import Message
 from ._call import AppCall, open_file
@@ -371,20 +369,3 @@ class H2Call(AppCall):
 
     def body_bytes_sent(self) -> int:
         return self.conn.protocol.response_body_bytes.get(self.stream_id, 0)
-
-    def _log_access(self) -> None:
-        request = self.request
-        scope = self.scope
-        entry = AccessEntry(
-            client=scope["client"],
-            method=request.method.decode("ascii"),
-            target=request.target.decode("ascii", "replace"),
-            http_version="2.0",
-            scheme=scope["scheme"],
-            status=self.status,
-            body_bytes=self.body_bytes_sent(),
-            duration=time.perf_counter() - self.started_at,
-            request_headers=request.headers,
-            response_headers=self.response_headers,
-        )
-        log_access(self.conn.server.access_format, entry)

@@ -41,7 +41,7 @@ from .._asgi._messages import WebSocketState, check_headers, next_websocket_stat
 from .._asgi._scope import websocket_scope
 from .._errors import ASGIProtocolError, ClientDisconnected
 from .._events import EndBody, Request, WSClose, WSMessage, WSPing, WSPong
-from .._logging import AccessEntry, log_access
+from .._logging import AccessEntry, log_access, logged_version
 from .._protocol._h1writer import (
     REASON_PHRASES,
     ResponseError,
@@ -71,8 +71,6 @@ logger = logging.getLogger("triasgi.error")
 # How long closing waits for the client's close frame after ours, and how
 # long a final write may take.
 _CLOSE_TIMEOUT = 5.0
-# The version the access log writes for the handshake request's.
-_LOGGED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0", b"2": "2.0"}
 
 
 # -- the session ---------------------------------------------------------------
@@ -659,7 +657,7 @@ class WebSocketSession:
             client=self.scope.get("client", conn.client),
             method=request.method.decode("ascii"),
             target=request.target.decode("ascii", "replace"),
-            http_version=_LOGGED_VERSIONS.get(request.http_version, "1.1"),
+            http_version=logged_version(request.http_version),
             scheme=self.scope.get("scheme", "ws"),
             status=status,
             body_bytes=body_bytes,
