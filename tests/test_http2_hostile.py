@@ -15,7 +15,7 @@ import h2.exceptions
 import hpack
 import pytest
 import trio
-from h2client import H2Client
+from h2client import H2Client, H2Reply
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -210,35 +210,95 @@ async def test_hpack_bomb_is_refused():
     assert await flood(Counter(), frames) == ErrorCodes.ENHANCE_YOUR_CALM
 
 
-@pytest.mark.parametrize(
-    ("name", "extra", "stream_id"),
-    [
-        ("even stream id", [], 2),
-        ("unknown pseudo-header", [(b":bogus", b"1")], 1),
-        ("connection-specific header", [(b"connection", b"keep-alive")], 1),
-        ("upper-case name", [(b"X-Upper", b"1")], 1),
-        ("te other than trailers", [(b"te", b"gzip")], 1),
-    ],
-)
-async def test_malformed_request_is_a_protocol_error(name, extra, stream_id):
+async def test_even_stream_id_is_a_connection_error():
     encoder = hpack.Encoder()
-    frames = headers_frame(stream_id, request_block(encoder, extra=extra))
     app = Counter()
-    assert await flood(app, frames) == ErrorCodes.PROTOCOL_ERROR, name
+    assert await flood(app, headers_frame(2, request_block(encoder))) == (
+        ErrorCodes.PROTOCOL_ERROR
+    )
     assert app.calls == 1  # only still_serves's request
 
 
-async def test_pseudo_header_after_regular_is_a_protocol_error():
+GET = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")]
+AUTHORITY = [(b":authority", b"example.test")]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("unknown pseudo-header", [*GET, *AUTHORITY, (b":bogus", b"1")]),
+        ("response pseudo-header", [*GET, *AUTHORITY, (b":status", b"200")]),
+        ("repeated pseudo-header", [*GET, (b":path", b"/x"), *AUTHORITY]),
+        ("pseudo-header after a field", [*GET, (b"x-a", b"1"), *AUTHORITY]),
+        ("no :method", [*GET[1:], *AUTHORITY]),
+        ("no :scheme", [*GET[:2], *AUTHORITY]),
+        ("empty :path", [GET[0], (b":path", b""), GET[2], *AUTHORITY]),
+        ("connection", [*GET, *AUTHORITY, (b"connection", b"keep-alive")]),
+        ("keep-alive", [*GET, *AUTHORITY, (b"keep-alive", b"5")]),
+        ("transfer-encoding", [*GET, *AUTHORITY, (b"transfer-encoding", b"chunked")]),
+        ("upgrade", [*GET, *AUTHORITY, (b"upgrade", b"websocket")]),
+        ("te other than trailers", [*GET, *AUTHORITY, (b"te", b"gzip")]),
+        ("upper-case name", [*GET, *AUTHORITY, (b"X-Upper", b"1")]),
+        ("colon inside a name", [*GET, *AUTHORITY, (b"x:y", b"1")]),
+        ("space in a name", [*GET, *AUTHORITY, (b"x y", b"1")]),
+        ("empty name", [*GET, *AUTHORITY, (b"", b"1")]),
+        ("NUL in a value", [*GET, *AUTHORITY, (b"x-a", b"a\x00b")]),
+        ("LF in a value", [*GET, *AUTHORITY, (b"x-a", b"a\nb")]),
+        ("space around a value", [*GET, *AUTHORITY, (b"x-a", b" a")]),
+        ("CR in :path", [GET[0], (b":path", b"/a\rb"), GET[2], *AUTHORITY]),
+        ("no :authority or host", GET),
+        ("two hosts", [*GET, (b"host", b"a.test"), (b"host", b"b.test")]),
+        ("host not :authority", [*GET, *AUTHORITY, (b"host", b"other.test")]),
+        (":protocol without CONNECT", [*GET, *AUTHORITY, (b":protocol", b"ws")]),
+        (
+            "CONNECT with :path",
+            [(b":method", b"CONNECT"), (b":path", b"/"), *AUTHORITY],
+        ),
+    ],
+)
+async def test_malformed_request_is_a_stream_error(name, fields):
+    # RFC 9113 section 8.1.1: RST_STREAM PROTOCOL_ERROR on that stream; the
+    # connection, and the streams on it, go on.
+    app = Counter()
+    async with open_memory_server(app, lifespan="off") as server:
+        async with open_memory_connection(server) as stream:
+            client = H2Client(stream)
+            client.conn.config.validate_outbound_headers = False
+            client.conn.config.normalize_outbound_headers = False
+            await client.start()
+            client.replies[1] = H2Reply()
+            client.conn.send_headers(1, fields, end_stream=True)
+            await client.flush()
+            reply = await client.response(1)
+            assert reply.reset == ErrorCodes.PROTOCOL_ERROR, name
+            assert reply.status == 0
+            again = await client.get("/")
+            assert (again.status, again.body) == (200, b"ok")
+            assert client.goaway is None
+    assert app.calls == 1  # only the good request
+
+
+async def test_a_flood_of_malformed_requests_is_stopped():
     encoder = hpack.Encoder()
-    block = encoder.encode(
-        [
-            (b":method", b"GET"),
-            (b":scheme", b"http"),
-            (b"x-a", b"1"),
-            (b":path", b"/"),
-        ]
-    )
-    assert await flood(Counter(), headers_frame(1, block)) == ErrorCodes.PROTOCOL_ERROR
+    bad = request_block(encoder, extra=[(b"connection", b"close")])
+    frames = b"".join(headers_frame(2 * i + 1, bad) for i in range(300))
+    app = Counter()
+    assert await flood(app, frames) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert app.calls == 1  # only still_serves's request
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [(b":path", b"/late"), (b"connection", b"close"), (b"X-Upper", b"1")],
+)
+async def test_malformed_request_trailers_end_the_connection(trailer):
+    encoder = hpack.Encoder()
+    frames = headers_frame(1, request_block(encoder, "/hold"), end_stream=False)
+    frames += DataFrame(1, b"body").serialize()
+    frames += headers_frame(1, encoder.encode([trailer]))
+    app = Counter()
+    assert await flood(app, frames) == ErrorCodes.PROTOCOL_ERROR
+    assert app.calls == 2  # the request, and still_serves's
 
 
 async def test_data_beyond_the_window_is_a_flow_control_error():

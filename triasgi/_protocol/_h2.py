@@ -39,9 +39,10 @@ What this adds to h2:
   target, ``:method`` the method, ``:authority`` the ``host`` header when
   there is none), ``cookie`` fields are joined (RFC 9113 section 8.2.3), and
   the request is one :class:`~triasgi._events.Request` as on HTTP/1.1.
-  Malformed requests are PROTOCOL_ERROR, as h2 validates them (a
-  connection error, which RFC 9113 section 5.4.1 allows for any stream
-  error).
+  A malformed request head (RFC 9113 section 8.1.1) is a stream error,
+  RST_STREAM PROTOCOL_ERROR: the other streams go on.  The checks are
+  triasgi's own (``_h2head.py``), in one pass, with h2's turned off;
+  malformed request trailers end the connection.
 """
 
 from __future__ import annotations
@@ -59,13 +60,16 @@ from hyperframe.frame import GoAwayFrame
 
 from .._events import Body, EndBody, ProtocolError, Request
 from ._h1writer import valid_field
-from ._h2head import request_of
+from ._h2head import MalformedRequest, check_field, request_of
 from ._hpack import RepeatingDecoder, RepeatingEncoder
 
 #: The first bytes of every HTTP/2 connection from a client (RFC 9113 3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _H2_CLOSED: Final = h2.connection.ConnectionState.CLOSED
+# h2 forgets its closed streams when a stream opens and more than this many
+# are kept, open or closed.
+_SWEEP_STREAMS: Final = 32
 
 
 NO_ERROR: Final = h2.errors.ErrorCodes.NO_ERROR
@@ -236,8 +240,11 @@ class _H2Connection(h2.connection.H2Connection):
     def open_inbound_streams(self) -> int:
         # h2 makes a stream over SETTINGS_MAX_CONCURRENT_STREAMS a connection
         # error; H2Protocol refuses that stream alone (REFUSED_STREAM).  The
-        # property's side effect, forgetting closed streams, is kept.
-        h2.connection.H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
+        # property's side effect, forgetting closed streams, is kept, but
+        # only once they are a few: it walks every stream, for every stream
+        # opened.
+        if len(self.streams) > _SWEEP_STREAMS:
+            h2.connection.H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
         return 0
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
@@ -281,8 +288,11 @@ class H2Protocol:
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
+            # Request heads are checked, and their cookies joined, in one
+            # pass by request_of; h2's pipeline of generators costs a
+            # sixth of a request.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
             # The response fields are checked and lower-cased here
             # (respond, informational, send_trailers), as HTTP/1.1's are:
             # h2's own pipeline would be a second pass over them.
@@ -350,6 +360,11 @@ class H2Protocol:
         """Whether :meth:`data_to_send` has anything."""
         return bool(self._conn._data_to_send) or bool(self._extra)
 
+    @property
+    def output_size(self) -> int:
+        """How many bytes :meth:`data_to_send` has."""
+        return len(self._conn._data_to_send) + len(self._extra)
+
     def receive_data(self, data: bytes, now: float) -> list[H2Event]:
         """Feed bytes from the client; the events they make, in order.
 
@@ -389,6 +404,11 @@ class H2Protocol:
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 # A new initial window can open every stream's window.
                 events.append(WindowOpened(0))
+                if not self._spend_calm(now, events):
+                    break
+            elif isinstance(event, h2.events.TrailersReceived):
+                if not self._trailers(event, events):
+                    break
                 if not self._spend_calm(now, events):
                     break
             elif isinstance(event, h2.events.ConnectionTerminated):
@@ -438,9 +458,17 @@ class H2Protocol:
             if not self._refusals.spend(now):
                 self._calm_down("too many streams over the limit", events)
             return
-        request = request_of(
-            stream_id, event.headers or [], event.priority_updated, self.limits
-        )
+        try:
+            request = request_of(
+                stream_id, event.headers or [], event.priority_updated, self.limits
+            )
+        except MalformedRequest:
+            # A stream error (RFC 9113 section 8.1.1): the other streams go
+            # on.  Each costs a decode, so they spend the refusals' budget.
+            self.reset(stream_id, PROTOCOL_ERROR)
+            if not self._refusals.spend(now):
+                self._calm_down("too many malformed requests", events)
+            return
         if type(request) is ProtocolError:
             # A request h2 let through that HTTP cannot take: answered on
             # its stream, which then counts as open until that is done.
@@ -449,6 +477,26 @@ class H2Protocol:
             return
         self._open.add(stream_id)
         events.append(request)  # h2's StreamEnded follows when it has no body
+
+    def _trailers(
+        self, event: h2.events.TrailersReceived, events: list[H2Event]
+    ) -> bool:
+        # Request trailers are not passed on (ASGI has no message for them).
+        # A malformed block ends the connection (PROTOCOL_ERROR): the
+        # stream's body has ended by then, and the app may be reading it.
+        try:
+            for name, value in event.headers or []:
+                if name[:1] == b":":
+                    raise MalformedRequest(f"pseudo-header {name!r} in trailers")
+                check_field(name, value)
+        except MalformedRequest as exc:
+            self._conn.close_connection(
+                error_code=PROTOCOL_ERROR, last_stream_id=self._goaway_sent
+            )
+            self.closed = True
+            events.append(ConnectionEnded(True, str(exc)))
+            return False
+        return True
 
     def _data(
         self, event: h2.events.DataReceived, events: list[H2Event], now: float
