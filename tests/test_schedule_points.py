@@ -20,9 +20,13 @@ import functools
 import socket
 import time
 
+import h2.config
+import h2.events
+import h2.settings
 import pytest
 import trio
 from conftest import H11Client, connect
+from h2client import _Connection as H2ClientConnection
 
 import triasgi
 from triasgi.testing import open_server
@@ -105,6 +109,46 @@ def _websocket_in_a_thread(port: int, *, half_close: bool = False) -> tuple[int,
             buffer += data
 
 
+def _h2_stream_in_a_thread(port: int, *, half_close: bool = False) -> tuple[int, bool]:
+    """The same as _stream_in_a_thread over HTTP/2 (prior knowledge), with
+    windows so large that no send ever waits for one; the body bytes read and
+    whether the stream ended."""
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = H2ClientConnection(config)  # reads on after a graceful GOAWAY
+    conn.local_settings = h2.settings.Settings(
+        client=True,
+        initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1},
+    )
+    conn.initiate_connection()
+    conn.increment_flow_control_window(2**31 - 1 - 65535)
+    conn.send_headers(
+        1,
+        [(b":method", b"GET"), (b":path", b"/stream"), (b":scheme", b"http"),
+         (b":authority", b"a")],
+        end_stream=True,
+    )  # fmt: skip
+    received = 0
+    writing = True
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(_GIVE_UP_SECONDS * 2)
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return received, False
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    if half_close and writing:
+                        sock.shutdown(socket.SHUT_WR)
+                        writing = False
+                    received += len(event.data)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return received, True
+            if writing:
+                # Settings acks and the like; nothing once half-closed.
+                sock.sendall(conn.data_to_send())
+
+
 def streaming_app(log: list[str], stop: list[bool]):
     """Streams small chunks on ``/stream``, or small messages on a WebSocket,
     with no await but send(); ``/other`` answers at once and notes whether
@@ -163,9 +207,12 @@ def _http_stream(port: int, half_close: bool = False) -> tuple[int, bool]:
     return _stream_in_a_thread(port, b"/stream", half_close=half_close)
 
 
-# A response streamed in body messages, and a WebSocket's messages.
+# A response streamed in body messages (HTTP/1.1 and HTTP/2), and a
+# WebSocket's messages.
 STREAMS = pytest.mark.parametrize(
-    "open_stream", [_http_stream, _websocket_in_a_thread], ids=["http", "websocket"]
+    "open_stream",
+    [_http_stream, _h2_stream_in_a_thread, _websocket_in_a_thread],
+    ids=["http", "http2", "websocket"],
 )
 
 
@@ -206,7 +253,7 @@ async def test_an_app_that_only_sends_is_cancelled_when_its_grace_period_ends(
     assert log == ["streaming", "disconnected", "cancelled"]
     received, ended = result[0]
     assert received > 0
-    if open_stream is _http_stream:
+    if open_stream is not _websocket_in_a_thread:
         assert not ended  # the response could not end: the connection closed
 
 
@@ -224,12 +271,12 @@ async def test_an_app_that_only_sends_is_cancelled_when_a_graceful_shutdown_time
             nursery.start_soon(_read_stream, open_stream, port, result)
             await _wait_for(log, "streaming")
             server.shutdown()
-    if open_stream is _http_stream:
-        assert log == ["streaming", "cancelled"]
-    else:
+    if open_stream is _websocket_in_a_thread:
         # The shutdown's close frame (1012) is a disconnect for the app.
         assert log == ["streaming", "disconnected", "cancelled"]
+    else:
+        assert log == ["streaming", "cancelled"]
     received, ended = result[0]
     assert received > 0
-    if open_stream is _http_stream:
+    if open_stream is not _websocket_in_a_thread:
         assert not ended

@@ -23,7 +23,8 @@ everything the protocol has framed, in order, and writes it under one lock,
 shielded from cancellation and bounded by the write timeout: HPACK makes the
 order of header blocks part of the connection's state, and a cancelled
 stream must not leave half a frame on the wire.  Whoever holds the lock
-writes the frames of every stream queued so far, so writes coalesce.
+writes the frames of every stream queued so far, so writes coalesce, and a
+stream whose frames the writer under way will take does not wait for it.
 
 Flow control.  A stream's ``send()`` sends what the client's windows allow,
 and waits for WINDOW_UPDATE for the rest (bounded by the write timeout,
@@ -70,6 +71,10 @@ logger = logging.getLogger("triasgi.error")
 
 # How long a closing connection waits for the client's EOF after ours.
 _LINGER_SECONDS = 1.0
+# Framed bytes that may wait for the writer under way before a stream's
+# send() waits for the write itself: bounds what a client that reads slowly
+# makes us hold beyond the flow-control windows.
+_QUEUED_BYTES = 65536
 
 
 class H2Connection(Transport):
@@ -214,11 +219,18 @@ class H2Connection(Transport):
 
     # -- writing ---------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         """Write everything the protocol has framed, in order, under the lock.
 
         Shielded and bounded by the write timeout: a cancelled caller does
-        not leave half a frame on the wire.
+        not leave half a frame on the wire.  A cancellation point always, a
+        schedule point only when it waits (as ``Transport.write``).  When
+        another task's write is under way, that writer takes these frames
+        too once its write is done, so the caller goes on without waiting
+        for it, unless more than ``_QUEUED_BYTES`` wait to be written.
+
+        Returns:
+            Whether it waited, and so let the other tasks run.
 
         Raises:
             ClientDisconnected: the client has gone or stopped reading.
@@ -226,22 +238,41 @@ class H2Connection(Transport):
         if self._gone:
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
-        async with self._write_lock:
-            if self._gone:
-                # The write before this one found the client gone (or not
-                # reading): another would only wait for the write timeout.
-                raise ClientDisconnected("The client has disconnected.")
+        lock = self._write_lock
+        if not lock.locked():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lock.acquire_nowait()
+            try:
+                return await self._write_out()
+            finally:
+                lock.release()
+        if self.protocol.output_size < _QUEUED_BYTES:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return False
+        async with lock:
+            await self._write_out()
+        return True
+
+    async def _write_out(self) -> bool:
+        """Write what the protocol has framed until it has no more (lock held)."""
+        if self._gone:
+            # The write before this one found the client gone (or not
+            # reading): another would only wait for the write timeout.
+            raise ClientDisconnected("The client has disconnected.")
+        waited = False
+        data = self.protocol.data_to_send()
+        while data:
+            with trio.CancelScope(shield=not self._cancel_requested) as scope:
+                self._write_scope = scope
+                try:
+                    if await self.write(data):
+                        waited = True
+                finally:
+                    self._write_scope = None
+            # Frames queued while this wrote, by the tasks that did not
+            # wait for it.
             data = self.protocol.data_to_send()
-            while data:
-                with trio.CancelScope(shield=not self._cancel_requested) as scope:
-                    self._write_scope = scope
-                    try:
-                        await self.write(data)
-                    finally:
-                        self._write_scope = None
-                # Frames queued while this wrote, by a task that could not
-                # wait to write them (stream_done).
-                data = self.protocol.data_to_send()
+        return waited
 
     # -- the connection task ----------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -35,7 +36,7 @@ from .._protocol._h2 import CANCEL, INTERNAL_ERROR, StreamGone
 from .._types import Message
 from ._call import AppCall, open_file
 from ._h2stream import send_on_stream
-from ._transport import LARGE_READ_SIZE
+from ._transport import LARGE_READ_SIZE, TURN_SECONDS
 from ._waiters import Waiters
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class H2Call(AppCall):
         """Call the app in the stream's scope; finish the stream after it."""
         conn = self.conn
         server = conn.server
+        self.turn_began = perf_counter()
         try:
             with self.cancel_scope:
                 try:
@@ -207,12 +209,19 @@ class H2Call(AppCall):
         if self.disconnected:
             await trio.lowlevel.checkpoint()
             raise ClientDisconnected("The client has disconnected.")
+        # A cancellation point always; a schedule point only when a write
+        # or a window waits, or when the app's turn is over (as HTTP/1.1's).
         body = self.app_sent(message)
         if body is None:
-            await trio.lowlevel.checkpoint()
+            if perf_counter() - self.turn_began > TURN_SECONDS:
+                await trio.lowlevel.checkpoint()
+                self.turn_began = perf_counter()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             return
         if type(body) is not bytes and body.__class__ in _COMMANDS:
             await self._run_command(body)  # type: ignore[arg-type]
+            await self._end_turn_if_due()
             return
         assert isinstance(body, bytes)
         last = not message.get("more_body", False)
@@ -229,11 +238,15 @@ class H2Call(AppCall):
             self._respond(head_ends)
         self.after_body(last)
         if body or (end and not head_ends):
-            await self._send_data(body, end)
+            waited = await self._send_data(body, end)
         else:
-            await self._flush()
+            waited = await self._flush()
         if self.state is _DONE:
             self._response_complete()
+        if waited:
+            self.turn_began = perf_counter()
+        else:
+            await self._end_turn_if_due()
 
     def _declared_length(self) -> int | None:
         """The content-length the DATA frames must add up to (RFC 9113
@@ -287,15 +300,15 @@ class H2Call(AppCall):
             self.must_close = True
             raise ASGIProtocolError(f"Invalid response: {exc}.") from None
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         try:
-            await self.conn.flush()
+            return await self.conn.flush()
         except ClientDisconnected:
             self.stream_gone()
             raise
 
-    async def _send_data(self, data: bytes, end: bool) -> None:
-        await send_on_stream(self.conn, self, data, end)
+    async def _send_data(self, data: bytes, end: bool) -> bool:
+        return await send_on_stream(self.conn, self, data, end)
 
     async def _run_command(self, command: Command) -> None:
         protocol = self.conn.protocol

@@ -50,10 +50,14 @@ class Stream(Protocol):
 
 async def send_on_stream(
     conn: H2Connection, stream: Stream, data: bytes, end: bool
-) -> None:
+) -> bool:
     """Send ``data`` on a stream as the client's windows allow, waiting for them.
 
     A window that stays shut for the write timeout resets that stream alone.
+
+    Returns:
+        Whether it waited (for a write or a window), and so let the other
+        tasks run.
 
     Raises:
         ClientDisconnected: the stream was reset, the client has gone or
@@ -61,6 +65,7 @@ async def send_on_stream(
     """
     protocol = conn.protocol
     view = memoryview(data)
+    waited = False
     while True:
         try:
             sent = protocol.send_body(stream.stream_id, view, end)
@@ -68,14 +73,16 @@ async def send_on_stream(
             stream.stream_gone()
             raise ClientDisconnected("The client has disconnected.") from None
         try:
-            await conn.flush()
+            if await conn.flush():
+                waited = True
         except ClientDisconnected:
             stream.stream_gone()
             raise
         if sent == len(view):
-            return
+            return waited
         view = view[sent:]
         await _wait_for_window(conn, stream)
+        waited = True
 
 
 async def _wait_for_window(conn: H2Connection, stream: Stream) -> None:
