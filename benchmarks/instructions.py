@@ -11,7 +11,9 @@ other; the instructions of ``--requests`` requests less those of
     python -m benchmarks.instructions --baseline HEAD~1 --scenarios websocket
 
 The ``websocket`` scenario counts echoes of a small text message, one after
-the other on one connection, instead of requests.
+the other on one connection, instead of requests; ``h2`` counts hello GETs
+over HTTP/2 (prior knowledge), ten streams at a time on one connection, as
+``h2load -m10`` sends them.
 
 Needs valgrind (Debian package ``valgrind``); a run of the defaults takes a
 few minutes.
@@ -38,7 +40,10 @@ from . import wsload
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PATHS = {"hello": b"/", "64k": b"/64k", "stream": b"/stream"}
 WEBSOCKET = "websocket"
-SCENARIOS = [*PATHS, WEBSOCKET]
+H2 = "h2"
+SCENARIOS = [*PATHS, WEBSOCKET, H2]
+# HTTP/2 streams in flight, as h2load -m10 keeps them.
+_H2_STREAMS = 10
 _SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 # Under callgrind the server runs some fifty times slower, so the 1 ms turn
 # of an app's task (TURN_SECONDS in triasgi/_serve/_transport.py) would end
@@ -47,8 +52,13 @@ _SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 # turns gets an attribute it never reads.)
 _TURN_UNDER_CALLGRIND = 0.05
 _SERVE = (
-    "import runpy, triasgi._serve._call as c, triasgi._serve._websocket as w\n"
-    f"c.TURN_SECONDS = w.TURN_SECONDS = {_TURN_UNDER_CALLGRIND}\n"
+    "import importlib, runpy\n"
+    "for name in ('_call', '_websocket', '_h2call'):\n"
+    "    try:\n"
+    "        module = importlib.import_module('triasgi._serve.' + name)\n"
+    "    except ImportError:\n"
+    "        continue\n"
+    f"    module.TURN_SECONDS = {_TURN_UNDER_CALLGRIND}\n"
     "runpy.run_module('triasgi', run_name='__main__', alter_sys=True)\n"
 )
 
@@ -118,6 +128,46 @@ def _send_echoes(port: int, count: int) -> None:
         wsload._close([conn])
 
 
+def _send_h2_requests(port: int, count: int) -> None:
+    """``count`` HTTP/2 GETs of ``/``, ``_H2_STREAMS`` at a time, each batch
+    answered before the next is sent."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    request = [
+        (b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+        (b":authority", b"127.0.0.1"), (b"accept", b"*/*"),
+        (b"user-agent", b"h2load nghttp2/1.52.0"),
+    ]  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sent = 0
+        while sent < count:
+            batch = min(_H2_STREAMS, count - sent)
+            for _ in range(batch):
+                conn.send_headers(conn.get_next_available_stream_id(), request, True)
+            sent += batch
+            sock.sendall(conn.data_to_send())
+            ended = 0
+            while ended < batch:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                for event in conn.receive_data(chunk):
+                    if isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended += 1
+                credit = conn.data_to_send()
+                if credit:
+                    sock.sendall(credit)
+
+
 def measure(
     package_dir: Path, parser: str, scenario: str, count: int, out: Path
 ) -> int:
@@ -150,6 +200,8 @@ def measure(
                 time.sleep(0.1)
         if scenario == WEBSOCKET:
             _send_echoes(port, count)
+        elif scenario == H2:
+            _send_h2_requests(port, count)
         else:
             _send_requests(port, PATHS[scenario], count)
     finally:

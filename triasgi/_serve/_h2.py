@@ -223,11 +223,14 @@ class H2Connection(Transport):
         """Write everything the protocol has framed, in order, under the lock.
 
         Shielded and bounded by the write timeout: a cancelled caller does
-        not leave half a frame on the wire.  A cancellation point always, a
-        schedule point only when it waits (as ``Transport.write``).  When
-        another task's write is under way, that writer takes these frames
-        too once its write is done, so the caller goes on without waiting
-        for it, unless more than ``_QUEUED_BYTES`` wait to be written.
+        not leave half a frame on the wire.  A cancellation point always.
+        When another task's write is under way, that writer takes these
+        frames too once its write is done, so the caller goes on without
+        waiting for it, unless more than ``_QUEUED_BYTES`` wait to be
+        written.  Otherwise the caller writes, and is a schedule point only
+        when the write waits (as ``Transport.write``) or other streams are
+        open: then it lets them run first, so that the frames of all the
+        streams that answer at once go out in one write.
 
         Returns:
             Whether it waited, and so let the other tasks run.
@@ -243,6 +246,13 @@ class H2Connection(Transport):
             await trio.lowlevel.checkpoint_if_cancelled()
             lock.acquire_nowait()
             try:
+                if len(self.streams) > 1:
+                    # Other streams' apps may be about to send too: they
+                    # run first and queue their frames (without waiting, see
+                    # above), and one write takes them all.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await self._write_out()
+                    return True
                 return await self._write_out()
             finally:
                 lock.release()
