@@ -541,8 +541,9 @@ class WebSocketSession:
         ws = self._ws
         assert ws is not None
         data = b"-"  # events first: frames may have come with the handshake.
+        parse = True
         while True:
-            for event in ws.events():
+            for event in ws.events() if parse else ():
                 kind = type(event)
                 if kind is WSMessage:
                     if len(self._queue) >= self._max_queue:
@@ -566,7 +567,19 @@ class WebSocketSession:
                 break
             if ws.wants_data:
                 data = await self._receive_bytes()
+                # The common case, one whole small message, without wsproto.
+                payload = ws.message_of(data)
+                if payload is not None:
+                    if len(self._queue) >= self._max_queue:
+                        await self._wait_for_room()
+                    if type(payload) is str:
+                        self._deliver({"type": "websocket.receive", "text": payload})
+                    else:
+                        self._deliver({"type": "websocket.receive", "bytes": payload})
+                    parse = False
+                    continue
                 ws.receive_data(data)
+            parse = True
         self._closed.set()
         await self._half_close()
 
