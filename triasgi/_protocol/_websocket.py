@@ -342,6 +342,7 @@ class WebSocketFrames:
         "_parts",
         "_pending",
         "_plain",
+        "_ready",
         "_refused",
         "_size",
         "_step",
@@ -372,6 +373,11 @@ class WebSocketFrames:
         # included): a whole small message may skip wsproto (message_of,
         # frame), which then stays as it would be had it seen the frame.
         self._plain = extension is None
+        # message_of may skip wsproto: _plain, nothing received is waiting
+        # for wsproto, no frame was refused, the connection is open and the
+        # client's bytes so far end between messages.  Worked out at the end
+        # of events(), and false from receive_data() or a close until then.
+        self._ready = self._plain
         if received:
             self.receive_data(received)
 
@@ -415,7 +421,7 @@ class WebSocketFrames:
             # A whole message, uncompressed and unmasked (RFC 6455 section
             # 5.2): what wsproto makes of it, without its layers.  wsproto
             # keeps no state for it, as we never send a message in parts.
-            payload = data.encode("utf-8") if type(data) is str else data
+            payload = data if kind == BINARY else data.encode("utf-8")  # type: ignore[union-attr]
             length = len(payload)
             if length < 126:
                 head = _SHORT_HEADS[kind][length]
@@ -439,6 +445,7 @@ class WebSocketFrames:
 
     def close_frame(self, code: int, reason: str = "") -> bytes:
         """The bytes of a close frame."""
+        self._ready = False
         return self._ws.send(CloseConnection(code=code, reason=reason))
 
     # -- in ------------------------------------------------------------------
@@ -455,7 +462,7 @@ class WebSocketFrames:
         message that is not UTF-8 included: wsproto makes it a 1007).
         """
         size = len(data)
-        if size < 6 or size > 0x10008:
+        if not self._ready or size < 6 or size > 0x10008:
             return None
         first = data[0]
         if first != 0x81 and first != 0x82:
@@ -470,16 +477,7 @@ class WebSocketFrames:
                 return None  # not the shortest form: wsproto's error
         else:
             return None
-        if (
-            length < 0
-            or start + length != size
-            or length > self._max_size
-            or not self._plain
-            or self._pending
-            or self._refused is not False
-            or self._ws.state is not ConnectionState.OPEN
-            or not self._frame_sizes.between_messages
-        ):
+        if length < 0 or start + length != size or length > self._max_size:
             return None
         # Unmask: XOR with the key repeated over the payload (section 5.3).
         key = data[start - 4 : start] * ((length >> 2) + 1)
@@ -501,6 +499,7 @@ class WebSocketFrames:
         is read: :meth:`events` gives the frames before it, then
         :data:`WS_TOO_BIG`, and later bytes are dropped.
         """
+        self._ready = False
         if not data:
             self._ws.receive_data(None)
         elif self._refused is False:
@@ -566,3 +565,10 @@ class WebSocketFrames:
             self._refused = None
             self._parts, self._size = [], 0
             yield WS_TOO_BIG
+        self._ready = (
+            self._plain
+            and not self._pending
+            and self._refused is False
+            and ws.state is ConnectionState.OPEN
+            and self._frame_sizes.between_messages
+        )
