@@ -32,6 +32,7 @@ from wsproto.frame_protocol import CloseReason
 
 from triasgi._asgi._messages import WebSocketState, next_websocket_state
 from triasgi._errors import ASGIProtocolError
+from triasgi._serve._websocket import WriteLock
 from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
 # The whole module runs against both request parsers (--http).
@@ -555,8 +556,11 @@ async def test_message_over_max_size_across_fragments_closes_with_1009():
         b"\x82\xff" + (2**62).to_bytes(8, "big") + b"mask",
         b"\x82\xfe" + (1001).to_bytes(2, "big") + b"mask",
         # A text message whose second fragment takes it over the limit.
-        b"\x01\x83mask" + bytes(c ^ m for c, m in zip(b"abc", b"mask", strict=False))
-        + b"\x80\xfe" + (998).to_bytes(2, "big") + b"mask",
+        b"\x01\x83mask"
+        + bytes(c ^ m for c, m in zip(b"abc", b"mask", strict=False))
+        + b"\x80\xfe"
+        + (998).to_bytes(2, "big")
+        + b"mask",
     ],
 )
 async def test_frame_header_declaring_more_than_max_size_closes_with_1009_at_once(
@@ -1133,9 +1137,7 @@ async def test_bytes_after_the_client_close_frame_are_dropped_with_deflate(caplo
         client = RawClient(await connect(server))
         client.ws = WSConnection(ConnectionType.CLIENT)
         await client.send(
-            Request(
-                host="example.test", target="/", extensions=[PerMessageDeflate()]
-            )
+            Request(host="example.test", target="/", extensions=[PerMessageDeflate()])
         )
         assert isinstance(await client.next_event(), AcceptConnection)
         # The close frame and 10 KB more in one write: several deflate slices.
@@ -1146,3 +1148,34 @@ async def test_bytes_after_the_client_close_frame_are_dropped_with_deflate(caplo
         await client.stream.aclose()
     assert log == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_write_lock_goes_to_its_waiters_in_order_past_a_cancelled_one(
+    autojump_clock,
+):
+    lock = WriteLock()
+    taken = []
+
+    async def write(name, scope=None):
+        with scope or trio.CancelScope():
+            async with lock:
+                taken.append(name)
+                await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        assert lock.locked()
+        with pytest.raises(trio.WouldBlock):
+            lock.acquire_nowait()
+        cancelled = trio.CancelScope()
+        for name, scope in [("second", cancelled), ("third", None)]:
+            nursery.start_soon(write, name, scope)
+            await trio.testing.wait_all_tasks_blocked()
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == ["first"]
+    assert taken == ["first", "third"]
+    assert not lock.locked()
+    lock.acquire_nowait()
+    assert lock.locked()

@@ -218,6 +218,15 @@ def accept_headers(
 
 # RFC 6455 section 5.2: opcodes of data frames (continuation, text, binary).
 _DATA_OPCODES = frozenset({0x0, 0x1, 0x2})
+# The first byte of a final text or binary frame with no RSV bit, by kind
+# (TEXT, BINARY), and the start of its header by the size of its payload:
+# up to 125 bytes, up to 65535 (length in 2 bytes), larger (8 bytes).
+_FIRST_BYTES = (0x81, 0x82)
+_SHORT_HEADS = tuple(
+    tuple(bytes((first, length)) for length in range(126)) for first in _FIRST_BYTES
+)
+_MEDIUM_HEADS = tuple(bytes((first, 126)) for first in _FIRST_BYTES)
+_LONG_HEADS = tuple(bytes((first, 127)) for first in _FIRST_BYTES)
 
 
 class _FrameSizes:
@@ -235,7 +244,15 @@ class _FrameSizes:
         compressed_max: the largest payload of a compressed message, in bytes.
     """
 
-    __slots__ = ("_compressed", "_compressed_max", "_head", "_max", "_message", "_skip")
+    __slots__ = (
+        "_compressed",
+        "_compressed_max",
+        "_fragmented",
+        "_head",
+        "_max",
+        "_message",
+        "_skip",
+    )
 
     def __init__(self, max_size: int, compressed_max: int) -> None:
         self._max = max_size
@@ -244,6 +261,12 @@ class _FrameSizes:
         self._skip = 0  # payload bytes of the current frame still to come
         self._message = 0  # payload bytes of the data message so far
         self._compressed = False  # the message has RSV1 set (RFC 7692)
+        self._fragmented = False  # a data message's frames are under way
+
+    @property
+    def between_messages(self) -> bool:
+        """All the bytes so far are whole frames, and no message is half done."""
+        return not (self._head or self._skip or self._fragmented)
 
     def too_big_at(self, data: bytes) -> int:
         """Where in ``data`` a frame over the limit begins; -1 if none does.
@@ -298,6 +321,9 @@ class _FrameSizes:
             return False
         if first & 0x80:  # FIN: the message is complete
             self._message = 0
+            self._fragmented = False
+        else:
+            self._fragmented = True
         return True
 
 
@@ -315,6 +341,8 @@ class WebSocketFrames:
         "_max_size",
         "_parts",
         "_pending",
+        "_plain",
+        "_ready",
         "_refused",
         "_size",
         "_step",
@@ -341,6 +369,15 @@ class WebSocketFrames:
         self._pending = b""
         self._parts: list[str | bytes] = []
         self._size = 0
+        # No extension, and wsproto has reported no close (a parse error
+        # included): a whole small message may skip wsproto (message_of,
+        # frame), which then stays as it would be had it seen the frame.
+        self._plain = extension is None
+        # message_of may skip wsproto: _plain, nothing received is waiting
+        # for wsproto, no frame was refused, the connection is open and the
+        # client's bytes so far end between messages.  Worked out at the end
+        # of events(), and false from receive_data() or a close until then.
+        self._ready = self._plain
         if received:
             self.receive_data(received)
 
@@ -380,6 +417,19 @@ class WebSocketFrames:
 
         A close frame has a code: :meth:`close_frame`.
         """
+        if kind <= BINARY and self._plain and self._ws.state is ConnectionState.OPEN:
+            # A whole message, uncompressed and unmasked (RFC 6455 section
+            # 5.2): what wsproto makes of it, without its layers.  wsproto
+            # keeps no state for it, as we never send a message in parts.
+            payload = data if kind == BINARY else data.encode("utf-8")  # type: ignore[union-attr]
+            length = len(payload)
+            if length < 126:
+                head = _SHORT_HEADS[kind][length]
+            elif length < 0x10000:
+                head = _MEDIUM_HEADS[kind] + length.to_bytes(2, "big")
+            else:
+                head = _LONG_HEADS[kind] + length.to_bytes(8, "big")
+            return head + payload  # type: ignore[operator]
         event: Event
         if kind == TEXT:
             event = TextMessage(data=data)  # type: ignore[arg-type]
@@ -395,9 +445,52 @@ class WebSocketFrames:
 
     def close_frame(self, code: int, reason: str = "") -> bytes:
         """The bytes of a close frame."""
+        self._ready = False
         return self._ws.send(CloseConnection(code=code, reason=reason))
 
     # -- in ------------------------------------------------------------------
+
+    def message_of(self, data: bytes) -> str | bytes | None:
+        """The message ``data`` is, if it is one whole, small, ordinary message.
+
+        That is: one final text or binary frame of at most 65535 bytes
+        (within the size limit), masked, with no RSV bit, and nothing else;
+        no extension; no message half received; the connection open.  Such
+        a frame leaves wsproto as it found it, so it is parsed here, in a
+        few steps, instead of through wsproto's layers.  None for anything
+        else, which then goes to :meth:`receive_data` as usual (a text
+        message that is not UTF-8 included: wsproto makes it a 1007).
+        """
+        size = len(data)
+        if not self._ready or size < 6 or size > 0x10008:
+            return None
+        first = data[0]
+        if first != 0x81 and first != 0x82:
+            return None
+        length = data[1] - 0x80  # the mask bit must be set (section 5.3)
+        if length < 126:
+            start = 6
+        elif length == 126 and size > 8:
+            length = (data[2] << 8) | data[3]
+            start = 8
+            if length < 126:
+                return None  # not the shortest form: wsproto's error
+        else:
+            return None
+        if length < 0 or start + length != size or length > self._max_size:
+            return None
+        # Unmask: XOR with the key repeated over the payload (section 5.3).
+        key = data[start - 4 : start] * ((length >> 2) + 1)
+        payload = (
+            int.from_bytes(data[start:], "little")
+            ^ int.from_bytes(key[:length], "little")
+        ).to_bytes(length, "little")
+        if first == 0x82:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the client; ``b""`` says it closed its side.
@@ -406,6 +499,7 @@ class WebSocketFrames:
         is read: :meth:`events` gives the frames before it, then
         :data:`WS_TOO_BIG`, and later bytes are dropped.
         """
+        self._ready = False
         if not data:
             self._ws.receive_data(None)
         elif self._refused is False:
@@ -465,8 +559,16 @@ class WebSocketFrames:
             elif kind is Pong:
                 yield WSPong(event.payload)
             elif kind is CloseConnection:
+                self._plain = False  # wsproto reads nothing more after it
                 yield WSClose(event.code, event.reason or "")
         if self._refused and not self._pending:
             self._refused = None
             self._parts, self._size = [], 0
             yield WS_TOO_BIG
+        self._ready = (
+            self._plain
+            and not self._pending
+            and self._refused is False
+            and ws.state is ConnectionState.OPEN
+            and self._frame_sizes.between_messages
+        )
