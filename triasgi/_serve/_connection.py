@@ -84,6 +84,9 @@ _WEBSOCKET = object()
 _HTTP2 = object()
 _TIMED_OUT = object()
 _DONE = ResponseState.DONE
+# The name of each app call's task: the one trio would give it, written out,
+# since trio would otherwise build it from the method for every request.
+_APP_TASK = "triasgi._serve._call.AppCall.run"
 
 
 class HTTP11Connection(Inbox):
@@ -415,7 +418,7 @@ class HTTP11Connection(Inbox):
         first = self.next_event_nowait()
         if type(first) is Body or type(first) is EndBody:
             cycle.pending_body = first
-        self._nursery.start_soon(cycle.run)
+        self._nursery.start_soon(cycle.run, name=_APP_TASK)
         return None
 
     def _preface_undecided(self) -> bool:
