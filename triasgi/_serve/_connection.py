@@ -246,7 +246,7 @@ class HTTP11Connection(Inbox):
     def app_call_done(self) -> None:
         """An app call has returned (its cycle may still be finishing)."""
         self.apps_running -= 1
-        if not self.apps_running:
+        if not self.apps_running and self._apps_done.tasks is not None:
             self._apps_done.unpark_all()
 
     def _wake(self) -> None:
@@ -377,7 +377,8 @@ class HTTP11Connection(Inbox):
                 # its end wakes this task.
                 await trio.sleep_forever()
             self._inbox += data
-            self._data_lot.unpark_all()
+            if self._data_lot.tasks is not None:
+                self._data_lot.unpark_all()
 
     def _dispatch(self) -> object:
         """Start the next app call if its request head is here.
