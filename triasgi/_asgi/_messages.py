@@ -50,6 +50,10 @@ _HTTP_SEND: dict[ResponseState, tuple[str, ...]] = {
     ResponseState.TRAILERS: ("http.response.trailers",),
     ResponseState.DONE: (),
 }
+#: The states in which the table allows ``http.response.body``.
+BODY_STATES = frozenset(
+    state for state, allowed in _HTTP_SEND.items() if "http.response.body" in allowed
+)
 
 
 def _message_type(message: Message) -> str:
