@@ -84,8 +84,16 @@ def http_scope(
     state: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``http`` scope of a request (ASGI HTTP spec, "HTTP connection scope")."""
-    raw_path, query_string = split_target(request.target)
-    path = decode_path(raw_path)
+    # split_target and decode_path, inline for the usual target.
+    target = request.target
+    if target[:1] == b"/":
+        raw_path, _, query_string = target.partition(b"?")
+    else:
+        raw_path, query_string = split_target(target)
+    if b"%" not in raw_path and raw_path.isascii():
+        path = raw_path.decode("ascii")
+    else:
+        path = decode_path(raw_path)
     if root_path:
         path, raw_path, root_path = mount(path, raw_path, root_path)
     version = request.http_version

@@ -149,8 +149,11 @@ class H1Protocol:
 
     def next_event(self) -> Event:
         """The next event from what has been received (maybe ``NEED_DATA``)."""
+        parser = self._parser
+        if parser is IDLE_PARSER:
+            return NEED_DATA
         try:
-            event = self._parser.next_event()
+            event = parser.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             if status == 431 and self.request_line_too_long():
