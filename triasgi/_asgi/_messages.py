@@ -31,7 +31,6 @@ class ResponseState(enum.Enum):
     __hash__ = object.__hash__
 
 
-_HEAD = ResponseState.HEAD
 _BODY = ResponseState.BODY
 _TRAILERS = ResponseState.TRAILERS
 _DONE = ResponseState.DONE
@@ -54,6 +53,12 @@ _HTTP_SEND: dict[ResponseState, tuple[str, ...]] = {
 BODY_STATES = frozenset(
     state for state, allowed in _HTTP_SEND.items() if "http.response.body" in allowed
 )
+#: The states in which it allows ``http.response.start``, and the state that
+#: message leads to.
+START_STATES = frozenset(
+    state for state, allowed in _HTTP_SEND.items() if "http.response.start" in allowed
+)
+AFTER_START = ResponseState.HEAD
 
 
 def _message_type(message: Message) -> str:
@@ -114,7 +119,7 @@ def next_response_state(
         status = message.get("status")
         if type(status) is not int or not 200 <= status <= 599:
             _check_status(msg_type, message)  # raises
-        return _HEAD
+        return AFTER_START
     return _extension_state(state, msg_type, message, trailers)
 
 

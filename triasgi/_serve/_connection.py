@@ -407,9 +407,24 @@ class HTTP11Connection(Inbox):
         if event.upgrade and is_websocket_upgrade(event):
             self._websocket = WebSocketSession(self, event)
             return _WEBSOCKET
-        cycle = AppCall(self, event, self._build_scope(event))
+        # The request's scope: what the edge knows is added only when there is
+        # something to add (TLS, a proxy's forwarding headers).
+        server = self.server
+        scope = http_scope(
+            event,
+            scheme=self.scheme,
+            client=self.client,
+            server=self.sockname,
+            root_path=server.config.root_path,
+            state=server.state,
+        )
+        if self.tls is not None or (
+            server.trusted_proxies is not None and event.forwarded
+        ):
+            scope = self.finish_scope(scope, forwarded=event.forwarded)
+        cycle = AppCall(self, event, scope)
         self._cycle = cycle
-        if not self.server.admit_request():
+        if not server.admit_request():
             return 503
         assert self._nursery is not None
         self._head_deadline = inf
@@ -592,22 +607,6 @@ class HTTP11Connection(Inbox):
                     return False
                 discarded += len(event.data)
         return False
-
-    def _build_scope(self, request: Request) -> dict[str, Any]:
-        server = self.server
-        scope = http_scope(
-            request,
-            scheme=self.scheme,
-            client=self.client,
-            server=self.sockname,
-            root_path=server.config.root_path,
-            state=server.state,
-        )
-        if self.tls is None and (
-            server.trusted_proxies is None or not request.forwarded
-        ):
-            return scope  # nothing to add: the common case, without a call
-        return self.finish_scope(scope, forwarded=request.forwarded)
 
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True
