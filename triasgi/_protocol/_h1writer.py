@@ -163,11 +163,15 @@ class ResponseWriter:
                 continue
             name, value = header
             if name == b"content-length" and value.isdigit():
-                lower = name  # valid as it is: the usual spelling, digits only
-            elif not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                # Valid as it is: the usual spelling, digits only.
+                names.append(name)
+                if length is not None and value != length:
+                    raise ResponseError(f"Invalid content-length {value!r}")
+                length = value
+                continue
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise ResponseError(f"Invalid response header {name!r}: {value!r}")
-            else:
-                lower = name.lower()
+            lower = name.lower()
             names.append(lower)
             if lower not in _FRAMING:
                 line = b"%s: %s\r\n" % (name, value)
