@@ -31,6 +31,9 @@ class ResponseState(enum.Enum):
     __hash__ = object.__hash__
 
 
+_BODY = ResponseState.BODY
+_TRAILERS = ResponseState.TRAILERS
+_DONE = ResponseState.DONE
 _INTERIM = ("http.response.early_hint", "http.response.informational")
 
 # The one table of which message the app may send in which state, the usual
@@ -46,6 +49,16 @@ _HTTP_SEND: dict[ResponseState, tuple[str, ...]] = {
     ResponseState.TRAILERS: ("http.response.trailers",),
     ResponseState.DONE: (),
 }
+#: The states in which the table allows ``http.response.body``.
+BODY_STATES = frozenset(
+    state for state, allowed in _HTTP_SEND.items() if "http.response.body" in allowed
+)
+#: The states in which it allows ``http.response.start``, and the state that
+#: message leads to.
+START_STATES = frozenset(
+    state for state, allowed in _HTTP_SEND.items() if "http.response.start" in allowed
+)
+AFTER_START = ResponseState.HEAD
 
 
 def _message_type(message: Message) -> str:
@@ -78,26 +91,35 @@ def next_response_state(
         ASGIProtocolError: the message is not allowed in ``state`` or is
             malformed.
     """
-    msg_type = _message_type(message)
-    if state is ResponseState.DONE:
+    # _message_type and _check_status, inline: this runs for every message.
+    try:
+        msg_type = message["type"]
+    except (KeyError, TypeError):
+        msg_type = _message_type(message)  # raises
+    if type(msg_type) is not str:
+        msg_type = str(msg_type)
+    if state is _DONE:
         return state
-    if msg_type not in _HTTP_SEND[state]:
-        expected = " or ".join(_HTTP_SEND[state])
+    allowed = _HTTP_SEND[state]
+    if msg_type not in allowed:
+        expected = " or ".join(allowed)
         raise ASGIProtocolError(
             f"Expected {expected} while {state.value}, got {msg_type!r}."
         )
     if msg_type == "http.response.body":
         body = message.get("body", b"")
-        if not isinstance(body, (bytes, bytearray, memoryview)):
+        if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
             raise ASGIProtocolError(
                 f"http.response.body 'body' must be bytes, got {type(body).__name__}."
             )
         if message.get("more_body", False):
-            return ResponseState.BODY
-        return ResponseState.TRAILERS if trailers else ResponseState.DONE
+            return _BODY
+        return _TRAILERS if trailers else _DONE
     if msg_type == "http.response.start":
-        _check_status(msg_type, message)
-        return ResponseState.HEAD
+        status = message.get("status")
+        if type(status) is not int or not 200 <= status <= 599:
+            _check_status(msg_type, message)  # raises
+        return AFTER_START
     return _extension_state(state, msg_type, message, trailers)
 
 

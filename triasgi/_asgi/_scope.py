@@ -20,6 +20,13 @@ _HTTP_EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
 }
 
+# The usual versions and methods as the scope has them, without a decode.
+_VERSIONS = {version: version.decode() for version in (b"1.1", b"1.0", b"2")}
+_METHODS = {
+    method: method.decode()
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
+}
+
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into ``(raw_path, query_string)``.
@@ -77,15 +84,25 @@ def http_scope(
     state: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``http`` scope of a request (ASGI HTTP spec, "HTTP connection scope")."""
-    raw_path, query_string = split_target(request.target)
-    path = decode_path(raw_path)
+    # split_target and decode_path, inline for the usual target.
+    target = request.target
+    if target[:1] == b"/":
+        raw_path, _, query_string = target.partition(b"?")
+    else:
+        raw_path, query_string = split_target(target)
+    if b"%" not in raw_path and raw_path.isascii():
+        path = raw_path.decode("ascii")
+    else:
+        path = decode_path(raw_path)
     if root_path:
         path, raw_path, root_path = mount(path, raw_path, root_path)
+    version = request.http_version
+    method = request.method
     return {
         "type": "http",
-        "asgi": dict(ASGI_VERSION),
-        "http_version": request.http_version.decode("ascii"),
-        "method": request.method.decode("ascii"),
+        "asgi": ASGI_VERSION.copy(),
+        "http_version": _VERSIONS.get(version) or version.decode("ascii"),
+        "method": _METHODS.get(method) or method.decode("ascii"),
         "scheme": scheme,
         "path": path,
         "raw_path": raw_path,

@@ -149,8 +149,11 @@ class H1Protocol:
 
     def next_event(self) -> Event:
         """The next event from what has been received (maybe ``NEED_DATA``)."""
+        parser = self._parser
+        if parser is IDLE_PARSER:
+            return NEED_DATA
         try:
-            event = self._parser.next_event()
+            event = parser.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             if status == 431 and self.request_line_too_long():
@@ -309,20 +312,34 @@ class H1Protocol:
         """
         writer = self._writer
         assert writer is not None
-        chunks = []
         if status:
             if self.closing:
                 writer.keep_alive = False
-            chunks.append(
+            if final and not trailers:
+                # The usual response, given whole: one buffer.
+                data = writer.head(
+                    status,
+                    None,
+                    headers,
+                    defaults=defaults,
+                    final_body=body,
+                    whole=True,
+                )
+                if body and not writer.no_body:
+                    self.response_body_bytes += len(body)
+                return [data]
+            chunks = [
                 writer.head(
                     status,
-                    REASON_PHRASES.get(status, b""),
+                    None,
                     headers,
                     defaults=defaults,
                     final_body=body if final else None,
                     trailers=trailers and self._te_trailers,
                 )
-            )
+            ]
+        else:
+            chunks = []
         if body:
             framed = writer.body(body)
             if framed:
@@ -368,7 +385,7 @@ class H1Protocol:
             writer.keep_alive = False
         head = writer.head(
             status,
-            REASON_PHRASES.get(status, b""),
+            None,
             headers,
             defaults=defaults,
             final_size=size,

@@ -38,6 +38,12 @@ REASON_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
     416: b"Range Not Satisfiable",
     422: b"Unprocessable Content",
 }
+# Whole status lines of the statuses with a reason phrase: apps answer with
+# few statuses, and a line is then one lookup.
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    for status, reason in REASON_PHRASES.items()
+}
 
 
 def has_close_token(value: bytes) -> bool:
@@ -82,10 +88,10 @@ class ResponseWriter:
         "_chunked",
         "_head_only",
         "_http10",
-        "_no_body",
         "_remaining",
         "_trailers",
         "keep_alive",
+        "no_body",
     )
 
     def __init__(
@@ -95,7 +101,8 @@ class ResponseWriter:
         self._head_only = head_only
         self.keep_alive = keep_alive and not self._http10
         self._chunked = False
-        self._no_body = head_only
+        #: The response has no body (HEAD, 1xx, 204, 304), as far as known.
+        self.no_body = head_only
         self._remaining: int | None = None
         # A trailer section goes after the body (chunked framing).
         self._trailers = False
@@ -103,17 +110,19 @@ class ResponseWriter:
     def head(
         self,
         status: int,
-        reason: bytes,
+        reason: bytes | None,
         headers: list[tuple[bytes, bytes]],
         *,
         defaults: Sequence[tuple[bytes, bytes]] = (),
         final_body: bytes | None = None,
         final_size: int | None = None,
         trailers: bool = False,
+        whole: bool = False,
     ) -> bytes:
         """The status line and headers.
 
         Args:
+            reason: the reason phrase; None for the usual one of ``status``.
             defaults: the server's own headers, as ``(lowercased name, whole
                 header line)``; each goes out unless the app set that header.
             final_body: the whole body, when it is known now: it gets a
@@ -125,14 +134,24 @@ class ResponseWriter:
                 response with a body then gets, in place of any
                 ``content-length``; without a body (HEAD, 204, 304) or on
                 HTTP/1.0 the trailers are dropped.
+            whole: ``final_body`` is the whole response after the head: the
+                bytes returned are the head, the framed body and the end, as
+                :meth:`body` and :meth:`end` give them, in one buffer.
 
         Raises:
             ResponseError: a header name or value is not allowed, or
-                ``content-length`` is malformed or given twice differently.
+                ``content-length`` is malformed or given twice differently;
+                with ``whole``, the body is not as long as it.
         """
         no_body_status = status in _NO_BODY_STATUS or status < 200
-        self._no_body = self._head_only or no_body_status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        self.no_body = self._head_only or no_body_status
+        status_line = _STATUS_LINES.get(status) if reason is None else None
+        if status_line is None:
+            status_line = b"HTTP/1.1 %d %s\r\n" % (
+                status,
+                REASON_PHRASES.get(status, b"") if reason is None else reason,
+            )
+        lines = [status_line]
         names = []
         length: bytes | None = None
         close = not self.keep_alive
@@ -144,11 +163,15 @@ class ResponseWriter:
                 continue
             name, value = header
             if name == b"content-length" and value.isdigit():
-                lower = name  # valid as it is: the usual spelling, digits only
-            elif not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                # Valid as it is: the usual spelling, digits only.
+                names.append(name)
+                if length is not None and value != length:
+                    raise ResponseError(f"Invalid content-length {value!r}")
+                length = value
+                continue
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise ResponseError(f"Invalid response header {name!r}: {value!r}")
-            else:
-                lower = name.lower()
+            lower = name.lower()
             names.append(lower)
             if lower not in _FRAMING:
                 line = b"%s: %s\r\n" % (name, value)
@@ -201,6 +224,14 @@ class ResponseWriter:
             self.keep_alive = False
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
+        if whole and final_body is not None:
+            if final_body:
+                framed = self.body(final_body)
+                if framed:
+                    lines.append(framed)
+            end = self.end()
+            if end:
+                lines.append(end)
         return b"".join(lines)
 
     def body(self, data: bytes) -> bytes:
@@ -209,7 +240,7 @@ class ResponseWriter:
         Raises:
             ResponseError: more data than the declared content-length.
         """
-        if self._no_body or not data:
+        if self.no_body or not data:
             return b""
         if self._chunked:
             return b"%x\r\n%s\r\n" % (len(data), data)
@@ -228,7 +259,7 @@ class ResponseWriter:
         Raises:
             ResponseError: more data than the declared content-length.
         """
-        if self._no_body:
+        if self.no_body:
             return None
         if self._chunked:
             return (b"%x\r\n" % size, b"\r\n") if size else (b"", b"")
@@ -261,7 +292,7 @@ class ResponseWriter:
         """
         if self._chunked:
             return b"0\r\n\r\n"
-        if self._remaining and not self._no_body:
+        if self._remaining and not self.no_body:
             self.keep_alive = False
             raise ResponseError("Response body shorter than its content-length")
         return b""

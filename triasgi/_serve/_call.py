@@ -60,7 +60,7 @@ class AppCall(HTTPCycle):
     def __init__(
         self, conn: HTTP11Connection, request: Request, scope: dict[str, Any]
     ) -> None:
-        super().__init__(request, scope)
+        HTTPCycle.__init__(self, request, scope)  # not super(): one call less
         self.conn = conn
         self.started_at = self.turn_began = perf_counter()
         # A receive() waiting for the response to end or the client to go,
@@ -80,11 +80,13 @@ class AppCall(HTTPCycle):
         except Exception as exc:
             self.app_returned(exc)
         else:
-            self.app_returned(None)
+            if self.state is not _DONE:  # a complete response needs no word
+                self.app_returned(None)
         finally:
             conn.app_call_done()
             server.release_request()
-            conn.cycle_finished(self)
+            if not self.finished:  # as it is, most often, by now
+                conn.cycle_finished(self)
 
     # -- receive -------------------------------------------------------------
 

@@ -84,6 +84,9 @@ _WEBSOCKET = object()
 _HTTP2 = object()
 _TIMED_OUT = object()
 _DONE = ResponseState.DONE
+# The name of each app call's task: the one trio would give it, written out,
+# since trio would otherwise build it from the method for every request.
+_APP_TASK = "triasgi._serve._call.AppCall.run"
 
 
 class HTTP11Connection(Inbox):
@@ -243,7 +246,7 @@ class HTTP11Connection(Inbox):
     def app_call_done(self) -> None:
         """An app call has returned (its cycle may still be finishing)."""
         self.apps_running -= 1
-        if not self.apps_running:
+        if not self.apps_running and self._apps_done.tasks is not None:
             self._apps_done.unpark_all()
 
     def _wake(self) -> None:
@@ -374,7 +377,8 @@ class HTTP11Connection(Inbox):
                 # its end wakes this task.
                 await trio.sleep_forever()
             self._inbox += data
-            self._data_lot.unpark_all()
+            if self._data_lot.tasks is not None:
+                self._data_lot.unpark_all()
 
     def _dispatch(self) -> object:
         """Start the next app call if its request head is here.
@@ -403,9 +407,24 @@ class HTTP11Connection(Inbox):
         if event.upgrade and is_websocket_upgrade(event):
             self._websocket = WebSocketSession(self, event)
             return _WEBSOCKET
-        cycle = AppCall(self, event, self._build_scope(event))
+        # The request's scope: what the edge knows is added only when there is
+        # something to add (TLS, a proxy's forwarding headers).
+        server = self.server
+        scope = http_scope(
+            event,
+            scheme=self.scheme,
+            client=self.client,
+            server=self.sockname,
+            root_path=server.config.root_path,
+            state=server.state,
+        )
+        if self.tls is not None or (
+            server.trusted_proxies is not None and event.forwarded
+        ):
+            scope = self.finish_scope(scope, forwarded=event.forwarded)
+        cycle = AppCall(self, event, scope)
         self._cycle = cycle
-        if not self.server.admit_request():
+        if not server.admit_request():
             return 503
         assert self._nursery is not None
         self._head_deadline = inf
@@ -415,7 +434,7 @@ class HTTP11Connection(Inbox):
         first = self.next_event_nowait()
         if type(first) is Body or type(first) is EndBody:
             cycle.pending_body = first
-        self._nursery.start_soon(cycle.run)
+        self._nursery.start_soon(cycle.run, name=_APP_TASK)
         return None
 
     def _preface_undecided(self) -> bool:
@@ -588,22 +607,6 @@ class HTTP11Connection(Inbox):
                     return False
                 discarded += len(event.data)
         return False
-
-    def _build_scope(self, request: Request) -> dict[str, Any]:
-        server = self.server
-        scope = http_scope(
-            request,
-            scheme=self.scheme,
-            client=self.client,
-            server=self.sockname,
-            root_path=server.config.root_path,
-            state=server.state,
-        )
-        if self.tls is None and (
-            server.trusted_proxies is None or not request.forwarded
-        ):
-            return scope  # nothing to add: the common case, without a call
-        return self.finish_scope(scope, forwarded=request.forwarded)
 
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True

@@ -65,7 +65,8 @@ class Inbox(Transport):
         if self._inbox:
             self.protocol.receive_data(self._inbox)
             self._inbox = b""
-            self._reader_lot.unpark_all()
+            if self._reader_lot.tasks is not None:
+                self._reader_lot.unpark_all()
             return True
         if self._eof:
             self._eof_fed = True

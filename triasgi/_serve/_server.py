@@ -146,7 +146,10 @@ class Server:
         # remade once a second.
         self._default_pairs = self._static_headers
         self._default_lines = self._static_lines
-        self._defaults_second = -1
+        # The second whose date the defaults hold; without a date header, a
+        # second that never ends.
+        self._defaults_second = -1.0
+        self._defaults_until = 0.0 if self.config.date_header else inf
         config = self.config
         self.new_parser = parser_factory(
             config.http, config.h11_max_incomplete_event_size
@@ -392,17 +395,19 @@ class Server:
         Serialized once (the date once a second), since they are the same
         for every response.
         """
-        self._refresh_defaults()
+        # _refresh_defaults' test, inline: this runs for every response.
+        if not self._defaults_second <= time.time() < self._defaults_until:
+            self._refresh_defaults()
         return self._default_lines
 
     def _refresh_defaults(self) -> None:
         """Put the current date in the default headers, once a second."""
-        if not self.config.date_header:
-            return
-        now = int(time.time())
-        if now != self._defaults_second:
-            self._defaults_second = now
-            date = formatdate(now, usegmt=True).encode()
+        now = time.time()
+        if not self._defaults_second <= now < self._defaults_until:
+            second = int(now)
+            self._defaults_second = second
+            self._defaults_until = second + 1
+            date = formatdate(second, usegmt=True).encode()
             self._default_pairs = [(b"date", date), *self._static_headers]
             self._default_lines = [
                 (b"date", b"date: %s\r\n" % date),

@@ -20,10 +20,13 @@ class Waiters:
     A list stands in for ParkingLot's ordered dict.
     """
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("tasks",)
 
     def __init__(self) -> None:
-        self._tasks: list[trio.lowlevel.Task] | None = None
+        #: The waiting tasks, None when there are none: a caller on the hot
+        #: path looks before it calls :meth:`unpark_all`, which is then a
+        #: call saved for nearly every request.
+        self.tasks: list[trio.lowlevel.Task] | None = None
 
     def park(self) -> Awaitable[object]:
         """Wait until :meth:`unpark_all` is called (or the task is cancelled).
@@ -32,23 +35,23 @@ class Waiters:
         that a parked task holds one frame fewer.
         """
         task = trio.lowlevel.current_task()
-        if self._tasks is None:
-            self._tasks = [task]
+        if self.tasks is None:
+            self.tasks = [task]
         else:
-            self._tasks.append(task)
+            self.tasks.append(task)
         # The caller awaits it at once: that is the contract of park().
         return trio.lowlevel.wait_task_rescheduled(  # noqa: ASYNC105
             partial(self._abort, task)
         )
 
     def _abort(self, task: trio.lowlevel.Task, _: Any) -> trio.lowlevel.Abort:
-        if self._tasks is not None:
-            self._tasks.remove(task)
+        if self.tasks is not None:
+            self.tasks.remove(task)
         return trio.lowlevel.Abort.SUCCEEDED
 
     def unpark_all(self) -> None:
-        tasks = self._tasks
+        tasks = self.tasks
         if tasks is not None:
-            self._tasks = None
+            self.tasks = None
             for task in tasks:
                 trio.lowlevel.reschedule(task)
