@@ -10,11 +10,11 @@ import h2.settings
 import pytest
 import trio
 import trio.testing
-from conftest import hello_app
+from conftest import connect, hello_app
 from h2client import H2Client, H2Reply, H2Session
 from hyperframe.frame import DataFrame, GoAwayFrame
 
-from triasgi.testing import open_memory_connection, open_memory_server
+from triasgi.testing import open_memory_connection, open_memory_server, open_server
 
 ErrorCodes = h2.errors.ErrorCodes
 
@@ -1132,3 +1132,46 @@ async def test_repeated_and_changing_heads_decode_and_encode_right():
         for value in ["a", "a", "d"]:
             reply = await client.get("/same", headers=[("x-value", value)])
             assert reply.header[b"x-echo"] == value.encode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: _close sends the EOF while a stream's write waits on the "
+    "socket (flush no longer waits for the writer): BusyResourceError",
+)
+async def test_a_connection_error_while_a_stream_write_waits_closes_cleanly(caplog):
+    """The client stops reading a large response, then breaks the protocol
+    on another stream: the connection ends with a GOAWAY, not an error."""
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200})
+            while True:
+                chunk = {"type": "http.response.body", "body": b"x" * 65536}
+                await send({**chunk, "more_body": True})
+        while (await receive()).get("more_body"):
+            pass
+
+    async with open_server(app, lifespan="off") as server:
+        stream = await connect(server)
+        client = H2Client(stream, settings={4: 2**31 - 1})
+        client.conn.config.validate_outbound_headers = False
+        client.conn.config.normalize_outbound_headers = False
+        await client.start()
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        await client.flush()
+        while not client.remote_settings_seen:
+            await client.receive()
+        await client.request("GET", "/stream")
+        await trio.sleep(0.5)  # the socket's buffers fill: the write waits
+        bad = await client.request("POST", "/hold", body=b"body", end=False)
+        # Malformed trailers: a connection error (PROTOCOL_ERROR).
+        client.conn.send_headers(bad, [(b"connection", b"close")], end_stream=True)
+        await client.flush()
+        await trio.sleep(0.5)
+        with trio.fail_after(10):
+            await client.until_closed()
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    errors = [r.getMessage() for r in caplog.records if r.name == "triasgi.error"]
+    assert errors == []
