@@ -1134,11 +1134,6 @@ async def test_repeated_and_changing_heads_decode_and_encode_right():
             assert reply.header[b"x-echo"] == value.encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: _close sends the EOF while a stream's write waits on the "
-    "socket (flush no longer waits for the writer): BusyResourceError",
-)
 async def test_a_connection_error_while_a_stream_write_waits_closes_cleanly(caplog):
     """The client stops reading a large response, then breaks the protocol
     on another stream: the connection ends with a GOAWAY, not an error."""

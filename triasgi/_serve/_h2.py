@@ -497,8 +497,12 @@ class H2Connection(Transport):
         with trio.move_on_after(_LINGER_SECONDS) as scope:
             scope.shield = True
             try:
-                await self.flush()
-                await self.stream.send_eof()  # type: ignore[attr-defined]
+                # Under the lock, waiting for a stream's write under way: the
+                # GOAWAY goes after its frames, and the EOF after the GOAWAY
+                # (a stream's flush may have left both to that writer).
+                async with self._write_lock:
+                    await self._write_out()
+                    await self.stream.send_eof()  # type: ignore[attr-defined]
             except (
                 ClientDisconnected,
                 trio.BrokenResourceError,
