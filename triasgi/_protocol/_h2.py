@@ -247,6 +247,17 @@ class _H2Connection(h2.connection.H2Connection):
             h2.connection.H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
         return 0
 
+    #: Frames read that made no event (DATA, HEADERS on a stream already
+    #: reset, which h2 answers with a RST_STREAM each): H2Protocol spends
+    #: its budget on them.
+    silent_frames = 0
+
+    def _receive_frame(self, frame: Any) -> list[Any]:
+        events: list[Any] = super()._receive_frame(frame)
+        if not events:
+            self.silent_frames += 1
+        return events
+
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         # h2 closes its whole state on any GOAWAY, after which the streams in
         # flight could not be answered; a client's GOAWAY NO_ERROR only says
@@ -273,6 +284,7 @@ class H2Protocol:
         "_conn",
         "_extra",
         "_goaway_sent",
+        "_lengths",
         "_open",
         "_refusals",
         "_request_body_bytes",
@@ -324,6 +336,9 @@ class H2Protocol:
         # Streams whose request has arrived and whose app call runs, as the
         # serving layer reports them (refuse/stream_done).
         self._open: set[int] = set()
+        # [content-length, body bytes so far] of the requests with a body
+        # and a content-length.
+        self._lengths: dict[int, list[int]] = {}
         self._resets = _Budget(
             burst=max(200, 2 * limits.max_concurrent_streams), rate=100
         )
@@ -383,6 +398,12 @@ class H2Protocol:
             self.closed = True
             return [ConnectionEnded(True, str(exc) or type(exc).__name__)]
         events: list[H2Event] = []
+        silent = self._conn.silent_frames
+        if silent:
+            self._conn.silent_frames = 0
+            if not self._calm.spend(now, silent):
+                self._calm_down("too many frames on streams already closed", events)
+                return events
         for event in h2_events:
             if isinstance(event, h2.events.DataReceived):
                 self._data(event, events, now)
@@ -477,6 +498,13 @@ class H2Protocol:
             return
         self._open.add(stream_id)
         events.append(request)  # h2's StreamEnded follows when it has no body
+        if event.stream_ended is None:
+            # h2 holds the body to its content-length only when DATA ends
+            # the stream: when trailers end it, _trailers does.
+            for name, value in request.headers:
+                if name == b"content-length" and value.isdigit():
+                    self._lengths[stream_id] = [int(value), 0]
+                    break
 
     def _trailers(
         self, event: h2.events.TrailersReceived, events: list[H2Event]
@@ -489,6 +517,13 @@ class H2Protocol:
                 if name[:1] == b":":
                     raise MalformedRequest(f"pseudo-header {name!r} in trailers")
                 check_field(name, value)
+            counts = self._lengths.pop(event.stream_id, None)
+            if counts is not None and counts[0] != counts[1]:
+                # RFC 9113 section 8.1.1: a body short of (or over) its
+                # content-length makes the request malformed.
+                raise MalformedRequest(
+                    f"a body of {counts[1]} bytes, content-length {counts[0]}"
+                )
         except MalformedRequest as exc:
             self._conn.close_connection(
                 error_code=PROTOCOL_ERROR, last_stream_id=self._goaway_sent
@@ -512,6 +547,9 @@ class H2Protocol:
             self._credit(stream_id, padding)
         if data:
             self._request_body_bytes += len(data)
+            counts = self._lengths.get(stream_id)
+            if counts is not None:
+                counts[1] += len(data)
             events.append(Body(stream_id, data))
         elif not event.stream_ended and not self._calm.spend(now):
             self._calm_down("too many empty DATA frames", events)
@@ -569,6 +607,7 @@ class H2Protocol:
         """The serving layer is done with a stream (its app call has ended)."""
         self._open.discard(stream_id)
         self.response_body_bytes.pop(stream_id, None)
+        self._lengths.pop(stream_id, None)
 
     def _check_open(self, stream_id: int) -> None:
         """Raise StreamGone unless the stream can still carry response frames."""
