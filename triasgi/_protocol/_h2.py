@@ -458,13 +458,11 @@ class H2Protocol:
         return False
 
     def _calm_down(self, reason: str, events: list[H2Event]) -> None:
-        # After our graceful GOAWAY, its last stream id again: the id a GOAWAY
-        # names must never grow (RFC 9113 section 6.8), and h2 would name the
-        # highest stream opened, refused ones too.
-        self._conn.close_connection(
-            error_code=ENHANCE_YOUR_CALM, last_stream_id=self._goaway_sent
-        )
-        self.closed = True
+        self._end(ENHANCE_YOUR_CALM, reason, events)
+
+    def _end(self, code: int, reason: str, events: list[H2Event]) -> None:
+        """End the connection with GOAWAY ``code`` while reading; say why."""
+        self.close(code)
         events.append(ConnectionEnded(True, reason))
 
     def _request(
@@ -525,11 +523,7 @@ class H2Protocol:
                     f"a body of {counts[1]} bytes, content-length {counts[0]}"
                 )
         except MalformedRequest as exc:
-            self._conn.close_connection(
-                error_code=PROTOCOL_ERROR, last_stream_id=self._goaway_sent
-            )
-            self.closed = True
-            events.append(ConnectionEnded(True, str(exc)))
+            self._end(PROTOCOL_ERROR, str(exc), events)
             return False
         return True
 
@@ -587,6 +581,9 @@ class H2Protocol:
     def close(self, code: int = NO_ERROR) -> None:
         """End the connection with GOAWAY ``code``; nothing more is sent after it."""
         if not self._h2_closed:
+            # After our graceful GOAWAY, its last stream id again: the id a
+            # GOAWAY names must never grow (RFC 9113 section 6.8), and h2
+            # would name the highest stream opened, refused ones too.
             self._conn.close_connection(
                 error_code=code, last_stream_id=self._goaway_sent
             )

@@ -473,9 +473,7 @@ class H2Connection(Transport):
             server.trusted_proxies is None or not request.forwarded
         ):
             return scope
-        return add_edge_facts(
-            scope, self.tls, server.trusted_proxies, forwarded=request.forwarded
-        )
+        return self.finish_scope(scope, forwarded=request.forwarded)
 
     def finish_scope(
         self, scope: dict[str, Any], *, forwarded: bool = True
