@@ -1,7 +1,8 @@
-"""The httptools backend gives the same events and errors as h11 (--http).
+"""Both request parsers give the same events and errors as h11 (--http).
 
 Each case feeds the same bytes, in the same pieces, to an ``h11.Connection``
-and to the httptools backend's parser, and compares everything the
+and to each backend's parser (``PlainParser`` for ``--http h11``,
+``HttptoolsParser`` for ``--http httptools``), and compares everything the
 connection reads from them: events, ``their_state`` after each, the error
 status of a refused request, and the bytes left for the next request.  The
 whole HTTP test suite also runs against both backends (the ``http_backend``
@@ -20,9 +21,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from triasgi import Config
-from triasgi._protocol._h1parse import HttptoolsParser, ParsedRequest, parser_factory
+from triasgi._protocol._h1parse import (
+    HttptoolsParser,
+    ParsedRequest,
+    PlainParser,
+    parser_factory,
+)
 
 MAX_HEAD = 16 * 1024
+PARSERS = [PlainParser, HttptoolsParser]
 
 
 def _describe(event: Any) -> Any:
@@ -64,13 +71,13 @@ def _drive(parser: Any, pieces: list[bytes]) -> list[Any]:
 
 def _compare(pieces: list[bytes]) -> list[Any]:
     expected = _drive(h11.Connection(h11.SERVER, MAX_HEAD), pieces)
-    fast = HttptoolsParser(MAX_HEAD)
-    assert _drive(fast, pieces) == expected
+    for parser in PARSERS:
+        assert _drive(parser(MAX_HEAD), pieces) == expected, parser.__name__
     return expected
 
 
-def _fast_path_taken(data: bytes) -> bool:
-    parser = HttptoolsParser(MAX_HEAD)
+def _fast_path_taken(parser_class: type[PlainParser], data: bytes) -> bool:
+    parser = parser_class(MAX_HEAD)
     parser.receive_data(data)
     try:
         parser.next_event()
@@ -94,6 +101,10 @@ CASES = {
     "data after Connection: close": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET",
     "OWS around values": b"GET / HTTP/1.1\r\nHost:a\r\nX-A: \t v  v \t\r\n\r\n",
     "empty value": b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
+    "colons in a value": b"GET / HTTP/1.1\r\nHost: a:80\r\nX-A: b: c:\r\n\r\n",
+    "only spaces as a value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  \t \r\n\r\n",
+    "colon and spaces in the target": b"GET /a:b?c=d:e HTTP/1.1\r\nHost: a\r\n\r\n",
+    "space after the version": b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
     "obs-text value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: caf\xc3\xa9\r\n\r\n",
     "control character in value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n",
     "DEL in value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x7fb\r\n\r\n",
@@ -152,7 +163,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("data", CASES.values(), ids=CASES.keys())
-def test_httptools_backend_reads_each_case_as_h11_does(data: bytes) -> None:
+def test_both_backends_read_each_case_as_h11_does(data: bytes) -> None:
     _compare([data])
     # The same bytes arriving one at a time, then the client closing.
     _compare([data[i : i + 1] for i in range(len(data))] + [b""])
@@ -167,16 +178,23 @@ def test_httptools_backend_reads_each_case_as_h11_does(data: bytes) -> None:
         (CASES["obs-text value"], True),
         (CASES["chunked"], False),
         (CASES["WebSocket upgrade"], False),
-        (CASES["unknown method"], False),
         (CASES["missing Host"], False),
         (CASES["bare LF"], False),
         (CASES["same Content-Length twice"], False),
     ],
 )
+@pytest.mark.parametrize("parser_class", PARSERS)
 def test_plain_requests_take_the_fast_path_and_others_go_to_h11(
-    data: bytes, fast: bool
+    parser_class: type[PlainParser], data: bytes, fast: bool
 ) -> None:
-    assert _fast_path_taken(data) is fast
+    assert _fast_path_taken(parser_class, data) is fast
+
+
+def test_only_httptools_sends_a_method_llhttp_does_not_know_to_h11() -> None:
+    # A token h11 accepts as a method; llhttp knows a fixed list.
+    data = CASES["unknown method"]
+    assert _fast_path_taken(PlainParser, data)
+    assert not _fast_path_taken(HttptoolsParser, data)
 
 
 def test_client_closing_in_the_middle_of_a_body_is_an_error_for_both() -> None:
@@ -238,14 +256,15 @@ def _requests(draw: st.DrawFn) -> list[bytes]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_requests())
 @example([PLAIN])
-def test_httptools_backend_reads_generated_requests_as_h11_does(
+def test_both_backends_read_generated_requests_as_h11_does(
     pieces: list[bytes],
 ) -> None:
     _compare(pieces)
 
 
 @pytest.mark.parametrize(
-    "parser", [h11.Connection(h11.SERVER), HttptoolsParser(MAX_HEAD)]
+    "parser",
+    [h11.Connection(h11.SERVER), PlainParser(MAX_HEAD), HttptoolsParser(MAX_HEAD)],
 )
 def test_data_after_the_close_is_a_bug_for_both(parser: Any) -> None:
     parser.receive_data(PLAIN)
@@ -256,7 +275,7 @@ def test_data_after_the_close_is_a_bug_for_both(parser: Any) -> None:
 
 def test_backend_choice() -> None:
     factory = parser_factory("h11", MAX_HEAD)
-    assert type(factory()) is h11.Connection
+    assert type(factory()) is PlainParser
     assert type(parser_factory("httptools", MAX_HEAD)()) is HttptoolsParser
     assert type(parser_factory("auto", MAX_HEAD)()) is HttptoolsParser
     with pytest.raises(ValueError, match="http must be one of auto, h11, httptools"):

@@ -4,20 +4,24 @@ Sans-io, like h11: bytes go in with ``receive_data``, events come out of
 ``next_event``.  The connection speaks to one object with the part of
 ``h11.Connection``'s interface it uses, so the two backends are:
 
-- ``h11``: an ``h11.Connection`` itself.
-- ``httptools``: :class:`HttptoolsParser`.  It parses a plain request, the
-  kind nearly every client sends, with httptools, and hands any other
-  request to an h11 connection, so that its verdict on anything unusual is
+- ``h11``: :class:`PlainParser`, pure Python.  A plain request, the kind
+  nearly every client sends, is split here in a few steps; any other request
+  goes to an ``h11.Connection``, so that the verdict on anything unusual is
   h11's own.
+- ``httptools``: :class:`HttptoolsParser`, the same with the plain head
+  parsed by httptools (llhttp) instead, which must accept it too.
 
-Why the second one answers exactly as the first: the fast path takes a
-request only when its whole head is here and
+Why both answer exactly as h11: the fast path takes a request only when its
+whole head is here and
 
 1. the head matches ``_PLAIN_HEAD``, a subset of h11's grammar (RFC 9112
    sections 3 and 5): a token method, a target of visible characters,
    ``HTTP/1.0`` or ``HTTP/1.1``, CRLF line ends, ``token:value`` fields whose
-   values hold visible characters, obs-text, spaces and tabs;
-2. httptools (llhttp) parses it without complaint;
+   values hold visible characters, obs-text, spaces and tabs.  Such a head
+   splits one way only: lines at CRLF, the request line at its two spaces, a
+   field at its first colon, its value stripped of spaces and tabs, which is
+   what h11's own patterns make of it;
+2. (httptools only) llhttp parses it without complaint;
 3. its framing is simple: no Transfer-Encoding, at most one Content-Length
    made of digits, and none of the headers that change h11's state machine
    (Upgrade, Expect), no CONNECT; and the Host rule h11 enforces holds
@@ -27,7 +31,7 @@ Anything else, including a head that has not fully arrived yet, goes to an
 h11 connection that gets the same bytes: then h11 accepts it, answers with
 the same error status, or frames the chunked body.  For requests the fast
 path takes, h11 would produce the same request: tests/test_h1parse.py checks
-that on generated and hostile heads.
+that, for both backends, on generated and hostile heads.
 """
 
 from __future__ import annotations
@@ -86,8 +90,8 @@ class ParsedRequest:
         self.headers = headers
 
 
-class HttptoolsParser:
-    """One request's parser: httptools for a plain request, h11 for the rest.
+class PlainParser:
+    """One request's parser: a plain request split here, h11 for the rest.
 
     Implements what the connection uses of ``h11.Connection``:
     ``receive_data``, ``next_event``, ``their_state``,
@@ -98,12 +102,10 @@ class HttptoolsParser:
         "_buffer",
         "_closed",
         "_h11",
-        "_headers",
         "_keep_alive",
         "_max_head",
         "_remaining",
         "_state",
-        "_url",
     )
 
     def __init__(self, max_incomplete_event_size: int) -> None:
@@ -172,15 +174,6 @@ class HttptoolsParser:
 
     # -- parsing -------------------------------------------------------------
 
-    # The httptools callbacks of the head (this object is its protocol, so
-    # that no other is made per request).
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value.strip(b" \t")))
-
     def _fall_back(self) -> h11.Connection:
         """Give the request, and all bytes from its first one on, to h11."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
@@ -202,14 +195,24 @@ class HttptoolsParser:
         end = buffer.find(b"\r\n\r\n") + 4
         if end < 4 or _PLAIN_HEAD.fullmatch(buffer, 0, end) is None:
             return self._fall_back().next_event()
-        self._url = b""
+        # The pattern leaves one way to split it (the module docstring).
+        lines = buffer[: end - 4].split(b"\r\n")
+        method, target, version = lines[0].split(b" ")
         headers: list[tuple[bytes, bytes]] = []
-        self._headers = headers
-        parser = httptools.HttpRequestParser(self)
-        try:
-            parser.feed_data(buffer[:end])
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return self._fall_back().next_event()
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.append((name.lower(), value.strip(b" \t")))
+        return self._take(method, target, version[5:], headers, end)
+
+    def _take(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        end: int,
+    ) -> Any:
+        """The request of a plain head of ``end`` bytes, if its framing is simple."""
         length = b"0"
         lengths = hosts = 0
         keep_alive = True
@@ -224,8 +227,6 @@ class HttptoolsParser:
                     keep_alive = False
             elif name in _H11_HEADERS:
                 return self._fall_back().next_event()
-        version = parser.get_http_version().encode("ascii")
-        method = parser.get_method()
         if (
             lengths > 1
             or not (length.isdigit() and len(length) <= _MAX_LENGTH_DIGITS)
@@ -234,11 +235,11 @@ class HttptoolsParser:
             or method == b"CONNECT"
         ):
             return self._fall_back().next_event()
-        self._buffer = buffer[end:]
+        self._buffer = self._buffer[end:]
         self._remaining = int(length)
         self._state = h11.SEND_BODY
         self._keep_alive = keep_alive and version == b"1.1"
-        return ParsedRequest(method, self._url, version, headers)
+        return ParsedRequest(method, target, version, headers)
 
     def _next_body_event(self) -> Any:
         remaining = self._remaining
@@ -259,6 +260,42 @@ class HttptoolsParser:
                 error_status_hint=400,
             )
         return h11.NEED_DATA
+
+
+class HttptoolsParser(PlainParser):
+    """A request's parser whose plain heads httptools (llhttp) parses too."""
+
+    __slots__ = ("_headers", "_url")
+
+    # The httptools callbacks of the head (this object is its protocol, so
+    # that no other is made per request).
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value.strip(b" \t")))
+
+    def _next_head(self) -> Any:
+        buffer = self._buffer
+        if not buffer:
+            if self._closed:
+                self._state = h11.CLOSED
+                return _CONNECTION_CLOSED
+            return h11.NEED_DATA
+        end = buffer.find(b"\r\n\r\n") + 4
+        if end < 4 or _PLAIN_HEAD.fullmatch(buffer, 0, end) is None:
+            return self._fall_back().next_event()
+        self._url = b""
+        headers: list[tuple[bytes, bytes]] = []
+        self._headers = headers
+        parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(buffer[:end])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return self._fall_back().next_event()
+        version = parser.get_http_version().encode("ascii")
+        return self._take(parser.get_method(), self._url, version, headers, end)
 
 
 class _IdleParser:
@@ -294,5 +331,5 @@ def parser_factory(backend: str, max_head: int) -> Callable[[], Any]:
         raise ValueError(MISSING_HTTPTOOLS)
     # partial, not a lambda: one Python call less for each request.
     if backend == "h11" or httptools is None:
-        return partial(h11.Connection, h11.SERVER, max_incomplete_event_size=max_head)
+        return partial(PlainParser, max_head)
     return partial(HttptoolsParser, max_head)
