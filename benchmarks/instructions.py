@@ -10,6 +10,12 @@ other; the instructions of ``--requests`` requests less those of
     python -m benchmarks.instructions --baseline HEAD~1 --scenarios hello --parsers h11
     python -m benchmarks.instructions --baseline HEAD~1 --scenarios websocket
 
+``--peers`` counts hello GETs of servers of the harness side by side
+instead (``benchmarks/servers.py``), the working tree's triasgi among them:
+
+    python -m benchmarks.instructions --peers \\
+        uvicorn-httptools,trio-floor-noyield,triasgi-httptools,triasgi,uvicorn-h11
+
 The ``websocket`` scenario counts echoes of a small text message, one after
 the other on one connection, instead of requests; ``h2`` counts hello GETs
 over HTTP/2 (prior knowledge), ten streams at a time on one connection, as
@@ -173,17 +179,41 @@ def measure(
 ) -> int:
     """Instructions of a server (triasgi from ``package_dir``) over ``count`` GETs."""
     port = _free_port()
+    command = [
+        sys.executable, "-c", _SERVE, "benchmarks.apps:app", "--port", str(port),
+        "--no-access-log", "--log-level", "warning", "--http", parser,
+        "--timeout-keep-alive", "300", "--lifespan", "off",
+    ]  # fmt: skip
+    return _count(command, package_dir, port, scenario, count, out)
+
+
+def measure_peer(name: str, scenario: str, count: int, out: Path) -> int:
+    """Instructions of one of the harness's servers (``benchmarks/servers.py``)."""
+    from .servers import SERVERS, TRIASGI_FLAVOURS
+
+    if name in TRIASGI_FLAVOURS:
+        # With the turn stretched, as the revisions are measured.
+        parser = "httptools" if name == "triasgi-httptools" else "h11"
+        return measure(REPO_ROOT, parser, scenario, count, out)
+    port = _free_port()
+    return _count(SERVERS[name].command(port), REPO_ROOT, port, scenario, count, out)
+
+
+def _count(
+    command: list[str],
+    package_dir: Path,
+    port: int,
+    scenario: str,
+    count: int,
+    out: Path,
+) -> int:
+    """Run ``command`` under callgrind, send it ``count`` requests, count."""
     env = dict(
         os.environ,
         PYTHONPATH=f"{package_dir}{os.pathsep}{REPO_ROOT}",
         PYTHONHASHSEED="0",
     )
-    command = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-        sys.executable, "-c", _SERVE, "benchmarks.apps:app", "--port", str(port),
-        "--no-access-log", "--log-level", "warning", "--http", parser,
-        "--timeout-keep-alive", "300", "--lifespan", "off",
-    ]  # fmt: skip
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command]
     server = subprocess.Popen(command, env=env, cwd=tempfile.gettempdir(),
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -225,8 +255,11 @@ def _export(revision: str, into: Path) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", help="the revision to compare with")
     parser.add_argument(
-        "--baseline", required=True, help="the revision to compare with"
+        "--peers",
+        help="instead: servers of the harness to count hello GETs of, side by "
+        "side (ratios to the first)",
     )
     parser.add_argument(
         "--scenarios",
@@ -241,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         parser.exit(2, "valgrind is missing: apt-get install -y valgrind\n")
+    if (args.baseline is None) == (args.peers is None):
+        parser.exit(2, "give either --baseline or --peers\n")
+    if args.peers is not None:
+        return _compare_peers(args.peers.split(","), args.warm, args.requests)
     scenarios = args.scenarios.split(",")
     unknown = [name for name in scenarios if name not in SCENARIOS]
     if unknown:
@@ -269,6 +306,29 @@ def main(argv: list[str] | None = None) -> int:
                         f"  {new / old:.3f}x",
                         flush=True,
                     )
+    return 0
+
+
+def _compare_peers(names: list[str], warm: int, requests: int) -> int:
+    """Instructions per hello GET of each server, and its ratio to the first."""
+    from .servers import SERVERS
+
+    unknown = [name for name in names if name not in SERVERS]
+    if unknown:
+        print(f"unknown server {unknown[0]!r}: use {', '.join(SERVERS)}")
+        return 2
+    print(f"instructions per hello GET, and the ratio to {names[0]}:")
+    first = None
+    with tempfile.TemporaryDirectory(prefix="triasgi-instructions-") as tmp:
+        work = Path(tmp)
+        for name in names:
+            few, many = (
+                measure_peer(name, "hello", n, work / f"cg.{n}")
+                for n in (warm, requests)
+            )
+            count = per_request(few, many, warm, requests)
+            first = first or count
+            print(f"  {name:20} {count / 1000:9.1f}k  {count / first:.3f}x", flush=True)
     return 0
 
 
