@@ -41,11 +41,11 @@ def loop(parser: str, count: int) -> float:
     """``count`` hello GETs through the sans-io layers; seconds each."""
     from triasgi._asgi._http import HTTPCycle
     from triasgi._asgi._scope import http_scope
-    from triasgi._protocol._h1 import H1Limits, H1Protocol
-    from triasgi._protocol._h1parse import parser_factory
+    from triasgi._protocol._h1 import H1Protocol
+    from triasgi._protocol._h1parse import H1Limits, parser_factory
 
     limits = H1Limits(max_head=16384, request_line=8190, fields=100, field_size=8190)
-    protocol = H1Protocol(parser_factory(parser, limits.max_head), limits)
+    protocol = H1Protocol(parser_factory(parser, limits), limits)
     state: dict[str, Any] = {}
     client, server = ("127.0.0.1", 40000), ("127.0.0.1", 8000)
     started = time.perf_counter()

@@ -148,7 +148,7 @@ def http_backend(request, monkeypatch):
     monkeypatch.setattr(
         triasgi._serve._server,
         "parser_factory",
-        lambda _configured, max_head: choose(backend, max_head),
+        lambda _configured, limits: choose(backend, limits),
     )
     monkeypatch.setenv("TRIASGI_HTTP", backend)
     return backend

@@ -21,7 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from triasgi import Config
+from triasgi._events import NEED_DATA, Body, EndBody, ProtocolError, Request
+from triasgi._protocol._h1 import H1Protocol
 from triasgi._protocol._h1parse import (
+    H1Limits,
     HttptoolsParser,
     ParsedRequest,
     PlainParser,
@@ -29,11 +32,12 @@ from triasgi._protocol._h1parse import (
 )
 
 MAX_HEAD = 16 * 1024
+LIMITS = H1Limits(max_head=MAX_HEAD, request_line=8190, fields=100, field_size=8190)
 PARSERS = [PlainParser, HttptoolsParser]
 
 
 def _describe(event: Any) -> Any:
-    if type(event) is ParsedRequest or type(event) is h11.Request:
+    if type(event) in (ParsedRequest, h11.Request, Request):
         return (
             "request",
             event.method,
@@ -72,12 +76,12 @@ def _drive(parser: Any, pieces: list[bytes]) -> list[Any]:
 def _compare(pieces: list[bytes]) -> list[Any]:
     expected = _drive(h11.Connection(h11.SERVER, MAX_HEAD), pieces)
     for parser in PARSERS:
-        assert _drive(parser(MAX_HEAD), pieces) == expected, parser.__name__
+        assert _drive(parser(LIMITS), pieces) == expected, parser.__name__
     return expected
 
 
 def _fast_path_taken(parser_class: type[PlainParser], data: bytes) -> bool:
-    parser = parser_class(MAX_HEAD)
+    parser = parser_class(LIMITS)
     parser.receive_data(data)
     try:
         parser.next_event()
@@ -264,7 +268,7 @@ def test_both_backends_read_generated_requests_as_h11_does(
 
 @pytest.mark.parametrize(
     "parser",
-    [h11.Connection(h11.SERVER), PlainParser(MAX_HEAD), HttptoolsParser(MAX_HEAD)],
+    [h11.Connection(h11.SERVER), PlainParser(LIMITS), HttptoolsParser(LIMITS)],
 )
 def test_data_after_the_close_is_a_bug_for_both(parser: Any) -> None:
     parser.receive_data(PLAIN)
@@ -274,9 +278,152 @@ def test_data_after_the_close_is_a_bug_for_both(parser: Any) -> None:
 
 
 def test_backend_choice() -> None:
-    factory = parser_factory("h11", MAX_HEAD)
+    factory = parser_factory("h11", LIMITS)
     assert type(factory()) is PlainParser
-    assert type(parser_factory("httptools", MAX_HEAD)()) is HttptoolsParser
-    assert type(parser_factory("auto", MAX_HEAD)()) is HttptoolsParser
+    assert type(parser_factory("httptools", LIMITS)()) is HttptoolsParser
+    assert type(parser_factory("auto", LIMITS)()) is HttptoolsParser
     with pytest.raises(ValueError, match="http must be one of auto, h11, httptools"):
         Config(http="llhttp")  # type: ignore[arg-type]
+
+
+# -- the head checks: on the fast path, in the parser's pass; otherwise scan_head
+
+
+def _h11_alone(limits: H1Limits) -> Any:
+    return lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+
+
+def _protocol_events(
+    new_parser: Any, limits: H1Limits, pieces: list[bytes]
+) -> list[Any]:
+    """Every event H1Protocol gives for ``pieces``, with all a Request holds."""
+    protocol = H1Protocol(new_parser, limits)
+    seen: list[Any] = []
+    for piece in pieces:
+        protocol.receive_data(piece)
+        while True:
+            event = protocol.next_event()
+            if event is NEED_DATA:
+                break
+            if type(event) is Request:
+                seen.append(
+                    (
+                        "request",
+                        event.method,
+                        event.target,
+                        event.http_version,
+                        event.headers,
+                        event.keep_alive,
+                        event.forwarded,
+                        event.upgrade,
+                        event.te_trailers,
+                    )
+                )
+            elif type(event) is Body:
+                seen.append(("body", bytes(event.data)))
+            elif type(event) is EndBody:
+                ready = protocol.next_request()
+                seen.append(("end", ready))
+                if ready is None:
+                    return seen
+            elif type(event) is ProtocolError:
+                seen.append(("error", event.status))
+                return seen
+            else:
+                seen.append(type(event).__name__)
+                return seen
+    return seen
+
+
+def _compare_checked(limits: H1Limits, pieces: list[bytes]) -> list[Any]:
+    expected = _protocol_events(_h11_alone(limits), limits, pieces)
+    for parser in PARSERS:
+        got = _protocol_events(lambda p=parser: p(limits), limits, pieces)
+        assert got == expected, parser.__name__
+    return expected
+
+
+_HEAD_CHECKS = {
+    "forwarded and TE": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n"
+    b"TE: deflate, Trailers;q=0.5\r\n\r\n",
+    "TE twice": b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTE: deflate\r\n\r\n",
+    "Forwarded": b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4\r\n\r\n",
+    "absolute form": b"GET http://b:8/c?d HTTP/1.1\r\nHost: a\r\n\r\n",
+    "HTTP/1.0 with close": b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n",
+    "keep-alive then another": PLAIN + PLAIN,
+    "POST then GET": CASES["body and a pipelined request"],
+}
+
+
+@pytest.mark.parametrize("data", _HEAD_CHECKS.values(), ids=_HEAD_CHECKS.keys())
+def test_head_checks_are_the_same_on_the_fast_path(data: bytes) -> None:
+    _compare_checked(LIMITS, [data])
+
+
+def test_each_limit_is_the_same_on_the_fast_path() -> None:
+    head = b"GET /abc HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n"
+    # Each limit at the head's own measure, and one below it.
+    line, size, fields, field = 17, 48, 2, 18
+    for limits, status in [
+        (
+            H1Limits(max_head=size, request_line=line, fields=fields, field_size=field),
+            None,
+        ),
+        (
+            H1Limits(
+                max_head=size, request_line=line - 1, fields=fields, field_size=field
+            ),
+            414,
+        ),
+        (
+            H1Limits(
+                max_head=size - 1, request_line=line, fields=fields, field_size=field
+            ),
+            431,
+        ),
+        (
+            H1Limits(
+                max_head=size, request_line=line, fields=fields - 1, field_size=field
+            ),
+            431,
+        ),
+        (
+            H1Limits(
+                max_head=size, request_line=line, fields=fields, field_size=field - 1
+            ),
+            431,
+        ),
+    ]:
+        seen = _compare_checked(limits, [head])
+        if status is None:
+            assert seen[0][0] == "request"
+        else:
+            assert seen == [("error", status)]
+
+
+_limits = st.builds(
+    H1Limits,
+    max_head=st.integers(20, 200),
+    request_line=st.integers(5, 60),
+    fields=st.integers(0, 6),
+    field_size=st.integers(3, 40),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_limits, _requests())
+def test_generated_requests_are_checked_the_same_on_the_fast_path(
+    limits: H1Limits, pieces: list[bytes]
+) -> None:
+    _compare_checked(limits, pieces)
+
+
+@pytest.mark.parametrize("parser_class", PARSERS)
+def test_a_plain_head_within_the_limits_comes_checked(
+    parser_class: type[PlainParser],
+) -> None:
+    tight = H1Limits(max_head=MAX_HEAD, request_line=8190, fields=1, field_size=8190)
+    for limits, kind in [(LIMITS, Request), (tight, ParsedRequest)]:
+        parser = parser_class(limits)
+        parser.receive_data(PLAIN)
+        assert type(parser.next_event()) is kind

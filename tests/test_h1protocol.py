@@ -16,8 +16,8 @@ from triasgi._events import (
     ProtocolError,
     Request,
 )
-from triasgi._protocol._h1 import CONTINUE_100, H1Limits, H1Protocol
-from triasgi._protocol._h1parse import parser_factory
+from triasgi._protocol._h1 import CONTINUE_100, H1Protocol
+from triasgi._protocol._h1parse import H1Limits, parser_factory
 
 LIMITS = H1Limits(max_head=16 * 1024, request_line=8190, fields=100, field_size=8190)
 DEFAULTS = [(b"server", b"server: triasgi\r\n")]
@@ -25,7 +25,7 @@ DEFAULTS = [(b"server", b"server: triasgi\r\n")]
 
 @pytest.fixture(params=["h11", "httptools"])
 def protocol(request):
-    return H1Protocol(parser_factory(request.param, LIMITS.max_head), LIMITS)
+    return H1Protocol(parser_factory(request.param, LIMITS), LIMITS)
 
 
 def client_bytes(*events, client=None):

@@ -40,7 +40,7 @@ from .._events import (
     ProtocolError,
     Request,
 )
-from ._h1parse import IDLE_PARSER, ParsedRequest
+from ._h1parse import FORWARDING, IDLE_PARSER, H1Limits, ParsedRequest
 from ._h1writer import (
     REASON_PHRASES,
     ResponseWriter,
@@ -57,16 +57,6 @@ _H11_NEED_DATA = h11.NEED_DATA
 _MAX_CHUNK = 2**64 - 1
 _QUIET_STATES = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 
-#: The fields a proxy forwards the client, scheme and host in (both protocols).
-FORWARDING = frozenset(
-    {
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-    }
-)
 _NOTABLE = FORWARDING | {
     b"transfer-encoding",
     b"content-length",
@@ -74,28 +64,6 @@ _NOTABLE = FORWARDING | {
     b"upgrade",
     b"te",
 }
-
-
-@final
-class H1Limits:
-    """The limits on a request head (the ``limit_*`` settings), in bytes or fields.
-
-    Attributes:
-        max_head: the whole head (``h11_max_incomplete_event_size``).
-        request_line: the request line (``limit_request_line``).
-        fields: the number of header fields (``limit_request_fields``).
-        field_size: one header field, name and value (``limit_request_field_size``).
-    """
-
-    __slots__ = ("field_size", "fields", "max_head", "request_line")
-
-    def __init__(
-        self, *, max_head: int, request_line: int, fields: int, field_size: int
-    ) -> None:
-        self.max_head = max_head
-        self.request_line = request_line
-        self.fields = fields
-        self.field_size = field_size
 
 
 @final
@@ -176,8 +144,9 @@ class H1Protocol:
             return Body(H1_STREAM, event.data)
         if kind is h11.EndOfMessage:
             return H1_END_BODY
-        if kind is ParsedRequest or kind is h11.Request:
-            request = scan_head(event, self._limits)
+        if kind is Request or kind is ParsedRequest or kind is h11.Request:
+            # A plain head within the limits comes checked (_h1parse.py).
+            request = event if kind is Request else scan_head(event, self._limits)
             if type(request) is Request:
                 self._head_only = head_only = request.method == b"HEAD"
                 self._writer = ResponseWriter(

@@ -32,6 +32,12 @@ h11 connection that gets the same bytes: then h11 accepts it, answers with
 the same error status, or frames the chunked body.  For requests the fast
 path takes, h11 would produce the same request: tests/test_h1parse.py checks
 that, for both backends, on generated and hostile heads.
+
+A plain head within the limits (``H1Limits``) also gets the checks of
+``_h1.scan_head`` in the same pass, and comes out as the connection's
+``Request``; one over a limit, or with a target not in origin form, comes
+out as a :class:`ParsedRequest`, which ``scan_head`` checks as it checks
+h11's (tests/test_h1protocol.py holds the two ways to the same events).
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, final
 
 import h11
+
+from .._events import H1_STREAM, Request
+from ._h1writer import has_token
 
 try:
     import httptools
@@ -63,9 +72,42 @@ _H11_HEADERS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
 _END_OF_MESSAGE = h11.EndOfMessage()
 _CONNECTION_CLOSED = h11.ConnectionClosed()
 
+#: The fields a proxy forwards the client, scheme and host in (both protocols).
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+    }
+)
+
 MISSING_HTTPTOOLS = (
     "--http httptools needs the httptools package: pip install 'triasgi[fast]'."
 )
+
+
+@final
+class H1Limits:
+    """The limits on a request head (the ``limit_*`` settings), in bytes or fields.
+
+    Attributes:
+        max_head: the whole head (``h11_max_incomplete_event_size``).
+        request_line: the request line (``limit_request_line``).
+        fields: the number of header fields (``limit_request_fields``).
+        field_size: one header field, name and value (``limit_request_field_size``).
+    """
+
+    __slots__ = ("field_size", "fields", "max_head", "request_line")
+
+    def __init__(
+        self, *, max_head: int, request_line: int, fields: int, field_size: int
+    ) -> None:
+        self.max_head = max_head
+        self.request_line = request_line
+        self.fields = fields
+        self.field_size = field_size
 
 
 class ParsedRequest:
@@ -103,14 +145,14 @@ class PlainParser:
         "_closed",
         "_h11",
         "_keep_alive",
-        "_max_head",
+        "_limits",
         "_remaining",
         "_state",
     )
 
-    def __init__(self, max_incomplete_event_size: int) -> None:
+    def __init__(self, limits: H1Limits) -> None:
         self._h11: h11.Connection | None = None
-        self._max_head = max_incomplete_event_size
+        self._limits = limits
         self._buffer = b""
         self._closed = False
         self._state: Any = h11.IDLE
@@ -176,7 +218,9 @@ class PlainParser:
 
     def _fall_back(self) -> h11.Connection:
         """Give the request, and all bytes from its first one on, to h11."""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._limits.max_head
+        )
         if self._buffer:
             conn.receive_data(self._buffer)
         if self._closed:
@@ -212,11 +256,22 @@ class PlainParser:
         headers: list[tuple[bytes, bytes]],
         end: int,
     ) -> Any:
-        """The request of a plain head of ``end`` bytes, if its framing is simple."""
+        """The request of a plain head of ``end`` bytes, if its framing is simple.
+
+        The connection's :class:`Request` when the head is also within the
+        limits, counted as ``scan_head`` counts; a :class:`ParsedRequest`
+        for ``scan_head`` otherwise.
+        """
         length = b"0"
-        lengths = hosts = 0
+        lengths = hosts = largest = 0
+        size = len(method) + len(target) + 12
         keep_alive = True
+        forwarded = te_trailers = False
         for name, value in headers:
+            field = len(name) + len(value)
+            size += field + 4
+            if field > largest:
+                largest = field
             if name == b"content-length":
                 lengths += 1
                 length = value
@@ -227,6 +282,10 @@ class PlainParser:
                     keep_alive = False
             elif name in _H11_HEADERS:
                 return self._fall_back().next_event()
+            elif name in FORWARDING:
+                forwarded = True
+            elif name == b"te":
+                te_trailers = te_trailers or has_token(value, b"trailers")
         if (
             lengths > 1
             or not (length.isdigit() and len(length) <= _MAX_LENGTH_DIGITS)
@@ -238,8 +297,27 @@ class PlainParser:
         self._buffer = self._buffer[end:]
         self._remaining = int(length)
         self._state = h11.SEND_BODY
-        self._keep_alive = keep_alive and version == b"1.1"
-        return ParsedRequest(method, target, version, headers)
+        keep_alive = self._keep_alive = keep_alive and version == b"1.1"
+        limits = self._limits
+        if (
+            size > limits.max_head
+            or largest + 2 > limits.field_size
+            or len(headers) > limits.fields
+            or len(method) + len(target) + 10 > limits.request_line
+            or target[:1] != b"/"
+        ):
+            return ParsedRequest(method, target, version, headers)
+        return Request(
+            H1_STREAM,
+            method,
+            target,
+            version,
+            headers,
+            keep_alive=keep_alive,
+            forwarded=forwarded,
+            upgrade=False,
+            te_trailers=te_trailers,
+        )
 
     def _next_body_event(self) -> Any:
         remaining = self._remaining
@@ -321,7 +399,7 @@ class _IdleParser:
 IDLE_PARSER = _IdleParser()
 
 
-def parser_factory(backend: str, max_head: int) -> Callable[[], Any]:
+def parser_factory(backend: str, limits: H1Limits) -> Callable[[], Any]:
     """A callable giving a fresh parser for each request, for ``--http``.
 
     Raises:
@@ -331,5 +409,5 @@ def parser_factory(backend: str, max_head: int) -> Callable[[], Any]:
         raise ValueError(MISSING_HTTPTOOLS)
     # partial, not a lambda: one Python call less for each request.
     if backend == "h11" or httptools is None:
-        return partial(PlainParser, max_head)
-    return partial(HttptoolsParser, max_head)
+        return partial(PlainParser, limits)
+    return partial(HttptoolsParser, limits)

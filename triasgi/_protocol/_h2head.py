@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._events import ProtocolError, Request
-from ._h1 import FORWARDING
+from ._h1parse import FORWARDING
 
 if TYPE_CHECKING:
     from ._h2 import H2Limits

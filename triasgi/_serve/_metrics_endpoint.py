@@ -29,8 +29,8 @@ import trio
 from .._config import parse_bind
 from .._events import NEED_DATA, ProtocolError, Request
 from .._metrics import Snapshot, render
-from .._protocol._h1 import H1Limits, H1Protocol
-from .._protocol._h1parse import parser_factory
+from .._protocol._h1 import H1Protocol
+from .._protocol._h1parse import H1Limits, parser_factory
 from .._types import Address
 from ._listeners import listen_on, remove_socket_file, sockname
 from ._transport import READ_ERRORS, READ_SIZE
@@ -42,7 +42,7 @@ _TIMEOUT = 10.0
 _PATHS = (b"/metrics", b"/")
 # The request heads of an app's defaults (Config); a scrape's is far smaller.
 _LIMITS = H1Limits(max_head=16 * 1024, request_line=8190, fields=100, field_size=8190)
-_NEW_PARSER = parser_factory("h11", _LIMITS.max_head)
+_NEW_PARSER = parser_factory("h11", _LIMITS)
 
 
 class MetricsEndpoint:

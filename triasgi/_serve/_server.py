@@ -20,8 +20,7 @@ from .._errors import StartupError
 from .._events import Request
 from .._logging import AccessLogFormat
 from .._metrics import Metrics, Snapshot
-from .._protocol._h1 import H1Limits
-from .._protocol._h1parse import parser_factory
+from .._protocol._h1parse import H1Limits, parser_factory
 from .._protocol._h2 import H2Limits
 from .._protocol._proxy import ProxyProtocolError
 from .._types import Address, ASGIApp
@@ -151,15 +150,13 @@ class Server:
         self._defaults_second = -1.0
         self._defaults_until = 0.0 if self.config.date_header else inf
         config = self.config
-        self.new_parser = parser_factory(
-            config.http, config.h11_max_incomplete_event_size
-        )
         self.h1_limits = H1Limits(
             max_head=config.h11_max_incomplete_event_size,
             request_line=config.limit_request_line,
             fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
         )
+        self.new_parser = parser_factory(config.http, self.h1_limits)
         self.h2_limits = H2Limits(
             max_concurrent_streams=config.h2_max_concurrent_streams,
             max_header_list_size=config.h11_max_incomplete_event_size,
