@@ -82,6 +82,16 @@ FORWARDING = frozenset(
         b"x-forwarded-port",
     }
 )
+# The fields the fast path looks at, by what it does with them.
+_CONTENT_LENGTH, _HOST, _CONNECTION, _FORWARDING, _TE, _TO_H11 = range(6)
+_NOTABLE = {
+    b"content-length": _CONTENT_LENGTH,
+    b"host": _HOST,
+    b"connection": _CONNECTION,
+    b"te": _TE,
+    **dict.fromkeys(FORWARDING, _FORWARDING),
+    **dict.fromkeys(_H11_HEADERS, _TO_H11),
+}
 
 MISSING_HTTPTOOLS = (
     "--http httptools needs the httptools package: pip install 'triasgi[fast]'."
@@ -258,34 +268,32 @@ class PlainParser:
     ) -> Any:
         """The request of a plain head of ``end`` bytes, if its framing is simple.
 
-        The connection's :class:`Request` when the head is also within the
-        limits, counted as ``scan_head`` counts; a :class:`ParsedRequest`
-        for ``scan_head`` otherwise.
+        The connection's :class:`Request` when the head is also clearly
+        within the limits; a :class:`ParsedRequest` for ``scan_head``
+        otherwise, which finds which limit a head is over, if any.
         """
         length = b"0"
-        lengths = hosts = largest = 0
-        size = len(method) + len(target) + 12
+        lengths = hosts = 0
         keep_alive = True
         forwarded = te_trailers = False
         for name, value in headers:
-            field = len(name) + len(value)
-            size += field + 4
-            if field > largest:
-                largest = field
-            if name == b"content-length":
+            kind = _NOTABLE.get(name)
+            if kind is None:
+                continue
+            if kind == _CONTENT_LENGTH:
                 lengths += 1
                 length = value
-            elif name == b"host":
+            elif kind == _HOST:
                 hosts += 1
-            elif name == b"connection":
+            elif kind == _CONNECTION:
                 if b"close" in [t.strip().lower() for t in value.split(b",")]:
                     keep_alive = False
-            elif name in _H11_HEADERS:
-                return self._fall_back().next_event()
-            elif name in FORWARDING:
+            elif kind == _FORWARDING:
                 forwarded = True
-            elif name == b"te":
+            elif kind == _TE:
                 te_trailers = te_trailers or has_token(value, b"trailers")
+            else:  # Transfer-Encoding, Upgrade, Expect
+                return self._fall_back().next_event()
         if (
             lengths > 1
             or not (length.isdigit() and len(length) <= _MAX_LENGTH_DIGITS)
@@ -298,10 +306,16 @@ class PlainParser:
         self._remaining = int(length)
         self._state = h11.SEND_BODY
         keep_alive = self._keep_alive = keep_alive and version == b"1.1"
+        # Bounds of scan_head's measures, from the head's size: a field
+        # there is its name and value and 2, the head each field's and 4 more
+        # and the request line's.  In the head a field takes its name, a
+        # colon, its value and its CRLF at least (so end - 2 + one byte per
+        # field bounds the head's measure, and end any field's); the request
+        # line's measure is exact.
         limits = self._limits
         if (
-            size > limits.max_head
-            or largest + 2 > limits.field_size
+            end - 2 + len(headers) > limits.max_head
+            or end > limits.field_size
             or len(headers) > limits.fields
             or len(method) + len(target) + 10 > limits.request_line
             or target[:1] != b"/"

@@ -225,6 +225,16 @@ class ResponseWriter:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         if whole and final_body is not None:
+            if (
+                self._remaining == len(final_body)
+                and not self._chunked
+                and not self.no_body
+            ):
+                # body() and end(), inline for the usual whole response: a
+                # body exactly as long as its content-length.
+                self._remaining = 0
+                lines.append(final_body)
+                return b"".join(lines)
             if final_body:
                 framed = self.body(final_body)
                 if framed:
