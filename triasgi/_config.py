@@ -132,9 +132,9 @@ class Config:
     )
     http: Literal["auto", "h11", "httptools"] = _option(
         "auto",
-        "The HTTP/1.1 request parser: h11, or httptools (the triasgi[fast] "
-        "extra) with h11 for what it does not take; auto picks httptools when "
-        "it is installed.",
+        "The HTTP/1.1 request parser of plain request heads: h11 (pure "
+        "Python) or httptools (the triasgi[fast] extra), each with h11 for "
+        "everything else; auto picks httptools when it is installed.",
         choices=HTTP_PARSERS,
     )
     h11_max_incomplete_event_size: int = _option(
