@@ -14,7 +14,8 @@ give it.
   bytes already received (a pipelined request) move over.  Between requests
   the connection holds the shared idle parser, which costs no memory.
 - The head checks h11 leaves to us (:func:`scan_head`) run in the one pass
-  that collects what the connection needs from a head.
+  that collects what the connection needs from a head; a plain head within
+  the limits gets them in the parser's own pass (``_h1parse.py``).
 - The keep-alive decision after a response: the request must let the
   connection live (``Connection: close``, HTTP/1.0), the response too
   (its framing, the app's own ``Connection: close``), and the request must
