@@ -249,6 +249,10 @@ class PlainParser:
         end = buffer.find(b"\r\n\r\n") + 4
         if end < 4 or _PLAIN_HEAD.fullmatch(buffer, 0, end) is None:
             return self._fall_back().next_event()
+        return self._parse_plain(buffer, end)
+
+    def _parse_plain(self, buffer: bytes, end: int) -> Any:
+        """The request of the plain head of ``end`` bytes at the buffer's start."""
         # The pattern leaves one way to split it (the module docstring).
         lines = buffer[: end - 4].split(b"\r\n")
         method, target, version = lines[0].split(b" ")
@@ -368,16 +372,7 @@ class HttptoolsParser(PlainParser):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value.strip(b" \t")))
 
-    def _next_head(self) -> Any:
-        buffer = self._buffer
-        if not buffer:
-            if self._closed:
-                self._state = h11.CLOSED
-                return _CONNECTION_CLOSED
-            return h11.NEED_DATA
-        end = buffer.find(b"\r\n\r\n") + 4
-        if end < 4 or _PLAIN_HEAD.fullmatch(buffer, 0, end) is None:
-            return self._fall_back().next_event()
+    def _parse_plain(self, buffer: bytes, end: int) -> Any:
         self._url = b""
         headers: list[tuple[bytes, bytes]] = []
         self._headers = headers
