@@ -33,11 +33,12 @@ the same error status, or frames the chunked body.  For requests the fast
 path takes, h11 would produce the same request: tests/test_h1parse.py checks
 that, for both backends, on generated and hostile heads.
 
-A plain head within the limits (``H1Limits``) also gets the checks of
-``_h1.scan_head`` in the same pass, and comes out as the connection's
-``Request``; one over a limit, or with a target not in origin form, comes
-out as a :class:`ParsedRequest`, which ``scan_head`` checks as it checks
-h11's (tests/test_h1protocol.py holds the two ways to the same events).
+A plain head clearly within the limits (``H1Limits``, bounded by the
+head's size) also gets the checks of ``_h1.scan_head`` in the same pass,
+and comes out as the connection's ``Request``; any other plain head, or one
+with a target not in origin form, comes out as a :class:`ParsedRequest`,
+which ``scan_head`` checks as it checks h11's (tests/test_h1parse.py holds
+the two ways to the same events).
 """
 
 from __future__ import annotations
