@@ -51,7 +51,7 @@ from typing import Any, final
 import h11
 
 from .._events import H1_STREAM, Request
-from ._h1writer import has_token
+from ._h1writer import has_close_token, has_token
 
 try:
     import httptools
@@ -291,7 +291,7 @@ class PlainParser:
             elif kind == _HOST:
                 hosts += 1
             elif kind == _CONNECTION:
-                if b"close" in [t.strip().lower() for t in value.split(b",")]:
+                if has_close_token(value):
                     keep_alive = False
             elif kind == _FORWARDING:
                 forwarded = True
